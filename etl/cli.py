@@ -1,0 +1,141 @@
+"""The ``etl`` command: init, seed, stats, demo, keygen."""
+
+import argparse
+import json
+import secrets
+import sys
+from pathlib import Path
+
+from etl import db, samples, settings, sqs
+from etl.errors import EtlError
+from etl.sealing import new_key
+
+SEND_STEP = 100  # messages per progress-bar step
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    s = settings.load()
+    conn = db.connect(s.database_url)
+    try:
+        applied = db.migrate(conn)
+    finally:
+        conn.close()
+    print("schema: " + ("applied " + "; ".join(applied) if applied else "up to date"))
+    if args.create_queue:
+        url = sqs.create_queue(sqs.queue_name(s.sqs_queue_url))
+        print(f"queue: {url} (dead-letter queue: {sqs.queue_name(url)}-dlq, after 5 receives)")
+    return 0
+
+
+def seed_bodies(args: argparse.Namespace) -> list[str]:
+    if args.file:
+        return samples.read_bodies(Path(args.file))
+    return samples.generate(args.count, seed=args.seed)
+
+
+def send_with_progress(queue: sqs.Queue, bodies: list[str], quiet: bool = False) -> list[str]:
+    """Send bodies, showing a progress bar on stderr; return the MessageIds."""
+    from tqdm import tqdm
+
+    ids: list[str] = []
+    with tqdm(total=len(bodies), unit="msg", desc="seeding", disable=quiet, file=sys.stderr) as bar:
+        for start in range(0, len(bodies), SEND_STEP):
+            step = bodies[start : start + SEND_STEP]
+            ids += queue.send(step)
+            bar.update(len(step))
+    return ids
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    s = settings.load()
+    try:
+        bodies = seed_bodies(args)
+    except (OSError, ValueError) as exc:
+        print(f"etl seed: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    ids = send_with_progress(sqs.Queue(s.sqs_queue_url), bodies)
+    print(f"sent {len(ids)} messages to {s.sqs_queue_url}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    s = settings.load()
+    conn = db.connect(s.database_url)
+    try:
+        result = db.stats(conn)
+    finally:
+        conn.close()
+    try:
+        result["queue"] = sqs.Queue(s.sqs_queue_url).depth()
+    except EtlError as exc:
+        result["queue"] = {"error": str(exc)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"rows:      {result['rows']}")
+    print(f"rejected:  {result['rejected']}" + "".join(f"\n  {n:>6}  {r}" for r, n in result["rejected_by_reason"].items()))
+    print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
+    print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
+    queue = result["queue"]
+    if "error" in queue:
+        print(f"queue:     unavailable ({queue['error']})")
+    else:
+        print(f"queue:     {queue['visible']} waiting, {queue['in_flight']} in flight, {queue['delayed']} delayed")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    print("# fresh secrets for .env; keep them out of version control and logs")
+    print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
+    print(f"ETL_PAYLOAD_KEY={new_key()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etl import demo
+
+    return demo.run(file=Path(args.file) if args.file else None, timeout=args.timeout, flower_port=args.flower_port)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="etl", description="SQS login events -> masked rows in Postgres, on Celery.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="apply database migrations (idempotent)")
+    init.add_argument("--create-queue", action="store_true", help="also create the SQS queue and its dead-letter queue")
+    init.set_defaults(func=cmd_init)
+
+    seed = sub.add_parser("seed", help="send login events to the queue")
+    seed.add_argument("--file", help="JSON array, JSON-lines, or .gz of either")
+    seed.add_argument("--count", type=int, default=100, help="generated events when no --file (default 100)")
+    seed.add_argument("--seed", type=int, default=0, help="generator seed (default 0): same seed, same events")
+    seed.set_defaults(func=cmd_seed)
+
+    stats = sub.add_parser("stats", help="rows, rejections and queue depth")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline locally on an embedded SQS server")
+    demo.add_argument("--file", help="events to seed (default: the shared samples if present, else generated)")
+    demo.add_argument("--timeout", type=float, default=180, help="seconds to wait for the queue to drain")
+    demo.add_argument("--flower-port", type=int, default=5555, help="0 to skip Flower")
+    demo.set_defaults(func=cmd_demo)
+
+    keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY and ETL_PAYLOAD_KEY values")
+    keygen.set_defaults(func=cmd_keygen)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EtlError as exc:
+        print(f"etl {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

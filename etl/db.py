@@ -1,0 +1,233 @@
+"""The only module that talks to Postgres (psycopg2): schema, transactional writes, stats.
+
+Driver errors leave this module as etl.errors kinds, with the SQLSTATE and class name only:
+psycopg2's own messages can quote values, and values must never reach a log.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2.extras import execute_values
+
+from etl.errors import ConfigError, TerminalError, TransientError
+from etl.records import ChunkResult
+
+Connection = psycopg2.extensions.connection
+
+# SQLSTATE classes and codes that heal by themselves: connection trouble (08), server shutting
+# down or out of resources (57P, 53), serialization failures and deadlocks (40), lock and
+# statement timeouts (55P03, 57014).
+_TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
+_TRANSIENT_CODES = {"55P03", "57014", "58000", "58030"}
+_UNDEFINED = {"42P01", "42703"}  # undefined table / column: the schema is missing or old
+
+# The exercise's DDL, verbatim: work with a table created by it, or create it.
+USER_LOGINS_DDL = """
+CREATE TABLE IF NOT EXISTS user_logins(
+    user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
+    masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)
+"""
+
+# Append-only: a migration, once released, is never edited; add a new one instead.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "user_logins table (exercise DDL)", USER_LOGINS_DDL),
+    (
+        2,
+        "user_logins.message_id, unique: makes every write idempotent on the SQS MessageId",
+        """
+        ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS message_id varchar(128);
+        CREATE UNIQUE INDEX IF NOT EXISTS user_logins_message_id_key ON user_logins (message_id);
+        COMMENT ON COLUMN user_logins.masked_ip IS
+            'k<key version>:<hex HMAC-SHA256 of the canonical IP>; equal tokens = same IP';
+        COMMENT ON COLUMN user_logins.masked_device_id IS
+            'k<key version>:<hex HMAC-SHA256 of device_id>; equal tokens = same device';
+        COMMENT ON COLUMN user_logins.app_version IS
+            'major*1000000 + minor*1000 + patch; etl_app_version_text(app_version) gives the text';
+        COMMENT ON COLUMN user_logins.create_date IS 'UTC day the event was sent to SQS';
+        COMMENT ON COLUMN user_logins.message_id IS 'SQS MessageId; unique';
+        """,
+    ),
+    (
+        3,
+        "rejected_messages: every refused message, with its reason and sealed body",
+        """
+        CREATE TABLE IF NOT EXISTS rejected_messages(
+            message_id varchar(128) PRIMARY KEY,
+            reason varchar(64) NOT NULL,
+            detail text NOT NULL,
+            sealed_body text NOT NULL,
+            body_chars integer NOT NULL,
+            sent_at timestamptz,
+            receive_count integer,
+            rejected_at timestamptz NOT NULL DEFAULT now());
+        CREATE INDEX IF NOT EXISTS rejected_messages_reason_idx ON rejected_messages (reason);
+        COMMENT ON COLUMN rejected_messages.sealed_body IS
+            'original body, Fernet-encrypted with ETL_PAYLOAD_KEY (it may hold raw PII)';
+        """,
+    ),
+    (
+        4,
+        "app_version SQL functions and the analysts' view",
+        """
+        CREATE OR REPLACE FUNCTION etl_app_version_text(code integer) RETURNS text
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+            SELECT (code / 1000000) || '.' || (code / 1000 % 1000) || '.' || (code % 1000) $$;
+        CREATE OR REPLACE FUNCTION etl_app_version_code(version text) RETURNS integer
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+            SELECT CASE WHEN major <= 2146 AND minor <= 999 AND patch <= 999
+                        THEN major * 1000000 + minor * 1000 + patch END
+            FROM (SELECT split_part(version, '.', 1)::integer AS major,
+                         coalesce(nullif(split_part(version, '.', 2), '')::integer, 0) AS minor,
+                         coalesce(nullif(split_part(version, '.', 3), '')::integer, 0) AS patch
+                  WHERE version ~ '^[0-9]{1,4}(\\.[0-9]{1,4}){0,2}$') AS parts $$;
+        CREATE OR REPLACE VIEW user_logins_readable AS
+            SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
+                   etl_app_version_text(app_version) AS app_version_text, create_date, message_id
+            FROM user_logins;
+        """,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted: int  # new user_logins rows
+    duplicates: int  # rows already written by an earlier delivery of the same message
+    rejected: int  # new rejected_messages rows
+
+
+def _translate(exc: psycopg2.Error, operation: str) -> Exception:
+    code = exc.pgcode or ""
+    name = type(exc).__name__
+    if code in _UNDEFINED:
+        return ConfigError(f"Postgres {operation}: schema missing or outdated ({code} {name}); run `etl init`")
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_CODES:
+        return TransientError(f"Postgres {operation} failed: {code or 'no SQLSTATE'} {name}")
+    return TerminalError(f"Postgres {operation} refused: {code or 'no SQLSTATE'} {name}")
+
+
+def connect(url: str, statement_timeout_ms: int = 60_000) -> Connection:
+    """A new connection; a stuck statement is cancelled (and retried) after the timeout."""
+    try:
+        return psycopg2.connect(
+            url,
+            connect_timeout=5,
+            application_name="etl",
+            options=f"-c statement_timeout={statement_timeout_ms}",
+        )
+    except psycopg2.Error as exc:
+        raise _translate(exc, "connect") from None
+
+
+@contextmanager
+def transaction(conn: Connection, operation: str) -> Iterator[Any]:
+    """A cursor inside one transaction: commit on success, roll back and translate on error."""
+    try:
+        with conn, conn.cursor() as cur:
+            yield cur
+    except psycopg2.Error as exc:
+        raise _translate(exc, operation) from None
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply pending migrations (idempotent, safe to run from several processes at once)."""
+    applied: list[str] = []
+    with transaction(conn, "migrate") as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.migrate'))")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS etl_schema_migrations("
+            " version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute("SELECT version FROM etl_schema_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for version, description, sql in MIGRATIONS:
+            if version in done:
+                continue
+            cur.execute(sql)
+            cur.execute(
+                "INSERT INTO etl_schema_migrations (version, description) VALUES (%s, %s)",
+                (version, description),
+            )
+            applied.append(f"{version}: {description}")
+    return applied
+
+
+_INSERT_ROWS = """
+INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id,
+                         locale, app_version, create_date)
+VALUES %s
+ON CONFLICT (message_id) DO NOTHING
+RETURNING 1
+"""
+_INSERT_REJECTED = """
+INSERT INTO rejected_messages (message_id, reason, detail, sealed_body, body_chars, sent_at,
+                               receive_count)
+VALUES %s
+ON CONFLICT (message_id) DO NOTHING
+RETURNING 1
+"""
+
+
+def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
+    """Write a chunk's rows and rejections in ONE transaction, idempotently per message id.
+
+    Rows are sorted by message id so two chunks sharing ids (a redelivery racing the original)
+    take their index locks in the same order and cannot deadlock.
+    """
+    rows = sorted(chunk.rows, key=lambda r: r.message_id)
+    rejected = sorted(chunk.rejected, key=lambda r: r.message_id)
+    inserted = rejected_new = 0
+    with transaction(conn, "write chunk") as cur:
+        if rows:
+            values = [
+                (r.message_id, r.user_id, r.device_type, r.masked_ip, r.masked_device_id, r.locale, r.app_version, r.create_date)
+                for r in rows
+            ]
+            inserted = len(execute_values(cur, _INSERT_ROWS, values, page_size=len(values), fetch=True))
+        if rejected:
+            values = [
+                (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
+                for r in rejected
+            ]
+            rejected_new = len(execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True))
+    return WriteResult(inserted=inserted, duplicates=len(rows) - inserted, rejected=rejected_new)
+
+
+def query(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run a read-only query and return all rows (used by stats and the demo summary)."""
+    with transaction(conn, "query") as cur:
+        cur.execute(sql, params)
+        return list(cur.fetchall())
+
+
+def stats(conn: Connection, message_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Row and rejection counts, rejections by reason, and tokens shared by several rows.
+
+    With ``message_ids``, only those messages count (the demo's own run).
+    """
+    where, params = ("WHERE message_id = ANY(%s)", (list(message_ids),)) if message_ids is not None else ("", ())
+    rows = query(conn, f"SELECT count(*) FROM user_logins {where}", params)[0][0]
+    by_reason = dict(query(conn, f"SELECT reason, count(*) FROM rejected_messages {where} GROUP BY reason ORDER BY 2 DESC, 1", params))
+    shared = {}
+    for column in ("masked_ip", "masked_device_id"):
+        shared[column] = query(
+            conn,
+            f"SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM user_logins {where} "
+            f"GROUP BY {column} HAVING count(*) > 1) AS dup",
+            params,
+        )[0]
+    return {
+        "rows": rows,
+        "rejected": sum(by_reason.values()),
+        "rejected_by_reason": by_reason,
+        "shared_ip_tokens": shared["masked_ip"][0],
+        "rows_with_shared_ip": int(shared["masked_ip"][1]),
+        "shared_device_tokens": shared["masked_device_id"][0],
+        "rows_with_shared_device": int(shared["masked_device_id"][1]),
+    }

@@ -1,0 +1,164 @@
+"""Parse and validate one SQS message body into a LoginEvent or a Rejection (pure).
+
+The rules (README "Bad input"): the body is a JSON object whose ``user_id``, ``device_type``,
+``ip``, ``device_id`` and ``app_version`` are non-empty strings, whose ``locale`` is a string or
+null (or absent), and whose values fit their columns. Unknown extra fields are ignored.
+Everything else becomes a Rejection with a stable ``reason`` code and a ``detail`` that names
+fields and limits but never repeats a value, so it is safe to log and to store.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from etl import appversion
+
+# Stable rejection reason codes (stored in rejected_messages.reason; analysts filter on them).
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+DUPLICATE_KEY = "duplicate_key"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+EMPTY_FIELD = "empty_field"
+TOO_LONG = "too_long"
+NUL_CHARACTER = "nul_character"
+INVALID_UNICODE = "invalid_unicode"
+BAD_APP_VERSION = "bad_app_version"
+REASONS = (
+    INVALID_JSON,
+    NOT_AN_OBJECT,
+    DUPLICATE_KEY,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    EMPTY_FIELD,
+    TOO_LONG,
+    NUL_CHARACTER,
+    INVALID_UNICODE,
+    BAD_APP_VERSION,
+)
+
+# Longest accepted value per field, in characters. user_id, device_type and locale are stored
+# as they are, so their limit is their column's width; ip and device_id are stored as tokens,
+# and a raw value longer than the token column is not an address or a device id.
+MAX_LENGTH = {
+    "user_id": 128,
+    "device_type": 32,
+    "locale": 32,
+    "ip": 256,
+    "device_id": 256,
+    "app_version": 32,
+}
+REQUIRED = ("user_id", "device_type", "ip", "device_id", "app_version")
+
+
+@dataclass(frozen=True, slots=True)
+class LoginEvent:
+    """A valid login event, with the raw (still personal) ip and device_id."""
+
+    user_id: str
+    device_type: str
+    ip: str
+    device_id: str
+    locale: str | None
+    app_version: str
+
+    def __repr__(self) -> str:  # keep raw PII out of tracebacks and debug logs
+        return f"LoginEvent(user_id={self.user_id!r}, ip=<redacted>, device_id=<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a body was refused: a stable code and a value-free explanation."""
+
+    reason: str
+    detail: str
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _check_text(field: str, value: object, *, nullable: bool = False) -> Rejection | None:
+    if value is None and nullable:
+        return None
+    if value is None:
+        return Rejection(WRONG_TYPE, f"field '{field}' is null; a string is required")
+    if not isinstance(value, str):
+        return Rejection(WRONG_TYPE, f"field '{field}' is {_json_type(value)}; a string is required")
+    if not nullable and not value.strip():
+        return Rejection(EMPTY_FIELD, f"field '{field}' is empty")
+    if len(value) > MAX_LENGTH[field]:
+        return Rejection(TOO_LONG, f"field '{field}' is longer than {MAX_LENGTH[field]} characters")
+    if "\x00" in value:
+        return Rejection(NUL_CHARACTER, f"field '{field}' contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return Rejection(INVALID_UNICODE, f"field '{field}' contains an unpaired surrogate")
+    return None
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "not a string"
+
+
+def parse_event(body: str) -> LoginEvent | Rejection:
+    """Turn one message body into a LoginEvent, or say precisely why it cannot be one."""
+    try:
+        data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        return Rejection(DUPLICATE_KEY, f"{_key_name(str(exc))} appears more than once")
+    except RecursionError:
+        return Rejection(INVALID_JSON, "body is nested too deeply to parse")
+    except ValueError as exc:  # JSONDecodeError, and int strings over Python's digit limit
+        pos = getattr(exc, "pos", None)
+        where = f" at character {pos}" if pos is not None else ""
+        return Rejection(INVALID_JSON, f"body is not valid JSON{where}")
+    if not isinstance(data, dict):
+        return Rejection(NOT_AN_OBJECT, f"body is {_json_type(data)}, not a JSON object")
+
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        return Rejection(MISSING_FIELD, "missing field(s): " + ", ".join(missing))
+    for field in REQUIRED:
+        problem = _check_text(field, data[field])
+        if problem:
+            return problem
+    locale = data.get("locale")
+    problem = _check_text("locale", locale, nullable=True)
+    if problem:
+        return problem
+    try:
+        appversion.encode(data["app_version"])
+    except ValueError as exc:
+        return Rejection(BAD_APP_VERSION, str(exc))
+    return LoginEvent(
+        user_id=data["user_id"],
+        device_type=data["device_type"],
+        ip=data["ip"],
+        device_id=data["device_id"],
+        locale=locale,
+        app_version=data["app_version"],
+    )
+
+
+def _key_name(key: str) -> str:
+    """Name a key in a detail only if it is one of ours: other keys are arbitrary sender text."""
+    return f"key '{key}'" if key in MAX_LENGTH else "a key"

@@ -1,0 +1,113 @@
+"""What messages become: user_logins rows or rejected_messages rows (pure).
+
+``transform`` is the whole per-chunk logic: parse and validate each body, mask the personal
+fields, encode app_version, date the row by SentTimestamp, and seal the body of anything
+rejected. It never raises for bad data: every message ends as exactly one row or one rejection.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+
+from etl import appversion, events
+from etl.masking import Masker
+from etl.sealing import Sealer
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One SQS message, as the pipeline carries it (transport-neutral)."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    sent_timestamp_ms: int
+    receive_count: int = 1
+
+    def __repr__(self) -> str:  # the body holds raw PII
+        return f"Message(message_id={self.message_id!r}, body=<{len(self.body)} chars>)"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRow:
+    """One user_logins row; holds tokens, never raw ip or device_id."""
+
+    message_id: str
+    user_id: str
+    device_type: str
+    masked_ip: str
+    masked_device_id: str
+    locale: str | None
+    app_version: int
+    create_date: date
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """One rejected_messages row; the body is sealed, the detail names no value."""
+
+    message_id: str
+    reason: str
+    detail: str
+    sealed_body: str
+    body_chars: int
+    sent_at: datetime
+    receive_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    rows: list[LoginRow]
+    rejected: list[RejectedRow]
+
+
+def sent_at(sent_timestamp_ms: int) -> datetime:
+    """SQS SentTimestamp (epoch milliseconds) as an aware UTC datetime."""
+    return datetime.fromtimestamp(sent_timestamp_ms / 1000, tz=UTC)
+
+
+def to_row(message: Message, event: events.LoginEvent, masker: Masker) -> LoginRow:
+    return LoginRow(
+        message_id=message.message_id,
+        user_id=event.user_id,
+        device_type=event.device_type,
+        masked_ip=masker.mask_ip(event.ip),
+        masked_device_id=masker.mask_device_id(event.device_id),
+        locale=event.locale,
+        app_version=appversion.encode(event.app_version),
+        create_date=sent_at(message.sent_timestamp_ms).date(),
+    )
+
+
+def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer) -> RejectedRow:
+    return RejectedRow(
+        message_id=message.message_id,
+        reason=rejection.reason,
+        detail=rejection.detail,
+        sealed_body=sealer.seal(message.body.encode("utf-8", "surrogatepass")),
+        body_chars=len(message.body),
+        sent_at=sent_at(message.sent_timestamp_ms),
+        receive_count=message.receive_count,
+    )
+
+
+def transform(messages: list[Message], masker: Masker, sealer: Sealer) -> ChunkResult:
+    """Every message becomes exactly one LoginRow or one RejectedRow."""
+    rows: list[LoginRow] = []
+    rejected: list[RejectedRow] = []
+    for message in messages:
+        parsed = events.parse_event(message.body)
+        if isinstance(parsed, events.Rejection):
+            rejected.append(to_rejected(message, parsed, sealer))
+        else:
+            rows.append(to_row(message, parsed, masker))
+    return ChunkResult(rows, rejected)
+
+
+def pack_chunk(messages: list[Message], sealer: Sealer) -> str:
+    """Seal a chunk for the broker: Redis and Flower only ever see ciphertext."""
+    return sealer.seal(json.dumps([asdict(m) for m in messages]).encode("utf-8", "surrogatepass"))
+
+
+def unpack_chunk(sealed: str, sealer: Sealer) -> list[Message]:
+    return [Message(**m) for m in json.loads(sealer.open(sealed).decode("utf-8", "surrogatepass"))]

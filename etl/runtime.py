@@ -1,0 +1,59 @@
+"""Per-process wiring: settings -> Masker, Sealer, SQS queue, Postgres connection.
+
+Built lazily in the process that uses them (after Celery's prefork), once per process, and
+rebuilt only when a connection breaks.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from etl import db, settings, sqs
+from etl.errors import ConfigError
+from etl.masking import Masker
+from etl.sealing import Sealer
+
+
+@dataclass
+class Runtime:
+    settings: settings.Settings
+    masker: Masker
+    sealer: Sealer
+    queue: sqs.Queue
+    _conn: db.Connection | None = field(default=None, repr=False)
+
+    def conn(self) -> db.Connection:
+        """The process's Postgres connection, reconnecting if the last one broke."""
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.settings.database_url)
+        return self._conn
+
+    def drop_conn(self) -> None:
+        """Forget the connection after a failure; the next call reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+        self._conn = None
+
+
+_current: tuple[int, Runtime] | None = None
+
+
+def build(config: settings.Settings) -> Runtime:
+    """Validate secrets and build the runtime; raises ConfigError with what to do."""
+    config.require_keys()
+    try:
+        masker = Masker(config.masking_key, config.masking_key_version)
+        sealer = Sealer(list(config.payload_keys))
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; {settings.KEYGEN_HINT}") from None
+    return Runtime(settings=config, masker=masker, sealer=sealer, queue=sqs.Queue(config.sqs_queue_url))
+
+
+def get() -> Runtime:
+    """This process's runtime (built on first use)."""
+    global _current
+    if _current is None or _current[0] != os.getpid():
+        _current = (os.getpid(), build(settings.load()))
+    return _current[1]

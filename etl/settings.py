@@ -1,0 +1,94 @@
+"""Typed settings, read once from the environment (the only module that reads it).
+
+Every setting has a documented default here and in README "Settings" and .env.example.
+Secrets have no default: a process that needs one refuses to start without it.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from etl.errors import ConfigError
+
+DEFAULT_QUEUE_URL = "http://localhost:4566/000000000000/login-queue"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+KEYGEN_HINT = "run `etl keygen` to make fresh keys, and set them in the environment or .env"
+
+
+@dataclass(frozen=True)
+class Settings:
+    sqs_queue_url: str = DEFAULT_QUEUE_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    masking_key: str = ""
+    masking_key_version: int = 1
+    payload_keys: tuple[str, ...] = ()
+    chunk_size: int = 50
+    fetch_interval: float = 5.0
+    fetch_seconds: float = 4.0
+    fetch_max_messages: int = 1000
+    visibility_timeout: int = 120
+    log_level: str = "INFO"
+
+    def __repr__(self) -> str:  # never print the keys
+        return (
+            f"Settings(sqs_queue_url={self.sqs_queue_url!r}, broker_url={_redact(self.broker_url)!r}, "
+            f"database_url={_redact(self.database_url)!r}, chunk_size={self.chunk_size})"
+        )
+
+    def require_keys(self) -> None:
+        """Raise ConfigError unless both secrets a worker needs are present."""
+        if not self.masking_key:
+            raise ConfigError(f"ETL_MASKING_KEY is not set: workers refuse to start without it; {KEYGEN_HINT}")
+        if len(self.masking_key) < 32:
+            raise ConfigError(f"ETL_MASKING_KEY is too short (at least 32 characters); {KEYGEN_HINT}")
+        if not self.payload_keys:
+            raise ConfigError(f"ETL_PAYLOAD_KEY is not set: workers refuse to start without it; {KEYGEN_HINT}")
+
+
+def _redact(url: str) -> str:
+    """A URL with any password replaced, safe to log."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: the process environment). Raises ConfigError."""
+    env = os.environ if env is None else env
+    fetch_interval = _number(env, "ETL_FETCH_INTERVAL", 5.0, float, 0.5)
+    settings = Settings(
+        sqs_queue_url=env.get("SQS_QUEUE_URL") or DEFAULT_QUEUE_URL,
+        database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+        broker_url=env.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL,
+        masking_key=env.get("ETL_MASKING_KEY", ""),
+        masking_key_version=int(_number(env, "ETL_MASKING_KEY_VERSION", 1, int, 1)),
+        payload_keys=tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip()),
+        chunk_size=int(_number(env, "ETL_CHUNK_SIZE", 50, int, 1)),
+        fetch_interval=fetch_interval,
+        fetch_seconds=_number(env, "ETL_FETCH_SECONDS", max(fetch_interval - 1, 0.5), float, 0.5),
+        fetch_max_messages=int(_number(env, "ETL_FETCH_MAX_MESSAGES", 1000, int, 10)),
+        visibility_timeout=int(_number(env, "SQS_VISIBILITY_TIMEOUT", 120, int, 10)),
+        log_level=(env.get("ETL_LOG_LEVEL") or "INFO").upper(),
+    )
+    if settings.chunk_size > 1000:
+        raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
+    return settings

@@ -1,0 +1,183 @@
+"""The only module that talks to SQS (boto3): receive, delete, visibility, send, depth.
+
+Driver errors leave this module as the two failure kinds of etl.errors (plus ConfigError for a
+missing queue or credentials), with messages that name the operation and error code only.
+"""
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from etl.errors import ConfigError, TransientError
+from etl.records import Message
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+MAX_BATCH = 10  # SQS's own limit for ReceiveMessage, SendMessageBatch and DeleteMessageBatch
+MAX_BATCH_BYTES = 256 * 1024  # SQS's limit for one message, and for one SendMessageBatch
+_MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+_CLIENT_FAULTS = {"InvalidParameterValue", "MissingParameter", "InvalidAddress", "AccessDenied"}
+
+
+def make_client(max_pool: int = 10) -> "SQSClient":
+    """An SQS client configured from AWS's own environment variables.
+
+    AWS_ENDPOINT_URL_SQS points it at LocalStack or moto; AWS_DEFAULT_REGION defaults to
+    us-east-1 here so a local setup needs no AWS configuration at all.
+    """
+    session = boto3.session.Session()
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,  # above the 20 s long-poll maximum
+        max_pool_connections=max_pool,
+    )
+    return session.client("sqs", region_name=session.region_name or "us-east-1", config=config)
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (NoCredentialsError, NoRegionError) as exc:
+        raise ConfigError(f"SQS {operation}: {type(exc).__name__}: set AWS credentials and region") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "Unknown")
+        if code in _MISSING_QUEUE:
+            raise ConfigError(
+                f"SQS {operation}: the queue does not exist; check SQS_QUEUE_URL or run "
+                "`etl init --create-queue`"
+            ) from None
+        if code in _CLIENT_FAULTS:
+            raise ConfigError(f"SQS {operation} refused: {code}") from None
+        raise TransientError(f"SQS {operation} failed: {code}") from None
+    except BotoCoreError as exc:  # endpoint unreachable, timeouts, closed connections
+        raise TransientError(f"SQS {operation} failed: {type(exc).__name__}") from None
+
+
+class Queue:
+    """One SQS queue."""
+
+    def __init__(self, url: str, client: "SQSClient | None" = None) -> None:
+        self.url = url
+        self.client = client or make_client()
+
+    def receive(self, max_messages: int = MAX_BATCH, wait_seconds: int = 0, visibility_timeout: int = 120) -> list[Message]:
+        """Up to ``max_messages`` messages; long-polls up to ``wait_seconds`` when empty."""
+        with _translated("ReceiveMessage"):
+            response = self.client.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=min(max_messages, MAX_BATCH),
+                WaitTimeSeconds=max(0, min(wait_seconds, 20)),
+                VisibilityTimeout=visibility_timeout,
+                MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+            )
+        return [_to_message(m) for m in response.get("Messages", [])]
+
+    def delete(self, messages: Sequence[Message]) -> list[str]:
+        """Delete messages in batches; return the ids SQS did not delete (they will come back)."""
+        failed: list[str] = []
+        for start in range(0, len(messages), MAX_BATCH):
+            batch = messages[start : start + MAX_BATCH]
+            entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)]
+            with _translated("DeleteMessageBatch"):
+                response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
+            failed += [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
+        return failed
+
+    def change_visibility(self, messages: Sequence[Message], seconds: int) -> list[str]:
+        """Set the visibility timeout of messages; return the ids that failed."""
+        failed: list[str] = []
+        for start in range(0, len(messages), MAX_BATCH):
+            batch = messages[start : start + MAX_BATCH]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+                for i, m in enumerate(batch)
+            ]
+            with _translated("ChangeMessageVisibilityBatch"):
+                response = self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
+            failed += [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
+        return failed
+
+    def send(self, bodies: Sequence[str]) -> list[str]:
+        """Send bodies in batches of up to 10 (and 256 KiB); return their MessageIds in order."""
+        sent: list[str] = []
+        batch: list[str] = []
+        size = 0
+        for body in bodies:
+            body_size = len(body.encode("utf-8", "surrogatepass"))
+            if batch and (len(batch) == MAX_BATCH or size + body_size > MAX_BATCH_BYTES):
+                sent += self._send_batch(batch)
+                batch, size = [], 0
+            batch.append(body)
+            size += body_size
+        if batch:
+            sent += self._send_batch(batch)
+        return sent
+
+    def _send_batch(self, bodies: list[str]) -> list[str]:
+        entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+        with _translated("SendMessageBatch"):
+            response = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
+        failed = response.get("Failed", [])
+        if failed:
+            codes = sorted({f.get("Code", "?") for f in failed})
+            raise TransientError(f"SQS SendMessageBatch: {len(failed)} of {len(bodies)} not sent ({', '.join(codes)})")
+        ids = {int(ok["Id"]): ok["MessageId"] for ok in response.get("Successful", [])}
+        return [ids[i] for i in range(len(bodies))]
+
+    def depth(self) -> dict[str, int]:
+        """Approximate counts: visible (waiting), in_flight (received, not deleted), delayed."""
+        with _translated("GetQueueAttributes"):
+            attrs = self.client.get_queue_attributes(
+                QueueUrl=self.url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )["Attributes"]
+        return {
+            "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+        }
+
+
+def create_queue(name: str, client: "SQSClient | None" = None, dead_letter_after: int = 5) -> str:
+    """Create (or find) ``name`` and its dead-letter queue ``name-dlq``; return the queue URL.
+
+    A message received ``dead_letter_after`` times without being deleted moves to the DLQ, so a
+    poison message can never loop forever.
+    """
+    client = client or make_client()
+    with _translated("CreateQueue"):
+        dlq_url = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        redrive: dict[str, Any] = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(dead_letter_after)}
+        return client.create_queue(
+            QueueName=name,
+            Attributes={"RedrivePolicy": json.dumps(redrive), "VisibilityTimeout": "120"},
+        )["QueueUrl"]
+
+
+def queue_name(url: str) -> str:
+    """The queue name at the end of a queue URL."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _to_message(raw: Any) -> Message:
+    attrs = raw.get("Attributes", {})
+    return Message(
+        message_id=raw["MessageId"],
+        receipt_handle=raw["ReceiptHandle"],
+        body=raw.get("Body", ""),
+        sent_timestamp_ms=int(attrs.get("SentTimestamp", 0)),
+        receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+    )
