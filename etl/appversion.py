@@ -30,8 +30,7 @@ def encode(text: str) -> int:
     major, minor, patch = parts[0], parts[1], parts[2]
     if major > MAX_MAJOR or minor > MAX_COMPONENT or patch > MAX_COMPONENT:
         raise ValueError(
-            f"app_version components out of range (major <= {MAX_MAJOR}, "
-            f"minor and patch <= {MAX_COMPONENT})"
+            f"app_version components out of range (major <= {MAX_MAJOR}, minor and patch <= {MAX_COMPONENT})"
         )
     return major * 1_000_000 + minor * 1_000 + patch
 

@@ -73,7 +73,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"rows:      {result['rows']}")
-    print(f"rejected:  {result['rejected']}" + "".join(f"\n  {n:>6}  {r}" for r, n in result["rejected_by_reason"].items()))
+    print(
+        f"rejected:  {result['rejected']}"
+        + "".join(f"\n  {n:>6}  {r}" for r, n in result["rejected_by_reason"].items())
+    )
     print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
     print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
     queue = result["queue"]

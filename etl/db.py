@@ -106,7 +106,11 @@ def _translate(exc: psycopg2.Error, operation: str) -> Exception:
     name = type(exc).__name__
     if code in _UNDEFINED:
         return ConfigError(f"Postgres {operation}: schema missing or outdated ({code} {name}); run `etl init`")
-    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_CODES:
+    if (
+        isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        or code.startswith(_TRANSIENT_PREFIXES)
+        or code in _TRANSIENT_CODES
+    ):
         return TransientError(f"Postgres {operation} failed: {code or 'no SQLSTATE'} {name}")
     return TerminalError(f"Postgres {operation} refused: {code or 'no SQLSTATE'} {name}")
 
@@ -185,11 +189,20 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
     inserted = rejected_new = 0
     with transaction(conn, "write chunk") as cur:
         if rows:
-            values = [
-                (r.message_id, r.user_id, r.device_type, r.masked_ip, r.masked_device_id, r.locale, r.app_version, r.create_date)
+            row_values = [
+                (
+                    r.message_id,
+                    r.user_id,
+                    r.device_type,
+                    r.masked_ip,
+                    r.masked_device_id,
+                    r.locale,
+                    r.app_version,
+                    r.create_date,
+                )
                 for r in rows
             ]
-            inserted = len(execute_values(cur, _INSERT_ROWS, values, page_size=len(values), fetch=True))
+            inserted = len(execute_values(cur, _INSERT_ROWS, row_values, page_size=len(row_values), fetch=True))
         if rejected:
             values = [
                 (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
@@ -213,7 +226,11 @@ def stats(conn: Connection, message_ids: Sequence[str] | None = None) -> dict[st
     """
     where, params = ("WHERE message_id = ANY(%s)", (list(message_ids),)) if message_ids is not None else ("", ())
     rows = query(conn, f"SELECT count(*) FROM user_logins {where}", params)[0][0]
-    by_reason = dict(query(conn, f"SELECT reason, count(*) FROM rejected_messages {where} GROUP BY reason ORDER BY 2 DESC, 1", params))
+    by_reason = dict(
+        query(
+            conn, f"SELECT reason, count(*) FROM rejected_messages {where} GROUP BY reason ORDER BY 2 DESC, 1", params
+        )
+    )
     shared = {}
     for column in ("masked_ip", "masked_device_id"):
         shared[column] = query(

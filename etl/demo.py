@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from etl import db, samples, sealing, settings, sqs
 from etl.cli import send_with_progress
@@ -38,12 +39,13 @@ def port_in_use(port: int) -> bool:
 def celery_command(kind: str, workdir: Path, flower_port: int = 5555) -> list[str]:
     """The exact command line compose and the docs use, run with this interpreter."""
     base = [sys.executable, "-m", "celery", "-A", "etl"]
-    if kind == "worker":
-        return base + ["worker", "--loglevel=INFO", "--concurrency=2", f"--hostname=etl-{os.getpid()}@%h"]
-    if kind == "beat":
-        return base + ["beat", "--loglevel=INFO", f"--schedule={workdir / 'celerybeat-schedule'}"]
-    if kind == "flower":
-        return base + ["flower", "--address=127.0.0.1", f"--port={flower_port}", "--max_tasks=10000"]
+    args = {
+        "worker": ["worker", "--loglevel=INFO", "--concurrency=2", f"--hostname=etl-{os.getpid()}@%h"],
+        "beat": ["beat", "--loglevel=INFO", f"--schedule={workdir / 'celerybeat-schedule'}"],
+        "flower": ["flower", "--address=127.0.0.1", f"--port={flower_port}", "--max_tasks=10000"],
+    }
+    if kind in args:
+        return base + args[kind]
     raise ValueError(kind)
 
 
@@ -97,7 +99,12 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         server.start()
         stack.callback(server.stop)
         env["AWS_ENDPOINT_URL_SQS"] = f"http://127.0.0.1:{port}"
-        os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL_SQS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+        os.environ.update(
+            {
+                k: env[k]
+                for k in ("AWS_ENDPOINT_URL_SQS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+            }
+        )
         queue_url = sqs.create_queue("login-queue")
         env["SQS_QUEUE_URL"] = queue_url
         print(f"sqs: embedded moto server at {env['AWS_ENDPOINT_URL_SQS']}, queue {queue_url}")
@@ -106,7 +113,11 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         conn = db.connect(config.database_url)
         stack.callback(conn.close)
         applied = db.migrate(conn)
-        print("postgres: schema " + ("migrated" if applied else "up to date") + f" ({settings._redact(config.database_url)})")
+        print(
+            "postgres: schema "
+            + ("migrated" if applied else "up to date")
+            + f" ({settings._redact(config.database_url)})"
+        )
 
         if file is None and SHARED_SAMPLES.exists():
             file = SHARED_SAMPLES
@@ -123,7 +134,8 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
                 continue
             procs[kind] = spawn(celery_command(kind, LOG_DIR, flower_port), env, LOG_DIR / f"{kind}.log")
             stack.callback(stop, procs[kind])
-        print(f"celery: worker, beat{', flower at http://127.0.0.1:%d' % flower_port if 'flower' in procs else ''}; logs in {LOG_DIR}/")
+        flower = f", flower at http://127.0.0.1:{flower_port}" if "flower" in procs else ""
+        print(f"celery: worker, beat{flower}; logs in {LOG_DIR}/")
 
         done = 0
         depth = {"visible": len(ids), "in_flight": 0}
@@ -135,29 +147,40 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
             result = db.stats(conn, ids)
             done = result["rows"] + result["rejected"]
             depth = queue.depth()
-            print(f"\rprocessed {done}/{len(ids)}, queue: {depth['visible']} waiting, {depth['in_flight']} in flight   ", end="", flush=True)
+            print(
+                f"\rprocessed {done}/{len(ids)}, queue: {depth['visible']} waiting, {depth['in_flight']} in flight   ",
+                end="",
+                flush=True,
+            )
             if done == len(ids) and depth["visible"] == depth["in_flight"] == 0:
                 break
             time.sleep(0.5)
         else:
-            print(f"\ntimed out after {timeout:.0f}s with {len(ids) - done} messages unprocessed; see {LOG_DIR}/worker.log")
+            left = len(ids) - done
+            print(f"\ntimed out after {timeout:.0f}s with {left} messages unprocessed; see {LOG_DIR}/worker.log")
             return 1
         elapsed = time.monotonic() - started
         print()
-        details = db.query(conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,))
+        details = db.query(
+            conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
+        )
         print_summary(result, details, len(ids), elapsed, depth)
     return 0
 
 
-def print_summary(result: dict, details: list, sent: int, elapsed: float, depth: dict) -> None:
+def print_summary(
+    result: dict[str, Any], details: list[tuple[Any, ...]], sent: int, elapsed: float, depth: dict[str, int]
+) -> None:
     print("=" * 64)
     print(f"sent       {sent} messages")
     print(f"rows       {result['rows']}")
     print(f"rejected   {result['rejected']}")
     for reason, detail in details:
         print(f"             {reason}: {detail}")
-    print(f"duplicates {result['shared_ip_tokens']} shared ip tokens ({result['rows_with_shared_ip']} rows), "
-          f"{result['shared_device_tokens']} shared device tokens ({result['rows_with_shared_device']} rows)")
+    print(
+        f"duplicates {result['shared_ip_tokens']} shared ip tokens ({result['rows_with_shared_ip']} rows), "
+        f"{result['shared_device_tokens']} shared device tokens ({result['rows_with_shared_device']} rows)"
+    )
     print(f"queue      {depth['visible']} waiting, {depth['in_flight']} in flight (empty)")
     print(f"throughput {sent / elapsed:.1f} messages/s ({elapsed:.1f}s from worker start, including start-up)")
     print("=" * 64)

@@ -4,7 +4,7 @@ Celery itself reaches Redis through kombu; this is for the one thing kombu does 
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import redis
 
@@ -26,8 +26,6 @@ def lease(url: str, name: str, seconds: float) -> Iterator[bool]:
         yield acquired
     finally:
         if acquired:
-            try:
+            with suppress(redis.RedisError):  # expired or Redis gone: the TTL cleans up
                 lock.release()
-            except redis.RedisError:
-                pass  # expired or Redis gone: the TTL cleans up
         client.close()

@@ -5,6 +5,7 @@ rebuilt only when a connection breaks.
 """
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from etl import db, settings, sqs
@@ -30,10 +31,8 @@ class Runtime:
     def drop_conn(self) -> None:
         """Forget the connection after a failure; the next call reconnects."""
         if self._conn is not None:
-            try:
+            with suppress(Exception):  # already broken: nothing to save
                 self._conn.close()
-            except Exception:
-                pass
         self._conn = None
 
 

@@ -32,8 +32,10 @@ def read_bodies(path: Path) -> list[str]:
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"{path}: looks like a JSON array but does not parse: {exc.msg} at line {exc.lineno}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{path}: looks like a JSON array but does not parse: {exc.msg} at line {exc.lineno}"
+            ) from None
         return [item if isinstance(item, str) else json.dumps(item) for item in items]
     return [line for line in text.splitlines() if line.strip()]
 
@@ -48,7 +50,11 @@ def generate(count: int, seed: int = 0, duplicate_rate: float = 0.1, malformed_r
         if rng.random() < malformed_rate:
             bodies.append(rng.choice(MALFORMED))
             continue
-        ip = rng.choice(ips) if ips and rng.random() < duplicate_rate else ".".join(str(rng.randint(1, 254)) for _ in range(4))
+        ip = (
+            rng.choice(ips)
+            if ips and rng.random() < duplicate_rate
+            else ".".join(str(rng.randint(1, 254)) for _ in range(4))
+        )
         device = (
             rng.choice(devices)
             if devices and rng.random() < duplicate_rate

@@ -63,7 +63,7 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
     if not raw:
         return default
     try:
-        value = kind(raw)
+        value: float = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
     if value < minimum:

@@ -51,8 +51,7 @@ def _translated(operation: str) -> Iterator[None]:
         code = exc.response.get("Error", {}).get("Code", "Unknown")
         if code in _MISSING_QUEUE:
             raise ConfigError(
-                f"SQS {operation}: the queue does not exist; check SQS_QUEUE_URL or run "
-                "`etl init --create-queue`"
+                f"SQS {operation}: the queue does not exist; check SQS_QUEUE_URL or run `etl init --create-queue`"
             ) from None
         if code in _CLIENT_FAULTS:
             raise ConfigError(f"SQS {operation} refused: {code}") from None
@@ -68,7 +67,9 @@ class Queue:
         self.url = url
         self.client = client or make_client()
 
-    def receive(self, max_messages: int = MAX_BATCH, wait_seconds: int = 0, visibility_timeout: int = 120) -> list[Message]:
+    def receive(
+        self, max_messages: int = MAX_BATCH, wait_seconds: int = 0, visibility_timeout: int = 120
+    ) -> list[Message]:
         """Up to ``max_messages`` messages; long-polls up to ``wait_seconds`` when empty."""
         with _translated("ReceiveMessage"):
             response = self.client.receive_message(

@@ -52,7 +52,13 @@ def fetch() -> dict[str, Any]:
             visibility_timeout=s.visibility_timeout,
         )
     if report.received:
-        log.info("fetched %d messages in %d chunks (%d receives, %.2fs)", report.received, report.chunks, report.receive_calls, report.seconds)
+        log.info(
+            "fetched %d messages in %d chunks (%d receives, %.2fs)",
+            report.received,
+            report.chunks,
+            report.receive_calls,
+            report.seconds,
+        )
     return {"received": report.received, "chunks": report.chunks}
 
 
@@ -81,6 +87,8 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
         )
     except TransientError as exc:
         rt.drop_conn()
-        log.warning("chunk %s: %s (attempt %d); its messages stay in SQS", self.request.id, exc, self.request.retries + 1)
+        log.warning(
+            "chunk %s: %s (attempt %d); its messages stay in SQS", self.request.id, exc, self.request.retries + 1
+        )
         raise
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}
