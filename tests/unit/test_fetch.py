@@ -1,0 +1,78 @@
+"""pipeline.fetch against a small in-memory SQS (a real implementation, not a mock)."""
+
+import pytest
+
+from etl import pipeline
+from etl.records import Message
+
+
+class MemoryQueue:
+    def __init__(self, count: int) -> None:
+        self.visible = [Message(f"m{i}", f"rh{i}", "{}", 0) for i in range(count)]
+        self.invisible: list[Message] = []
+        self.waits: list[int] = []
+
+    def receive(self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int = 120) -> list[Message]:
+        self.waits.append(wait_seconds)
+        batch, self.visible = self.visible[:max_messages], self.visible[max_messages:]
+        self.invisible += batch
+        return batch
+
+    def delete(self, messages: list[Message]) -> list[str]:
+        self.invisible = [m for m in self.invisible if m not in messages]
+        return []
+
+    def change_visibility(self, messages: list[Message], seconds: int) -> list[str]:
+        self.invisible = [m for m in self.invisible if m not in messages]
+        self.visible += messages
+        return []
+
+
+class Clock:
+    """Advances 10 ms per reading, so budgets end deterministically."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
+def run(queue: MemoryQueue, dispatch, **kw):  # type: ignore[no-untyped-def]
+    options = {"chunk_size": 25, "max_messages": 1000, "budget_seconds": 5, "visibility_timeout": 30}
+    return pipeline.fetch(queue, dispatch, clock=Clock(), **{**options, **kw})
+
+
+def test_chunks_are_full_except_the_last_and_nothing_is_missed() -> None:
+    queue, chunks = MemoryQueue(107), []
+    report = run(queue, chunks.append)
+    assert [len(c) for c in chunks] == [25, 25, 25, 25, 7]
+    assert sorted(m.message_id for c in chunks for m in c) == sorted(f"m{i}" for i in range(107))
+    assert report.received == 107
+
+
+def test_long_polls_only_while_holding_nothing() -> None:
+    queue = MemoryQueue(12)
+    run(queue, lambda c: None)
+    assert queue.waits[0] > 0  # nothing in hand: long poll
+    assert queue.waits[1] == 0  # 10 in hand: do not keep them waiting
+    assert queue.waits[2] == 0  # still 12 in hand (the dry receive): then flush
+
+
+def test_stops_at_max_messages() -> None:
+    queue, chunks = MemoryQueue(100), []
+    report = run(queue, chunks.append, max_messages=30, chunk_size=50)
+    assert report.received == 30 and [len(c) for c in chunks] == [30]
+    assert len(queue.visible) == 70
+
+
+def test_failed_dispatch_releases_messages_back_to_the_queue() -> None:
+    queue = MemoryQueue(30)
+
+    def broker_down(chunk: list[Message]) -> None:
+        raise ConnectionError("redis down")
+
+    with pytest.raises(ConnectionError):
+        run(queue, broker_down)
+    assert len(queue.visible) == 30 and queue.invisible == []
