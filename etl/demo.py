@@ -77,6 +77,10 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
     if not env.get("ETL_PAYLOAD_KEY"):
         env["ETL_PAYLOAD_KEY"] = sealing.new_key()
         notes.append("ETL_PAYLOAD_KEY not set: using a throwaway key for this demo")
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = f"demo:{secrets.token_urlsafe(12)}"
+        user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
+        notes.append(f"FLOWER_BASIC_AUTH not set: Flower asks for user {user!r}, throwaway password {password!r}")
     env.setdefault("AWS_ACCESS_KEY_ID", "demo")
     env.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")

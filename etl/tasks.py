@@ -13,6 +13,7 @@ from etl import locks, pipeline, records, runtime
 from etl.celery_app import app
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
+from etl.sealing import Sealer
 
 log = logging.getLogger("etl.tasks")
 
@@ -27,6 +28,15 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
         sys.exit(2)
 
 
+def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
+    """Queue one chunk for etl.mask_and_write: sealed, with a PII-free argsrepr for Flower."""
+    mask_and_write.apply_async(
+        args=[records.pack_chunk(chunk, sealer)],
+        argsrepr=f"<sealed chunk of {len(chunk)} messages>",
+        kwargsrepr="{}",
+    )
+
+
 @app.task(name="etl.fetch", acks_late=False, ignore_result=True)
 def fetch() -> dict[str, Any]:
     """Beat's task: pull SQS batches for a few seconds and fan them out as chunks."""
@@ -36,16 +46,9 @@ def fetch() -> dict[str, Any]:
         if not held:
             return {"skipped": "another fetch is running"}
 
-        def dispatch(chunk: list[Message]) -> None:
-            mask_and_write.apply_async(
-                args=[records.pack_chunk(chunk, rt.sealer)],
-                argsrepr=f"<sealed chunk of {len(chunk)} messages>",
-                kwargsrepr="{}",
-            )
-
         report = pipeline.fetch(
             rt.queue,
-            dispatch,
+            lambda chunk: send_chunk(chunk, rt.sealer),
             chunk_size=s.chunk_size,
             max_messages=s.fetch_max_messages,
             budget_seconds=s.fetch_seconds,

@@ -1,0 +1,272 @@
+"""The whole pipeline against real Postgres, Redis, moto SQS and Celery worker/beat processes."""
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from etl import appversion, db, events, records, samples, sqs
+from etl.masking import Masker
+from etl.sealing import Sealer
+from tests.conftest import SHARED_SAMPLES
+from tests.integration.conftest import MASKING_KEY, PAYLOAD_KEY, Pipeline, drained, wait_until
+
+pytestmark = pytest.mark.integration
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def event(ip: str, device_id: str, user: str = "u", version: str = "1.2.3") -> str:
+    return json.dumps(
+        {"user_id": user, "device_type": "ios", "ip": ip, "device_id": device_id, "app_version": version, "locale": "GB"}
+    )
+
+
+def rows(conn: db.Connection) -> list[tuple]:  # type: ignore[type-arg]
+    return db.query(
+        conn,
+        "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date "
+        "FROM user_logins ORDER BY message_id",
+    )
+
+
+def test_every_valid_sample_lands_exactly_once(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+    bodies = samples.read_bodies(SHARED_SAMPLES) if SHARED_SAMPLES.exists() else samples.generate(100, seed=1)
+    ids = queue.send(bodies)
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, len(bodies)), 120, "the queue to drain")
+
+    expected = {mid: events.parse_event(body) for mid, body in zip(ids, bodies, strict=True)}
+    valid = {mid: e for mid, e in expected.items() if isinstance(e, events.LoginEvent)}
+    masker = Masker(MASKING_KEY)
+    today = datetime.now(UTC).date()
+    got = rows(conn)
+    assert len(got) == len(valid) and len({r[0] for r in got}) == len(got)
+    for message_id, user_id, device_type, masked_ip, masked_device, locale, version, created in got:
+        e = valid[message_id]
+        assert (user_id, device_type, locale) == (e.user_id, e.device_type, e.locale)
+        assert masked_ip == masker.mask_ip(e.ip) and masked_device == masker.mask_device_id(e.device_id)
+        assert version == appversion.encode(e.app_version)
+        assert created == today
+    assert db.stats(conn)["rejected"] == len(bodies) - len(valid)
+    if SHARED_SAMPLES.exists():
+        assert (len(valid), len(bodies) - len(valid)) == (99, 1)
+    # the analysts' way back to the version text agrees with the Python contract
+    texts = db.query(conn, "SELECT app_version, app_version_text FROM user_logins_readable")
+    assert all(appversion.decode(code) == text for code, text in texts)
+
+
+def test_duplicates_share_a_token_and_different_values_do_not(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    ids = queue.send(
+        [
+            event("198.51.100.7", "111-11-1111", "a"),
+            event("198.51.100.7", "222-22-2222", "b"),  # same ip as a
+            event("203.0.113.9", "111-11-1111", "c"),  # same device as a
+            event("203.0.113.10", "333-33-3333", "d"),  # nothing shared
+        ]
+    )
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, len(ids)), 60, "the queue to drain")
+    by_user = {r[1]: r for r in rows(conn)}
+    assert by_user["a"][3] == by_user["b"][3] != by_user["c"][3] != by_user["d"][3]
+    assert by_user["a"][4] == by_user["c"][4] != by_user["b"][4] != by_user["d"][4]
+    stats = db.stats(conn)
+    assert (stats["shared_ip_tokens"], stats["shared_device_tokens"]) == (1, 1)
+
+
+def test_crash_between_commit_and_delete_writes_no_second_row(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    """A worker that committed and died before deleting: SQS redelivers, nothing is doubled."""
+    queue.send([event(f"10.0.0.{i}", f"d-{i}", f"u{i}") for i in range(15)])
+    received: list[records.Message] = []
+    while len(received) < 15:
+        received += queue.receive(10, wait_seconds=1, visibility_timeout=2)
+    chunk = records.transform(received, Masker(MASKING_KEY), Sealer([PAYLOAD_KEY]))
+    assert db.write_chunk(conn, chunk).inserted == 15  # committed; the "crash" skips the delete
+
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 15), 60, "the redelivered messages to be deleted")
+    assert len(rows(conn)) == 15
+    log = pipeline.log("worker")
+    assert "already written" in log and ("15 already written" in log or "-> 0 rows" in log)
+
+
+def test_a_chunk_delivered_twice_by_the_broker_writes_once(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection, broker: redis.Redis
+) -> None:
+    """Celery redelivery (acks_late after a lost worker) of the same chunk is harmless."""
+    from etl import tasks
+
+    queue.send([event(f"10.1.0.{i}", f"d-{i}", f"u{i}") for i in range(10)])
+    received = wait_until(lambda: queue.receive(10, wait_seconds=1, visibility_timeout=60), 10, "messages")
+    tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
+    tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
+    pipeline.start("worker")
+    wait_until(lambda: pipeline.log("worker").count("Task etl.mask_and_write") >= 4, 60, "both deliveries to finish")
+    assert len(rows(conn)) == len(received)
+    assert queue.depth()["visible"] == 0
+
+
+def test_each_rejection_reason_is_recorded_and_deleted(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    cases = [json.loads(line) for line in (FIXTURES / "edge_cases.jsonl").read_text().splitlines()]
+    ids = queue.send([c["body"] for c in cases])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, len(cases)), 90, "the queue to drain")
+    reasons = dict(db.query(conn, "SELECT message_id, reason FROM rejected_messages"))
+    landed = {r[0] for r in rows(conn)}
+    for mid, case in zip(ids, cases, strict=True):
+        if case["expect"] == "ok":
+            assert mid in landed
+        else:
+            assert reasons[mid] == case["expect"]
+    assert set(reasons.values()) == set(events.REASONS)
+    # a rejected body is kept sealed, and opens to exactly what was sent
+    sealed = dict(db.query(conn, "SELECT message_id, sealed_body FROM rejected_messages"))
+    body_of = dict(zip(ids, [c["body"] for c in cases], strict=True))
+    sealer = Sealer([PAYLOAD_KEY])
+    assert all(sealer.open(s).decode("utf-8", "surrogatepass") == body_of[m] for m, s in sealed.items())
+
+
+def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    queue.send([event(f"10.2.0.{i}", f"d-{i}", f"u{i}") for i in range(12)])
+    pipeline.start("worker", "beat", DATABASE_URL="postgresql://postgres@127.0.0.1:1/test", SQS_VISIBILITY_TIMEOUT="10")
+    wait_until(lambda: "its messages stay in SQS" in pipeline.log("worker"), 60, "a transient failure")
+    depth = queue.depth()
+    assert rows(conn) == [] and depth["visible"] + depth["in_flight"] == 12
+
+    pipeline.stop()
+    pipeline.start("worker", "beat", SQS_VISIBILITY_TIMEOUT="10")
+    wait_until(drained(queue, conn, 12), 90, "the healthy worker to catch up")
+    assert len(rows(conn)) == 12
+
+
+def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection, broker, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    from etl import tasks
+
+    ips = [f"192.0.2.{i}" for i in range(1, 21)]
+    devices = [f"{i:03d}-55-{i:04d}" for i in range(1, 21)]
+    bodies = [event(ip, dev, f"user-{i}") for i, (ip, dev) in enumerate(zip(ips, devices, strict=True))]
+    bodies += [json.dumps({"ip": ips[0], "device_id": devices[0]}), "garbage " + ips[1]]  # rejected ones too
+    queue.send(bodies)
+    secrets = ips + devices
+
+    # Chunks parked on the broker, before any worker takes them: only ciphertext in Redis.
+    received: list[records.Message] = []
+    while len(received) < len(bodies):
+        received += queue.receive(10, wait_seconds=1, visibility_timeout=60)
+    tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
+    redis_dump = dump_redis(broker)
+    assert b"sealed chunk of 22 messages" in redis_dump
+    assert_absent(secrets, redis_dump, "Redis while chunks wait")
+
+    pipeline.start("flower", FLOWER_BASIC_AUTH="tester:flower-secret")
+    wait_until(lambda: "Visit me at" in pipeline.log("flower") or "Listening" in pipeline.log("flower"), 30, "flower")
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, len(bodies)), 60, "the queue to drain")
+
+    flower_tasks = wait_until(lambda: flower_json(pipeline.flower_port), 30, "flower to list tasks")
+    assert "sealed chunk of 22 messages" in flower_tasks
+    assert_absent(secrets, flower_tasks.encode(), "Flower's task API")
+    assert_absent(secrets, dump_redis(broker), "Redis after the run")
+    dump = subprocess.run(["pg_dump", "--data-only", DATABASE], capture_output=True, check=True).stdout
+    assert b"user-3" in dump  # the dump does hold the rows...
+    assert_absent(secrets, dump, "pg_dump")  # ...but no raw ip or device_id
+    for kind in ("worker", "beat", "flower"):
+        assert_absent(secrets, pipeline.log(kind).encode(), f"the {kind} log")
+
+
+DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def dump_redis(client) -> bytes:  # type: ignore[no-untyped-def]
+    out = []
+    for key in client.scan_iter(count=1000):
+        out.append(key)
+        kind = client.type(key)
+        if kind == b"string":
+            out.append(client.get(key) or b"")
+        elif kind == b"list":
+            out += client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            for k, v in client.hgetall(key).items():
+                out += [k, v]
+        elif kind == b"set":
+            out += list(client.smembers(key))
+        elif kind == b"zset":
+            out += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+    return b"\n".join(out)
+
+
+def flower_json(port: int) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310
+        f"http://127.0.0.1:{port}/api/tasks",
+        headers={"Authorization": "Basic " + base64.b64encode(b"tester:flower-secret").decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            text: str = response.read().decode()
+    except OSError:
+        return ""
+    return text if "mask_and_write" in text else ""
+
+
+def assert_absent(secrets: list[str], haystack: bytes, where: str) -> None:
+    found = [s for s in secrets if s.encode() in haystack]
+    assert not found, f"{len(found)} raw PII values found in {where}"
+
+
+def test_worker_refuses_to_start_without_a_masking_key(pipeline: Pipeline) -> None:
+    env = {k: v for k, v in pipeline.env.items() if k != "ETL_MASKING_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "etl", "worker", "--loglevel=INFO"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ETL_MASKING_KEY is not set" in result.stderr and "etl keygen" in result.stderr
+
+
+def test_migrations_adopt_a_preexisting_exercise_table(conn: db.Connection) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP VIEW user_logins_readable; DROP TABLE user_logins; DELETE FROM etl_schema_migrations")
+        cur.execute(db.USER_LOGINS_DDL)
+        cur.execute("INSERT INTO user_logins (user_id, app_version) VALUES ('legacy', 230)")
+    assert len(db.migrate(conn)) == len(db.MIGRATIONS)
+    assert db.migrate(conn) == []  # idempotent
+    assert db.query(conn, "SELECT user_id, message_id FROM user_logins") == [("legacy", None)]
+    codes = db.query(conn, "SELECT etl_app_version_code('2.3'), etl_app_version_code('6.02'), etl_app_version_code('1.2.3.4')")
+    assert codes == [(2_003_000, 6_002_000, None)]
+
+
+def test_cli_seed_and_stats(queue: sqs.Queue, conn: db.Connection) -> None:
+    import os
+
+    env = {**os.environ, "SQS_QUEUE_URL": queue.url, "DATABASE_URL": DATABASE}
+    etl = [sys.executable, "-m", "etl.cli"]
+    seeded = subprocess.run([*etl, "seed", "--count", "25", "--seed", "7"], env=env, capture_output=True, text=True)
+    assert seeded.returncode == 0, seeded.stderr
+    assert "sent 25 messages" in seeded.stdout and "25/25" in seeded.stderr  # the progress bar
+    stats = subprocess.run([*etl, "stats"], env=env, capture_output=True, text=True)
+    assert stats.returncode == 0, stats.stderr
+    assert "25 waiting" in stats.stdout
+    time.sleep(0)
