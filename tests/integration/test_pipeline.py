@@ -2,9 +2,9 @@
 
 import base64
 import json
+import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from etl import appversion, db, events, records, samples, sqs
 from etl.masking import Masker
 from etl.sealing import Sealer
 from tests.conftest import SHARED_SAMPLES
-from tests.integration.conftest import MASKING_KEY, PAYLOAD_KEY, Pipeline, drained, wait_until
+from tests.integration.conftest import DATABASE_URL, MASKING_KEY, PAYLOAD_KEY, Pipeline, drained, wait_until
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -23,7 +23,14 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 def event(ip: str, device_id: str, user: str = "u", version: str = "1.2.3") -> str:
     return json.dumps(
-        {"user_id": user, "device_type": "ios", "ip": ip, "device_id": device_id, "app_version": version, "locale": "GB"}
+        {
+            "user_id": user,
+            "device_type": "ios",
+            "ip": ip,
+            "device_id": device_id,
+            "app_version": version,
+            "locale": "GB",
+        }
     )
 
 
@@ -155,8 +162,6 @@ def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
 def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
     pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection, broker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    import urllib.request
-
     from etl import tasks
 
     ips = [f"192.0.2.{i}" for i in range(1, 21)]
@@ -184,14 +189,11 @@ def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
     assert "sealed chunk of 22 messages" in flower_tasks
     assert_absent(secrets, flower_tasks.encode(), "Flower's task API")
     assert_absent(secrets, dump_redis(broker), "Redis after the run")
-    dump = subprocess.run(["pg_dump", "--data-only", DATABASE], capture_output=True, check=True).stdout
+    dump = subprocess.run(["pg_dump", "--data-only", DATABASE_URL], capture_output=True, check=True).stdout
     assert b"user-3" in dump  # the dump does hold the rows...
     assert_absent(secrets, dump, "pg_dump")  # ...but no raw ip or device_id
     for kind in ("worker", "beat", "flower"):
         assert_absent(secrets, pipeline.log(kind).encode(), f"the {kind} log")
-
-
-DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def dump_redis(client) -> bytes:  # type: ignore[no-untyped-def]
@@ -216,7 +218,7 @@ def dump_redis(client) -> bytes:  # type: ignore[no-untyped-def]
 def flower_json(port: int) -> str:
     import urllib.request
 
-    request = urllib.request.Request(  # noqa: S310
+    request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/tasks",
         headers={"Authorization": "Basic " + base64.b64encode(b"tester:flower-secret").decode()},
     )
@@ -254,14 +256,14 @@ def test_migrations_adopt_a_preexisting_exercise_table(conn: db.Connection) -> N
     assert len(db.migrate(conn)) == len(db.MIGRATIONS)
     assert db.migrate(conn) == []  # idempotent
     assert db.query(conn, "SELECT user_id, message_id FROM user_logins") == [("legacy", None)]
-    codes = db.query(conn, "SELECT etl_app_version_code('2.3'), etl_app_version_code('6.02'), etl_app_version_code('1.2.3.4')")
+    codes = db.query(
+        conn, "SELECT etl_app_version_code('2.3'), etl_app_version_code('6.02'), etl_app_version_code('1.2.3.4')"
+    )
     assert codes == [(2_003_000, 6_002_000, None)]
 
 
 def test_cli_seed_and_stats(queue: sqs.Queue, conn: db.Connection) -> None:
-    import os
-
-    env = {**os.environ, "SQS_QUEUE_URL": queue.url, "DATABASE_URL": DATABASE}
+    env = {**os.environ, "SQS_QUEUE_URL": queue.url, "DATABASE_URL": DATABASE_URL}
     etl = [sys.executable, "-m", "etl.cli"]
     seeded = subprocess.run([*etl, "seed", "--count", "25", "--seed", "7"], env=env, capture_output=True, text=True)
     assert seeded.returncode == 0, seeded.stderr
@@ -269,4 +271,3 @@ def test_cli_seed_and_stats(queue: sqs.Queue, conn: db.Connection) -> None:
     stats = subprocess.run([*etl, "stats"], env=env, capture_output=True, text=True)
     assert stats.returncode == 0, stats.stderr
     assert "25 waiting" in stats.stdout
-    time.sleep(0)

@@ -13,7 +13,7 @@ def test_defaults() -> None:
 
 
 def test_missing_masking_key_refuses_with_a_hint() -> None:
-    with pytest.raises(ConfigError, match="ETL_MASKING_KEY is not set.*etl keygen"):
+    with pytest.raises(ConfigError, match=r"ETL_MASKING_KEY is not set.*etl keygen"):
         runtime.build(settings.load({"ETL_PAYLOAD_KEY": new_key()}))
 
 
