@@ -47,6 +47,8 @@ task_send_sent_event = True
 # Replace long-lived processes now and then to bound memory growth.
 worker_max_tasks_per_child = 10_000
 
+# Where beat remembers when it last ran each entry (a local file; a stale one is harmless).
+beat_schedule_filename = _s.beat_schedule_file
 beat_schedule = {
     "fetch-sqs": {
         "task": "etl.fetch",

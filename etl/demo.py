@@ -36,17 +36,19 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def celery_command(kind: str, workdir: Path, flower_port: int = 5555) -> list[str]:
-    """The exact command line compose and the docs use, run with this interpreter."""
-    base = [sys.executable, "-m", "celery", "-A", "etl"]
-    args = {
-        "worker": ["worker", "--loglevel=INFO", "--concurrency=2", f"--hostname=etl-{os.getpid()}@%h"],
-        "beat": ["beat", "--loglevel=INFO", f"--schedule={workdir / 'celerybeat-schedule'}"],
-        "flower": ["flower", "--address=127.0.0.1", f"--port={flower_port}", "--max_tasks=10000"],
-    }
-    if kind in args:
-        return base + args[kind]
-    raise ValueError(kind)
+# The one definition of how each process is started. docker-compose.yml runs the same argument
+# lists (a unit test holds them equal); what differs between places is only the environment
+# (ETL_BEAT_SCHEDULE_FILE, FLOWER_ADDRESS, FLOWER_PORT, ...).
+COMMANDS = {
+    "worker": ["celery", "-A", "etl", "worker", "--loglevel=INFO", "--concurrency=2"],
+    "beat": ["celery", "-A", "etl", "beat", "--loglevel=INFO"],
+    "flower": ["celery", "-A", "etl", "flower", "--max_tasks=10000"],
+}
+
+
+def celery_command(kind: str) -> list[str]:
+    """COMMANDS[kind], run with this interpreter (so the .venv need not be on PATH)."""
+    return [sys.executable, "-m", *COMMANDS[kind]]
 
 
 def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -85,6 +87,8 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
     env.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     env.setdefault("ETL_FETCH_INTERVAL", "2")
+    env.setdefault("ETL_BEAT_SCHEDULE_FILE", str(LOG_DIR / "celerybeat-schedule"))
+    env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
     return env, notes
 
 
@@ -93,6 +97,7 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     env, notes = demo_env()
+    env["FLOWER_PORT"] = str(flower_port)
     for note in notes:
         print(f"note: {note}")
     LOG_DIR.mkdir(exist_ok=True)
@@ -136,7 +141,7 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
             if kind == "flower" and port_in_use(flower_port):
                 print(f"flower: port {flower_port} is busy, skipping Flower (use --flower-port)")
                 continue
-            procs[kind] = spawn(celery_command(kind, LOG_DIR, flower_port), env, LOG_DIR / f"{kind}.log")
+            procs[kind] = spawn(celery_command(kind), env, LOG_DIR / f"{kind}.log")
             stack.callback(stop, procs[kind])
         flower = f", flower at http://127.0.0.1:{flower_port}" if "flower" in procs else ""
         print(f"celery: worker, beat{flower}; logs in {LOG_DIR}/")

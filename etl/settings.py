@@ -30,7 +30,7 @@ class Settings:
     fetch_seconds: float = 4.0
     fetch_max_messages: int = 1000
     visibility_timeout: int = 120
-    log_level: str = "INFO"
+    beat_schedule_file: str = "celerybeat-schedule"
 
     def __repr__(self) -> str:  # never print the keys
         return (
@@ -87,7 +87,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         fetch_seconds=_number(env, "ETL_FETCH_SECONDS", max(fetch_interval - 1, 0.5), float, 0.5),
         fetch_max_messages=int(_number(env, "ETL_FETCH_MAX_MESSAGES", 1000, int, 10)),
         visibility_timeout=int(_number(env, "SQS_VISIBILITY_TIMEOUT", 120, int, 10)),
-        log_level=(env.get("ETL_LOG_LEVEL") or "INFO").upper(),
+        beat_schedule_file=env.get("ETL_BEAT_SCHEDULE_FILE") or "celerybeat-schedule",
     )
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")

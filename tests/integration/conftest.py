@@ -125,9 +125,8 @@ class Pipeline:
     def start(self, *kinds: str, **env: str) -> None:
         for kind in kinds:
             self.flower_port = self.flower_port or demo.free_port()
-            self.procs[kind] = demo.spawn(
-                demo.celery_command(kind, self.workdir, self.flower_port), {**self.env, **env}, self.log_path(kind)
-            )
+            env = {"FLOWER_PORT": str(self.flower_port), "FLOWER_ADDRESS": "127.0.0.1", **env}
+            self.procs[kind] = demo.spawn(demo.celery_command(kind), {**self.env, **env}, self.log_path(kind))
 
     def stop(self, *kinds: str) -> None:
         for kind in kinds or list(self.procs):
@@ -151,6 +150,7 @@ def pipeline(queue: sqs.Queue, conn: db.Connection, broker: redis.Redis, tmp_pat
         "ETL_PAYLOAD_KEY": PAYLOAD_KEY,
         "ETL_FETCH_INTERVAL": "1",
         "ETL_CHUNK_SIZE": "20",
+        "ETL_BEAT_SCHEDULE_FILE": str(tmp_path / "celerybeat-schedule"),
     }
     p = Pipeline(env=env, workdir=tmp_path)
     yield p

@@ -1,0 +1,93 @@
+"""docker-compose.yml and the Dockerfile run exactly what the local path runs."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from etl.demo import COMMANDS
+
+ROOT = Path(__file__).parents[2]
+
+
+def compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.mark.parametrize("kind", sorted(COMMANDS))
+def test_compose_runs_the_demo_commands(kind: str) -> None:
+    assert compose()["services"][kind]["command"] == COMMANDS[kind]
+
+
+def test_dockerfile_default_command_is_the_worker() -> None:
+    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert cmd and json.loads(cmd.group(1)) == COMMANDS["worker"]
+
+
+def test_compose_names_every_setting_of_env_example() -> None:
+    example = (ROOT / ".env.example").read_text()
+    names = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.M))
+    env = compose()["services"]["worker"]["environment"]
+    assert {"SQS_QUEUE_URL", "DATABASE_URL", "CELERY_BROKER_URL", "ETL_MASKING_KEY", "ETL_PAYLOAD_KEY"} <= set(env)
+    assert {"SQS_QUEUE_URL", "DATABASE_URL", "CELERY_BROKER_URL", "ETL_MASKING_KEY", "ETL_PAYLOAD_KEY"} <= names
+
+
+def test_readme_settings_table_lists_every_env_example_setting() -> None:
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    names = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.M))
+    assert names and all(f"`{n}`" in readme for n in names)
+
+
+def empty_env(tmp_path: Path) -> Path:
+    """An empty env file, so a developer's own .env cannot change what is validated."""
+    path = tmp_path / "empty.env"
+    path.write_text("")
+    return path
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (validator) not installed")
+def test_compose_file_validates(tmp_path: Path) -> None:
+    env = {**os.environ, "ETL_MASKING_KEY": "k" * 40, "ETL_PAYLOAD_KEY": "p", "FLOWER_BASIC_AUTH": "a:b"}
+    result = subprocess.run(
+        [
+            "docker-compose",
+            "--env-file",
+            str(empty_env(tmp_path)),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "config",
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose (validator) not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "FLOWER_"))}
+    result = subprocess.run(
+        [
+            "docker-compose",
+            "--env-file",
+            str(empty_env(tmp_path)),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "config",
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert result.returncode != 0 and "etl keygen" in result.stderr
