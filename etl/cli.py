@@ -4,11 +4,13 @@ import argparse
 import json
 import secrets
 import sys
+import time
 from pathlib import Path
 
-from etl import db, samples, settings, sqs
+from etl import db, health, samples, settings, sqs
+from etl.broker import Broker
 from etl.errors import EtlError
-from etl.sealing import new_key
+from etl.sealing import Sealer, new_key
 
 SEND_STEP = 100  # messages per progress-bar step
 
@@ -87,6 +89,76 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    s = settings.load()
+    try:
+        depth = sqs.Queue(s.sqs_queue_url).depth()
+        beats = Broker(s.broker_url).heartbeats()
+    except EtlError as exc:
+        print(f"unhealthy: {exc}")
+        return 1
+    verdict = health.assess(
+        waiting=depth["visible"],
+        heartbeats=beats,
+        now=time.time(),
+        max_idle=args.max_idle or s.health_max_idle,
+        fetch_interval=s.fetch_interval,
+        node=args.node,
+    )
+    if args.json:
+        print(json.dumps({"healthy": verdict.healthy, "reasons": verdict.reasons, **verdict.facts}))
+    else:
+        print("healthy" if verdict.healthy else "unhealthy: " + "; ".join(verdict.reasons))
+        print("  " + ", ".join(f"{k}={v}" for k, v in verdict.facts.items()))
+    return 0 if verdict.healthy else 1
+
+
+def cmd_rejected_list(args: argparse.Namespace) -> int:
+    s = settings.load()
+    conn = db.connect(s.database_url)
+    try:
+        summary = db.rejected_summary(conn)
+    finally:
+        conn.close()
+    if not summary:
+        print("no rejected messages")
+        return 0
+    print(f"{'reason':<18} {'count':>7} {'replayed':>9}  {'first':<19}  {'last':<19}")
+    for reason, count, replayed, first, last, details in summary:
+        print(f"{reason:<18} {count:>7} {replayed:>9}  {first:%Y-%m-%d %H:%M:%S}  {last:%Y-%m-%d %H:%M:%S}")
+        for detail in details or []:
+            print(f"{'':<20}- {detail}")
+    return 0
+
+
+def cmd_rejected_replay(args: argparse.Namespace) -> int:
+    s = settings.load()
+    s.require_keys()
+    sealer = Sealer(list(s.payload_keys))
+    queue = sqs.Queue(s.sqs_queue_url)
+    conn = db.connect(s.database_url)
+    replayed = 0
+    try:
+        if args.dry_run:
+            count = len(db.rejected_to_replay(conn, args.reason, args.limit or 10_000_000))
+            print(f"would replay {count} rejected messages" + (f" with reason {args.reason}" if args.reason else ""))
+            return 0
+        while args.limit is None or replayed < args.limit:
+            step = SEND_STEP if args.limit is None else min(SEND_STEP, args.limit - replayed)
+            batch = db.rejected_to_replay(conn, args.reason, step)
+            if not batch:
+                break
+            bodies = [sealer.open(sealed).decode("utf-8", "surrogatepass") for _, sealed in batch]
+            new_ids = queue.send(bodies)
+            db.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
+            replayed += len(batch)
+            print(f"replayed {replayed} messages", file=sys.stderr)
+    finally:
+        conn.close()
+    print(f"replayed {replayed} rejected messages to {s.sqs_queue_url}; each is recorded in rejected_replays")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     print("# fresh secrets for .env; keep them out of version control and logs")
     print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
@@ -124,6 +196,22 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--flower-port", type=int, default=5555, help="0 to skip Flower")
     demo.set_defaults(func=cmd_demo)
 
+    check = sub.add_parser("health", help="exit 0 if the pipeline (or one worker) makes progress, else 1")
+    check.add_argument("--node", help="judge one worker (its Celery hostname, e.g. celery@$HOSTNAME)")
+    check.add_argument("--max-idle", type=float, help="seconds without progress that count as stuck (default 300)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_health)
+
+    rejected = sub.add_parser("rejected", help="inspect and replay rejected messages")
+    rsub = rejected.add_subparsers(dest="action", required=True)
+    rlist = rsub.add_parser("list", help="counts per reason (no message content)")
+    rlist.set_defaults(func=cmd_rejected_list)
+    replay = rsub.add_parser("replay", help="send rejected messages back to the queue, recording each replay")
+    replay.add_argument("--reason", help="only this reason")
+    replay.add_argument("--limit", type=int, help="at most this many")
+    replay.add_argument("--dry-run", action="store_true", help="only say how many would be replayed")
+    replay.set_defaults(func=cmd_rejected_replay)
+
     keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY and ETL_PAYLOAD_KEY values")
     keygen.set_defaults(func=cmd_keygen)
     return p
@@ -133,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except EtlError as exc:
+    except (EtlError, ValueError) as exc:
         print(f"etl {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

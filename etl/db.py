@@ -91,6 +91,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FROM user_logins;
         """,
     ),
+    (
+        5,
+        "rejected_replays: every re-queue of a rejected message (etl rejected replay)",
+        """
+        CREATE TABLE IF NOT EXISTS rejected_replays(
+            id bigserial PRIMARY KEY,
+            message_id varchar(128) NOT NULL REFERENCES rejected_messages (message_id),
+            new_message_id varchar(128) NOT NULL,
+            replayed_at timestamptz NOT NULL DEFAULT now(),
+            replayed_by text NOT NULL DEFAULT current_user);
+        CREATE INDEX IF NOT EXISTS rejected_replays_message_id_idx ON rejected_replays (message_id);
+        """,
+    ),
 ]
 
 
@@ -248,3 +261,38 @@ def stats(conn: Connection, message_ids: Sequence[str] | None = None) -> dict[st
         "shared_device_tokens": shared["masked_device_id"][0],
         "rows_with_shared_device": int(shared["masked_device_id"][1]),
     }
+
+
+def rejected_summary(conn: Connection) -> list[tuple[Any, ...]]:
+    """Per reason: count, how many were replayed, first and last rejection, and the details."""
+    return query(
+        conn,
+        """
+        SELECT r.reason, count(*), count(DISTINCT p.message_id), min(r.rejected_at), max(r.rejected_at),
+               (SELECT array_agg(d ORDER BY d) FROM (SELECT DISTINCT detail AS d FROM rejected_messages
+                WHERE reason = r.reason LIMIT 5) AS details)
+        FROM rejected_messages r LEFT JOIN rejected_replays p USING (message_id)
+        GROUP BY r.reason ORDER BY count(*) DESC, r.reason
+        """,
+    )
+
+
+def rejected_to_replay(conn: Connection, reason: str | None, limit: int) -> list[tuple[str, str]]:
+    """(message_id, sealed_body) of rejections never replayed, oldest first."""
+    rows = query(
+        conn,
+        """
+        SELECT message_id, sealed_body FROM rejected_messages r
+        WHERE (%s::text IS NULL OR reason = %s)
+          AND NOT EXISTS (SELECT 1 FROM rejected_replays p WHERE p.message_id = r.message_id)
+        ORDER BY rejected_at, message_id LIMIT %s
+        """,
+        (reason, reason, limit),
+    )
+    return [(str(m), str(b)) for m, b in rows]
+
+
+def record_replays(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
+    """Record (original message_id, new SQS MessageId) for each replayed message."""
+    with transaction(conn, "record replays") as cur:
+        execute_values(cur, "INSERT INTO rejected_replays (message_id, new_message_id) VALUES %s", list(pairs))

@@ -1,8 +1,9 @@
 """The two steps of the pipeline, written against narrow interfaces (no Celery here).
 
-* ``fetch``: pull SQS batches for a bounded time and hand them on in chunks.
+* ``fetch``: pull SQS batches for a bounded time and hand them on in chunks, pausing when the
+  broker already holds enough work (backpressure) or the worker is shutting down.
 * ``process_chunk``: transform a chunk, write it in one transaction, and only after the commit
-  delete its messages from SQS.
+  delete its messages from SQS, keeping them invisible in SQS while the work is in progress.
 
 Both take their I/O objects as arguments, so tests hand in real ones and the Celery tasks stay
 thin wrappers that only wire settings to these functions.
@@ -10,14 +11,17 @@ thin wrappers that only wire settings to these functions.
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from etl import db, records
+from etl.errors import TerminalError
 from etl.masking import Masker
-from etl.records import Message
+from etl.records import ChunkResult, Message
 from etl.sealing import Sealer
 
 log = logging.getLogger("etl.pipeline")
@@ -37,6 +41,7 @@ class FetchReport:
     chunks: int
     receive_calls: int
     seconds: float
+    stopped: str  # why the run ended: budget, max_messages, or what ``pause`` said
 
 
 @dataclass(frozen=True)
@@ -57,18 +62,21 @@ def fetch(
     max_messages: int,
     budget_seconds: float,
     visibility_timeout: int,
+    pause: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FetchReport:
     """Receive for up to ``budget_seconds`` (or ``max_messages``), dispatching full chunks.
 
-    Long-polls only while holding nothing, so a partial chunk is never kept waiting: it is sent
-    as soon as the queue runs dry. If a chunk cannot be dispatched (broker down), its messages
-    are made visible again at once instead of waiting out their visibility timeout.
+    Before starting each new chunk it asks ``pause`` (backpressure, shutdown); a reason stops
+    the run. Long-polls only while holding nothing, so a partial chunk is never kept waiting: it
+    is sent as soon as the queue runs dry. If a chunk cannot be dispatched (broker down), its
+    messages are made visible again at once instead of waiting out their visibility timeout.
     """
     started = clock()
     deadline = started + budget_seconds
     pending: list[Message] = []
     received = chunks = calls = 0
+    stopped = "max_messages"
 
     def send(chunk: list[Message]) -> None:
         nonlocal chunks
@@ -76,10 +84,7 @@ def fetch(
             dispatch(chunk)
         except Exception:
             log.warning("dispatch of %d messages failed; releasing them back to SQS", len(chunk))
-            try:
-                source.change_visibility(chunk, 0)
-            except Exception:
-                log.warning("release failed too; the messages return after their visibility timeout")
+            release(source, chunk)
             raise
         chunks += 1
 
@@ -87,7 +92,13 @@ def fetch(
         while received < max_messages:
             remaining = deadline - clock()
             if remaining <= 0:
+                stopped = "budget"
                 break
+            if not pending:
+                reason = pause()
+                if reason:
+                    stopped = reason
+                    break
             wait = 0 if pending else math.floor(remaining)
             batch = source.receive(
                 max_messages=min(10, max_messages - received),
@@ -104,11 +115,56 @@ def fetch(
                 chunk, pending = pending, []
                 send(chunk)  # the queue ran dry: do not keep a partial chunk waiting
             elif not batch and wait == 0:
+                stopped = "budget"
                 break  # less than a second left and nothing came
     finally:
         if pending:
             send(pending)
-    return FetchReport(received=received, chunks=chunks, receive_calls=calls, seconds=clock() - started)
+    return FetchReport(received, chunks, calls, clock() - started, stopped)
+
+
+def release(source: MessageSource, messages: list[Message]) -> None:
+    """Make messages visible again now (work we will not do), best effort."""
+    try:
+        source.change_visibility(messages, 0)
+    except Exception:
+        log.warning("releasing %d messages failed; they return after their visibility timeout", len(messages))
+
+
+@contextmanager
+def kept_invisible(source: MessageSource, messages: list[Message], visibility_timeout: int) -> Iterator[None]:
+    """While the body runs, keep ``messages`` hidden in SQS by extending their visibility.
+
+    A chunk that waited long in the broker is extended at once if less than half its visibility
+    is left; then every third of the timeout, so a slow write (a lock, a busy server) never lets
+    the messages reappear and be processed twice in parallel.
+    """
+    oldest = min((m.received_at for m in messages if m.received_at), default=time.time())
+    if time.time() - oldest > visibility_timeout / 2:
+        extend(source, messages, visibility_timeout)
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(visibility_timeout / 3):
+            extend(source, messages, visibility_timeout)
+
+    keeper = threading.Thread(target=keep, name="etl-visibility", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+
+
+def extend(source: MessageSource, messages: list[Message], seconds: int) -> None:
+    try:
+        failed = source.change_visibility(messages, seconds)
+    except Exception as exc:
+        log.warning("extending visibility of %d messages failed: %s", len(messages), exc)
+        return
+    if failed:
+        log.info("%d messages could not be extended (already redelivered or deleted)", len(failed))
 
 
 def process_chunk(
@@ -118,6 +174,7 @@ def process_chunk(
     sealer: Sealer,
     conn: db.Connection,
     source: MessageSource,
+    visibility_timeout: int = 120,
     label: str = "",
 ) -> ChunkReport:
     """Transform, write in one transaction, commit, then delete from SQS.
@@ -126,14 +183,19 @@ def process_chunk(
     rows already written (ON CONFLICT on message_id) and only deletes them.
     """
     started = time.monotonic()
-    result = records.transform(messages, masker, sealer)
-    written = db.write_chunk(conn, result)
-    not_deleted = source.delete(messages)
+    with kept_invisible(source, messages, visibility_timeout):
+        result = records.transform(messages, masker, sealer)
+        try:
+            written = db.write_chunk(conn, result)
+        except TerminalError as exc:
+            log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
+            written = write_one_by_one(conn, messages, result, sealer)
+        not_deleted = source.delete(messages)
     report = ChunkReport(
         messages=len(messages),
         inserted=written.inserted,
         duplicates=written.duplicates,
-        rejected=len(result.rejected),
+        rejected=written.rejected,
         not_deleted=len(not_deleted),
         seconds=time.monotonic() - started,
     )
@@ -154,3 +216,24 @@ def process_chunk(
             len(not_deleted),
         )
     return report
+
+
+def write_one_by_one(
+    conn: db.Connection, messages: list[Message], result: ChunkResult, sealer: Sealer
+) -> db.WriteResult:
+    """The safety net for a chunk Postgres refused: isolate the row(s) it will not take.
+
+    Each message is written in its own transaction; one that Postgres still refuses becomes a
+    ``db_refused`` rejection, so the good messages beside it are never held back.
+    """
+    by_id = {m.message_id: m for m in messages}
+    inserted = duplicates = rejected = 0
+    singles = [ChunkResult([row], []) for row in result.rows] + [ChunkResult([], [r]) for r in result.rejected]
+    for single in singles:
+        message_id = single.rows[0].message_id if single.rows else single.rejected[0].message_id
+        try:
+            w = db.write_chunk(conn, single)
+        except TerminalError as exc:
+            w = db.write_chunk(conn, ChunkResult([], [records.refused(by_id[message_id], str(exc), sealer)]))
+        inserted, duplicates, rejected = inserted + w.inserted, duplicates + w.duplicates, rejected + w.rejected
+    return db.WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejected)

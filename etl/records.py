@@ -23,6 +23,7 @@ class Message:
     body: str
     sent_timestamp_ms: int
     receive_count: int = 1
+    received_at: float = 0.0  # unix time this delivery was received (visibility clock start)
 
     def __repr__(self) -> str:  # the body holds raw PII
         return f"Message(message_id={self.message_id!r}, body=<{len(self.body)} chars>)"
@@ -89,6 +90,14 @@ def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer) -
         sent_at=sent_at(message.sent_timestamp_ms),
         receive_count=message.receive_count,
     )
+
+
+DB_REFUSED = "db_refused"
+
+
+def refused(message: Message, detail: str, sealer: Sealer) -> RejectedRow:
+    """A message that validated but that Postgres still would not store (a safety net)."""
+    return to_rejected(message, events.Rejection(DB_REFUSED, detail), sealer)
 
 
 def transform(messages: list[Message], masker: Masker, sealer: Sealer) -> ChunkResult:

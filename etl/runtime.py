@@ -9,6 +9,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from etl import db, settings, sqs
+from etl.broker import Broker
 from etl.errors import ConfigError
 from etl.masking import Masker
 from etl.sealing import Sealer
@@ -20,6 +21,7 @@ class Runtime:
     masker: Masker
     sealer: Sealer
     queue: sqs.Queue
+    broker: Broker
     _conn: db.Connection | None = field(default=None, repr=False)
 
     def conn(self) -> db.Connection:
@@ -47,7 +49,13 @@ def build(config: settings.Settings) -> Runtime:
         sealer = Sealer(list(config.payload_keys))
     except ValueError as exc:
         raise ConfigError(f"{exc}; {settings.KEYGEN_HINT}") from None
-    return Runtime(settings=config, masker=masker, sealer=sealer, queue=sqs.Queue(config.sqs_queue_url))
+    return Runtime(
+        settings=config,
+        masker=masker,
+        sealer=sealer,
+        queue=sqs.Queue(config.sqs_queue_url),
+        broker=Broker(config.broker_url),
+    )
 
 
 def get() -> Runtime:

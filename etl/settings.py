@@ -31,6 +31,8 @@ class Settings:
     fetch_max_messages: int = 1000
     visibility_timeout: int = 120
     beat_schedule_file: str = "celerybeat-schedule"
+    max_queued_chunks: int = 20
+    health_max_idle: float = 300.0
 
     def __repr__(self) -> str:  # never print the keys
         return (
@@ -88,6 +90,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         fetch_max_messages=int(_number(env, "ETL_FETCH_MAX_MESSAGES", 1000, int, 10)),
         visibility_timeout=int(_number(env, "SQS_VISIBILITY_TIMEOUT", 120, int, 10)),
         beat_schedule_file=env.get("ETL_BEAT_SCHEDULE_FILE") or "celerybeat-schedule",
+        max_queued_chunks=int(_number(env, "ETL_MAX_QUEUED_CHUNKS", 20, int, 1)),
+        health_max_idle=_number(env, "ETL_HEALTH_MAX_IDLE", 300.0, float, 10),
     )
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")

@@ -5,6 +5,7 @@ missing queue or credentials), with messages that name the operation and error c
 """
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -179,6 +180,7 @@ def _to_message(raw: Any) -> Message:
         message_id=raw["MessageId"],
         receipt_handle=raw["ReceiptHandle"],
         body=raw.get("Body", ""),
-        sent_timestamp_ms=int(attrs.get("SentTimestamp", 0)),
+        sent_timestamp_ms=int(attrs.get("SentTimestamp") or time.time() * 1000),
         receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+        received_at=time.time(),
     )

@@ -5,17 +5,21 @@ Task names are explicit and stable: queued work must survive a refactor.
 
 import logging
 import sys
+import threading
 from typing import Any
 
-from celery.signals import worker_init
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 
-from etl import locks, pipeline, records, runtime
+from etl import pipeline, records, runtime
 from etl.celery_app import app
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
 from etl.sealing import Sealer
 
 log = logging.getLogger("etl.tasks")
+QUEUE = "etl"  # celeryconfig.task_default_queue
+_shutting_down = threading.Event()
 
 
 @worker_init.connect
@@ -28,6 +32,17 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
         sys.exit(2)
 
 
+@worker_ready.connect
+def _record_start(sender: Any = None, **_: Any) -> None:
+    runtime.get().broker.beat("start", getattr(sender, "hostname", "?"))
+
+
+@worker_shutting_down.connect
+def _stop_fetching(**_: Any) -> None:
+    """On SIGTERM a running fetch stops receiving and hands on what it holds."""
+    _shutting_down.set()
+
+
 def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     """Queue one chunk for etl.mask_and_write: sealed, with a PII-free argsrepr for Flower."""
     mask_and_write.apply_async(
@@ -37,15 +52,22 @@ def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     )
 
 
-@app.task(name="etl.fetch", acks_late=False, ignore_result=True)
-def fetch() -> dict[str, Any]:
+@app.task(name="etl.fetch", bind=True, acks_late=False, ignore_result=True)
+def fetch(self: Any) -> dict[str, Any]:
     """Beat's task: pull SQS batches for a few seconds and fan them out as chunks."""
     rt = runtime.get()
     s = rt.settings
-    with locks.lease(s.broker_url, "etl:fetch-lock", s.fetch_seconds + 30) as held:
+
+    def pause() -> str | None:
+        if _shutting_down.is_set():
+            return "shutdown"
+        if rt.broker.queued(QUEUE) >= s.max_queued_chunks:
+            return "backpressure"
+        return None
+
+    with rt.broker.lease("etl:fetch-lock", s.fetch_seconds + 30) as held:
         if not held:
             return {"skipped": "another fetch is running"}
-
         report = pipeline.fetch(
             rt.queue,
             lambda chunk: send_chunk(chunk, rt.sealer),
@@ -53,16 +75,19 @@ def fetch() -> dict[str, Any]:
             max_messages=s.fetch_max_messages,
             budget_seconds=s.fetch_seconds,
             visibility_timeout=s.visibility_timeout,
+            pause=pause,
         )
-    if report.received:
+    rt.broker.beat("fetch", self.request.hostname or "?")
+    if report.received or report.stopped == "backpressure":
         log.info(
-            "fetched %d messages in %d chunks (%d receives, %.2fs)",
+            "fetched %d messages in %d chunks (%d receives, %.2fs, stopped: %s)",
             report.received,
             report.chunks,
             report.receive_calls,
             report.seconds,
+            report.stopped,
         )
-    return {"received": report.received, "chunks": report.chunks}
+    return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 
 
 @app.task(
@@ -86,7 +111,13 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     messages = records.unpack_chunk(sealed, rt.sealer)
     try:
         report = pipeline.process_chunk(
-            messages, masker=rt.masker, sealer=rt.sealer, conn=rt.conn(), source=rt.queue, label=self.request.id or ""
+            messages,
+            masker=rt.masker,
+            sealer=rt.sealer,
+            conn=rt.conn(),
+            source=rt.queue,
+            visibility_timeout=rt.settings.visibility_timeout,
+            label=self.request.id or "",
         )
     except TransientError as exc:
         rt.drop_conn()
@@ -94,4 +125,10 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
             "chunk %s: %s (attempt %d); its messages stay in SQS", self.request.id, exc, self.request.retries + 1
         )
         raise
+    except SoftTimeLimitExceeded:
+        rt.drop_conn()
+        log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", self.request.id, len(messages))
+        pipeline.release(rt.queue, messages)
+        raise
+    rt.broker.beat("commit", self.request.hostname or "?")
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

@@ -91,11 +91,7 @@ def conn() -> Iterator[db.Connection]:
     """A connection to a freshly migrated test database."""
     connection = db.connect(DATABASE_URL)
     with connection, connection.cursor() as cur:
-        cur.execute(
-            "DROP VIEW IF EXISTS user_logins_readable; DROP TABLE IF EXISTS user_logins, rejected_messages, "
-            "etl_schema_migrations; DROP FUNCTION IF EXISTS etl_app_version_text(integer), "
-            "etl_app_version_code(text)"
-        )
+        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
     db.migrate(connection)
     yield connection
     connection.close()

@@ -76,3 +76,42 @@ def test_failed_dispatch_releases_messages_back_to_the_queue() -> None:
     with pytest.raises(ConnectionError):
         run(queue, broker_down)
     assert len(queue.visible) == 30 and queue.invisible == []
+
+
+def test_pause_stops_before_a_new_chunk() -> None:
+    queue, chunks = MemoryQueue(100), []
+    calls = iter([None, None, "backpressure"])
+    report = run(queue, chunks.append, chunk_size=10, pause=lambda: next(calls))
+    assert report.stopped == "backpressure"
+    assert [len(c) for c in chunks] == [10, 10] and len(queue.visible) == 80
+
+
+class SlowQueue(MemoryQueue):
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.extensions: list[int] = []
+
+    def change_visibility(self, messages: list[Message], seconds: int) -> list[str]:
+        self.extensions.append(seconds)
+        return []
+
+
+def test_visibility_is_extended_while_work_is_in_progress() -> None:
+    import time
+
+    queue = SlowQueue(3)
+    messages = queue.receive(3)
+    with pipeline.kept_invisible(queue, messages, visibility_timeout=1):
+        time.sleep(1.2)  # about three extensions at one third of the timeout
+    assert len(queue.extensions) >= 2 and set(queue.extensions) == {1}
+
+
+def test_a_chunk_that_waited_long_is_extended_at_once() -> None:
+    import dataclasses
+    import time
+
+    queue = SlowQueue(2)
+    old = [dataclasses.replace(m, received_at=time.time() - 100) for m in queue.receive(2)]
+    with pipeline.kept_invisible(queue, old, visibility_timeout=120):
+        pass
+    assert queue.extensions == [120]

@@ -1,0 +1,62 @@
+"""The only module that talks to Redis directly (redis-py): what kombu does not do for us.
+
+* a lease lock, so overlapping fetch runs (two beats, a slow run) do not stack;
+* the broker queue's length, for backpressure;
+* progress heartbeats (last fetch, last commit per worker), for ``etl health``.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import redis
+
+from etl.errors import TransientError
+
+HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
+
+
+class Broker:
+    """Redis-side coordination state next to the Celery broker (one client per process)."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+
+    @contextmanager
+    def lease(self, name: str, seconds: float) -> Iterator[bool]:
+        """Hold ``name`` for at most ``seconds`` if nobody else does; yields whether we got it.
+
+        The TTL means a crashed holder can never block the lock for longer than ``seconds``.
+        If Redis is unreachable we yield False: fetching without the broker is pointless anyway.
+        """
+        lock = self._redis.lock(name, timeout=seconds, blocking=False)
+        try:
+            acquired = bool(lock.acquire())
+        except redis.RedisError:
+            acquired = False
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                with suppress(redis.RedisError):  # expired or Redis gone: the TTL cleans up
+                    lock.release()
+
+    def queued(self, queue: str) -> int:
+        """Tasks waiting in a Celery queue (kombu keeps them in a Redis list of that name)."""
+        try:
+            return int(self._redis.llen(queue))
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis LLEN failed: {type(exc).__name__}") from None
+
+    def beat(self, what: str, node: str) -> None:
+        """Record that ``node`` just did ``what`` (best effort: never fail a chunk for this)."""
+        with suppress(redis.RedisError):
+            self._redis.hset(HEARTBEATS, f"{what}:{node}", f"{time.time():.3f}")
+
+    def heartbeats(self) -> dict[str, float]:
+        """All recorded heartbeats, as {"<what>:<node>": unix time}."""
+        try:
+            raw = self._redis.hgetall(HEARTBEATS)
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
+        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}

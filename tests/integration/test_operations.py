@@ -1,0 +1,88 @@
+"""Failure isolation, replay of rejections, and the health check, end to end."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from etl import db, sqs
+from tests.integration.conftest import Pipeline, drained, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def event(user: str, version: str = "1.0") -> str:
+    return json.dumps(
+        {"user_id": user, "device_type": "ios", "ip": "10.9.8.7", "device_id": "d", "app_version": version}
+    )
+
+
+def etl(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etl.cli", *args], env=pipeline.env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_row_postgres_refuses_is_isolated_from_its_chunk(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    with conn, conn.cursor() as cur:  # a rule the validator does not know about
+        cur.execute("ALTER TABLE user_logins ADD CONSTRAINT no_evil CHECK (user_id <> 'evil')")
+    queue.send([event(f"good-{i}") for i in range(9)] + [event("evil")])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 10), 60, "the queue to drain")
+    assert db.stats(conn)["rows"] == 9
+    assert db.query(conn, "SELECT reason, detail FROM rejected_messages") == [
+        ("db_refused", "Postgres write chunk refused: 23514 CheckViolation")
+    ]
+
+
+def test_rejected_messages_can_be_listed_and_replayed(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    queue.send([event(f"u{i}", version="1.2.3.4") for i in range(3)] + ["not json"])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 4), 60, "the queue to drain")
+
+    listed = etl(pipeline, "rejected", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "bad_app_version" in listed.stdout and "invalid_json" in listed.stdout
+    assert "10.9.8.7" not in listed.stdout
+
+    dry = etl(pipeline, "rejected", "replay", "--reason", "bad_app_version", "--dry-run")
+    assert "would replay 3" in dry.stdout
+    replay = etl(pipeline, "rejected", "replay", "--reason", "bad_app_version")
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 3" in replay.stdout
+    # the replayed bodies are still bad: they come back as 3 new rejections
+    wait_until(drained(queue, conn, 7), 60, "the replayed messages")
+    assert db.query(conn, "SELECT count(*) FROM rejected_replays") == [(3,)]
+    again = etl(pipeline, "rejected", "replay", "--reason", "bad_app_version", "--dry-run")
+    assert "would replay 3" in again.stdout  # only the new rejections, never the replayed ones twice
+
+
+def test_health_reports_progress_and_a_stall(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+    queue.send([event(f"h{i}") for i in range(5)])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 5), 60, "the queue to drain")
+    ok = etl(pipeline, "health", "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["healthy"] is True
+
+    pipeline.stop()
+    queue.send([event("late")])
+    time.sleep(1.5)
+    stalled = etl(pipeline, "health", "--max-idle", "1")
+    assert stalled.returncode == 1 and "messages wait but nothing was committed" in stalled.stdout
+
+
+def test_two_beats_do_not_double_fetch(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+    queue.send([event(f"b{i}") for i in range(40)])
+    pipeline.start("worker", "beat")
+    pipeline.procs["beat2"] = pipeline.procs.pop("beat")
+    pipeline.start("beat")  # a second beat, started by mistake
+    wait_until(drained(queue, conn, 40), 90, "the queue to drain")
+    assert db.query(conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins") == [(40, 40)]
+    assert "Scheduler: Sending due task" in pipeline.log("beat2")  # both beats really were scheduling
