@@ -80,9 +80,7 @@ def test_health_reports_progress_and_a_stall(pipeline: Pipeline, queue: sqs.Queu
 
 def test_two_beats_do_not_double_fetch(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
     queue.send([event(f"b{i}") for i in range(40)])
-    pipeline.start("worker", "beat")
-    pipeline.procs["beat2"] = pipeline.procs.pop("beat")
-    pipeline.start("beat")  # a second beat, started by mistake
+    pipeline.start("worker", "beat", "beat2")  # a second beat, started by mistake
     wait_until(drained(queue, conn, 40), 90, "the queue to drain")
     assert db.query(conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins") == [(40, 40)]
     assert "Scheduler: Sending due task" in pipeline.log("beat2")  # both beats really were scheduling
