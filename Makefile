@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration clean
+.PHONY: install demo test lint typecheck unit integration chaos clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ integration: install
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# All seven fault-injection scenarios (restarts this machine's Postgres and Redis; see README).
+chaos: install
+	$(BIN)/python -m tests.chaos.harness --messages $(or $(MESSAGES),300) --json .chaos-results.json
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -65,7 +65,9 @@ def fetch(self: Any) -> dict[str, Any]:
             return "backpressure"
         return None
 
-    with rt.broker.lease("etl:fetch-lock", s.fetch_seconds + 30) as held:
+    # The lease outlives a normal run (budget + one last call) but not by much: a fetcher killed
+    # mid-run blocks the next one for at most ~10 s.
+    with rt.broker.lease("etl:fetch-lock", s.fetch_seconds + 10) as held:
         if not held:
             return {"skipped": "another fetch is running"}
         report = pipeline.fetch(

@@ -1,0 +1,370 @@
+"""`make chaos`: inject faults into a running pipeline and check nothing is lost or doubled.
+
+Each scenario: a fresh queue and schema, a known set of messages, a real Celery worker and beat
+(against real Postgres and Redis, and moto behind a proxy that can cut it off), a fault injected
+mid-run, then a wait for the queue to drain and the checks:
+
+    rows + rejected == sent,  no duplicate message_id,  nothing left visible or in flight.
+
+    python -m tests.chaos.harness                     # all scenarios, default size
+    python -m tests.chaos.harness --scenarios 1,3,7 --messages 120
+
+Scenarios 2 and 3 restart this machine's PostgreSQL and Redis (as root, with the commands the
+machine docs give): run them only where those services are yours to restart.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support import AWS_ENV, BROKER_URL, DATABASE_URL, MotoServer, Pipeline, pipeline_env, reset_schema
+
+from etl import db, demo, events, samples, sqs  # isort: skip  (after tests.support)
+from tests.chaos import hostile  # isort: skip
+from tests.chaos.proxy import Proxy  # isort: skip
+
+VISIBILITY = 10  # seconds: short, so that faults make SQS redeliver within the run
+
+
+@dataclass
+class Ctx:
+    pipeline: Pipeline
+    queue: sqs.Queue
+    proxy: Proxy
+    ids: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def done(self) -> int:
+        """Messages of this run that are rows or rejections (0 while Postgres is unreachable)."""
+        try:
+            conn = db.connect(DATABASE_URL)
+        except Exception:
+            return 0
+        try:
+            return sum(
+                db.query(conn, f"SELECT count(*) FROM {table} WHERE message_id = ANY(%s)", (self.ids,))[0][0]
+                for table in ("user_logins", "rejected_messages")
+            )
+        except Exception:
+            return 0
+        finally:
+            conn.close()
+
+    def wait_progress(self, fraction: float, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.done() < fraction * len(self.ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no progress to {fraction:.0%} within {timeout}s")
+            time.sleep(0.05)
+
+
+# ---- faults -----------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def kill_workers(ctx: Ctx) -> None:
+    """SIGKILL pool processes twice mid-chunk, then the whole worker once, and restart it."""
+    for step, fraction in enumerate((0.15, 0.35)):
+        ctx.wait_progress(fraction)
+        kids = children(ctx.pipeline.procs["worker"].pid)
+        if kids:
+            os.kill(kids[step % len(kids)], signal.SIGKILL)
+            ctx.notes.append(f"killed pool process at {fraction:.0%}")
+    ctx.wait_progress(0.55)
+    os.killpg(ctx.pipeline.procs["worker"].pid, signal.SIGKILL)
+    ctx.pipeline.procs.pop("worker").wait()
+    ctx.notes.append("killed the whole worker at 55%")
+    time.sleep(1)
+    ctx.pipeline.start("worker")
+
+
+def restart_postgres(ctx: Ctx) -> None:
+    ctx.wait_progress(0.2)
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    pg = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+    subprocess.run([*pg, "stop", "-m", "fast"], check=True, capture_output=True)
+    time.sleep(10)
+    subprocess.run([*pg, "start"], check=True, capture_output=True)
+    ctx.notes.append("postgres down for 10s")
+
+
+def park_chunks(ctx: Ctx, count: int) -> int:
+    """Receive up to ``count`` messages and queue them as chunks on the broker, as fetch does."""
+    from etl import tasks
+    from etl.sealing import Sealer
+
+    received: list[Any] = []
+    for _ in range(count // 10):
+        received += ctx.queue.receive(10, wait_seconds=1, visibility_timeout=VISIBILITY)
+    sealer = Sealer([ctx.pipeline.env["ETL_PAYLOAD_KEY"]])
+    for start in range(0, len(received), 20):
+        tasks.send_chunk(received[start : start + 20], sealer)
+    return len(received)
+
+
+def restart_redis(ctx: Ctx) -> None:
+    """Redis keeps nothing on disk here: every chunk waiting in the broker is lost.
+
+    The worker is stopped first and chunks are parked on the broker, so the restart really
+    destroys queued work; only SQS's redelivery can bring those messages back.
+    """
+    ctx.wait_progress(0.2)
+    ctx.pipeline.stop("worker")
+    parked = park_chunks(ctx, 60)
+    cli = ["redis-cli", "-h", "127.0.0.1", "-p", "6379"]
+    conf = {}
+    for key in ("dir", "logfile", "bind"):
+        out = subprocess.run([*cli, "config", "get", key], capture_output=True, text=True, check=True).stdout.split(
+            "\n"
+        )
+        conf[key] = out[1] if len(out) > 1 else ""
+    queued = subprocess.run([*cli, "-n", BROKER_URL.rsplit("/", 1)[-1], "llen", "etl"], capture_output=True, text=True)
+    subprocess.run([*cli, "shutdown", "nosave"], capture_output=True)
+    time.sleep(5)
+    cmd = ["redis-server", "--daemonize", "yes", "--port", "6379", "--save", "", "--appendonly", "no"]
+    cmd += ["--bind", *(conf["bind"].split() or ["127.0.0.1"])]
+    if conf["dir"]:
+        cmd += ["--dir", conf["dir"]]
+    if conf["logfile"]:
+        cmd += ["--logfile", conf["logfile"]]
+    subprocess.run(cmd, check=True, capture_output=True)
+    lost = queued.stdout.strip() or "?"
+    ctx.notes.append(f"redis down for 5s: {lost} queued tasks lost, {parked} messages among them")
+    ctx.pipeline.start("worker")
+
+
+def cut_sqs(ctx: Ctx) -> None:
+    ctx.wait_progress(0.2)
+    ctx.proxy.down()
+    time.sleep(20)
+    ctx.proxy.up()
+    ctx.notes.append("sqs unreachable for 20s")
+
+
+def stall_writes(ctx: Ctx) -> None:
+    """Hold a lock on user_logins for longer than the visibility timeout."""
+    ctx.wait_progress(0.2)
+    conn = db.connect(DATABASE_URL)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+            time.sleep(VISIBILITY + 15)
+    finally:
+        conn.close()
+    ctx.notes.append(f"writes stalled {VISIBILITY + 15}s (visibility {VISIBILITY}s)")
+
+
+def second_beat(ctx: Ctx) -> None:
+    ctx.pipeline.start("beat2")
+    ctx.notes.append("two beats for the whole run")
+
+
+def nothing(ctx: Ctx) -> None:
+    ctx.notes.append(f"{len(hostile.bodies())} distinct hostile bodies mixed in")
+
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+
+def plain(n: int) -> list[str]:
+    return samples.generate(n, seed=n, malformed_rate=0.02)
+
+
+def storm(n: int) -> list[str]:
+    bad = hostile.bodies()
+    good = samples.generate(max(n - len(bad), len(bad)), seed=7, malformed_rate=0)
+    mixed = []
+    for i, body in enumerate(good):
+        mixed.append(body)
+        if i < len(bad):
+            mixed.append(bad[i])
+    return mixed
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    name: str
+    fault: Callable[[Ctx], None]
+    bodies: Callable[[int], list[str]] = plain
+
+
+SCENARIOS = [
+    Scenario(1, "SIGKILL workers mid-chunk (x3)", kill_workers),
+    Scenario(2, "restart Postgres (10s down)", restart_postgres),
+    Scenario(3, "restart Redis (broker lost)", restart_redis),
+    Scenario(4, "SQS unreachable for 20s", cut_sqs),
+    Scenario(5, "writes stalled past visibility", stall_writes),
+    Scenario(6, "two beats at once", second_beat),
+    Scenario(7, "hostile message storm", nothing, storm),
+]
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    sent: int
+    rows: int
+    rejected: int
+    duplicates: int
+    dead_lettered: int
+    left_in_queue: int
+    seconds: float
+    notes: list[str]
+    expected_rows: int
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.rows - self.rejected - self.dead_lettered
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0
+            and self.duplicates == 0
+            and self.dead_lettered == 0
+            and self.left_in_queue == 0
+            and self.rows == self.expected_rows
+        )
+
+
+def run(scenario: Scenario, messages: int, moto: MotoServer, workdir: Path, timeout: float = 300) -> Result:
+    import redis
+
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    reset_schema().close()
+    for k, v in {**AWS_ENV, "AWS_ENDPOINT_URL_SQS": moto.endpoint}.items():
+        os.environ[k] = v
+    queue = sqs.Queue(sqs.create_queue(f"chaos-{scenario.number}-{uuid.uuid4().hex[:6]}"))
+    dlq = sqs.Queue(queue.url + "-dlq")
+    proxy = Proxy(moto.port, demo.free_port())
+    proxy.up()
+    bodies = scenario.bodies(messages)
+    ids = queue.send(bodies)
+    expected_rows = sum(isinstance(events.parse_event(b), events.LoginEvent) for b in bodies)
+
+    env = pipeline_env(queue.url, proxy.endpoint, SQS_VISIBILITY_TIMEOUT=str(VISIBILITY))
+    pipeline = Pipeline(env=env, workdir=workdir)
+    ctx = Ctx(pipeline, queue, proxy, ids)
+    started = time.monotonic()
+    try:
+        pipeline.start("worker", "beat")
+        scenario.fault(ctx)
+        deadline = started + timeout
+        while True:
+            depth = queue.depth()
+            if ctx.done() >= len(ids) and depth["visible"] == depth["in_flight"] == 0:
+                break
+            if time.monotonic() > deadline:
+                ctx.notes.append(f"TIMED OUT after {timeout:.0f}s")
+                break
+            time.sleep(0.5)
+        seconds = time.monotonic() - started
+    finally:
+        pipeline.stop()
+        proxy.down()
+    conn = db.connect(DATABASE_URL)
+    try:
+        ((rows, distinct_rows),) = db.query(
+            conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins WHERE message_id = ANY(%s)", (ids,)
+        )
+        ((rejected,),) = db.query(conn, "SELECT count(*) FROM rejected_messages WHERE message_id = ANY(%s)", (ids,))
+        ((both,),) = db.query(
+            conn,
+            "SELECT count(*) FROM user_logins u JOIN rejected_messages r USING (message_id) WHERE message_id = ANY(%s)",
+            (ids,),
+        )
+    finally:
+        conn.close()
+    depth, dlq_depth = queue.depth(), dlq.depth()
+    return Result(
+        scenario=scenario,
+        sent=len(ids),
+        rows=rows,
+        rejected=rejected,
+        duplicates=rows - distinct_rows + both,
+        dead_lettered=dlq_depth["visible"] + dlq_depth["in_flight"],
+        left_in_queue=depth["visible"] + depth["in_flight"],
+        seconds=seconds,
+        notes=ctx.notes,
+        expected_rows=expected_rows,
+    )
+
+
+def table(results: list[Result]) -> str:
+    head = (
+        f"{'#':>2}  {'scenario':<32} {'sent':>5} {'rows':>5} {'rejected':>8} "
+        f"{'dup':>4} {'lost':>5} {'dlq':>4} {'time':>7}  ok"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r.scenario.number:>2}  {r.scenario.name:<32} {r.sent:>5} {r.rows:>5} {r.rejected:>8} "
+            f"{r.duplicates:>4} {r.lost:>5} {r.dead_lettered:>4} {r.seconds:>6.1f}s  {'yes' if r.ok else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default=",".join(str(s.number) for s in SCENARIOS))
+    parser.add_argument("--messages", type=int, default=300, help="messages per scenario (moto slows past ~500)")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    wanted = {int(n) for n in args.scenarios.split(",")}
+    moto = MotoServer()
+    results = []
+    try:
+        for scenario in [s for s in SCENARIOS if s.number in wanted]:
+            print(f"scenario {scenario.number}: {scenario.name} ...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"chaos-{scenario.number}-") as tmp:
+                result = run(scenario, args.messages, moto, Path(tmp))
+                if not result.ok:
+                    keep = Path(tempfile.mkdtemp(prefix=f"chaos-{scenario.number}-logs-"))
+                    for log in Path(tmp).glob("*.log"):
+                        log.rename(keep / log.name)
+                    result.notes.append(f"logs kept in {keep}")
+            results.append(result)
+            print(f"  {'; '.join(result.notes)} ({result.seconds:.1f}s)", file=sys.stderr, flush=True)
+    finally:
+        moto.stop()
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([_as_dict(r) for r in results], indent=2))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _as_dict(r: Result) -> dict[str, Any]:
+    return {
+        "scenario": r.scenario.number,
+        "name": r.scenario.name,
+        "sent": r.sent,
+        "rows": r.rows,
+        "expected_rows": r.expected_rows,
+        "rejected": r.rejected,
+        "duplicates": r.duplicates,
+        "lost": r.lost,
+        "dead_lettered": r.dead_lettered,
+        "left_in_queue": r.left_in_queue,
+        "seconds": round(r.seconds, 1),
+        "notes": r.notes,
+        "ok": r.ok,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
