@@ -48,6 +48,13 @@ class Broker:
         except redis.RedisError as exc:
             raise TransientError(f"Redis LLEN failed: {type(exc).__name__}") from None
 
+    def flag(self, name: str, seconds: float) -> bool:
+        """Set ``name`` for ``seconds`` unless it is already set; True if we set it."""
+        try:
+            return bool(self._redis.set(name, "1", nx=True, px=int(seconds * 1000)))
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis SET failed: {type(exc).__name__}") from None
+
     def beat(self, what: str, node: str) -> None:
         """Record that ``node`` just did ``what`` (best effort: never fail a chunk for this)."""
         with suppress(redis.RedisError):

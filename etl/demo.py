@@ -87,6 +87,7 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
     env.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     env.setdefault("ETL_FETCH_INTERVAL", "2")
+    env.setdefault("ETL_FETCH_SECONDS", "2")  # short fetch runs, so the demo stops quickly
     env.setdefault("ETL_BEAT_SCHEDULE_FILE", str(LOG_DIR / "celerybeat-schedule"))
     env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
     return env, notes

@@ -62,11 +62,14 @@ def fetch(
     max_messages: int,
     budget_seconds: float,
     visibility_timeout: int,
+    receive_batch: int = 10,
     pause: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FetchReport:
     """Receive for up to ``budget_seconds`` (or ``max_messages``), dispatching full chunks.
 
+    Each round asks the source for up to ``receive_batch`` messages (the SQS module spreads that
+    over concurrent calls).
     Before starting each new chunk it asks ``pause`` (backpressure, shutdown); a reason stops
     the run. Long-polls only while holding nothing, so a partial chunk is never kept waiting: it
     is sent as soon as the queue runs dry. If a chunk cannot be dispatched (broker down), its
@@ -101,7 +104,7 @@ def fetch(
                     break
             wait = 0 if pending else math.floor(remaining)
             batch = source.receive(
-                max_messages=min(10, max_messages - received),
+                max_messages=min(receive_batch, max_messages - received),
                 wait_seconds=wait,
                 visibility_timeout=visibility_timeout,
             )

@@ -5,6 +5,7 @@ rebuilt only when a connection breaks.
 """
 
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -41,6 +42,14 @@ class Runtime:
 _current: tuple[int, Runtime] | None = None
 
 
+def make_queue(config: settings.Settings) -> sqs.Queue:
+    return sqs.Queue(config.sqs_queue_url, threads=config.sqs_threads)
+
+
+# The benchmark's SQS stand-in replaces this (bench/standin.py); nothing else should.
+queue_factory: Callable[[settings.Settings], sqs.Queue] = make_queue
+
+
 def build(config: settings.Settings) -> Runtime:
     """Validate secrets and build the runtime; raises ConfigError with what to do."""
     config.require_keys()
@@ -53,7 +62,7 @@ def build(config: settings.Settings) -> Runtime:
         settings=config,
         masker=masker,
         sealer=sealer,
-        queue=sqs.Queue(config.sqs_queue_url),
+        queue=queue_factory(config),
         broker=Broker(config.broker_url),
     )
 

@@ -25,13 +25,14 @@ class Settings:
     masking_key: str = ""
     masking_key_version: int = 1
     payload_keys: tuple[str, ...] = ()
-    chunk_size: int = 50
+    chunk_size: int = 500
     fetch_interval: float = 5.0
-    fetch_seconds: float = 4.0
-    fetch_max_messages: int = 1000
+    fetch_seconds: float = 20.0
+    fetch_max_messages: int = 10_000
     visibility_timeout: int = 120
     beat_schedule_file: str = "celerybeat-schedule"
     max_queued_chunks: int = 20
+    sqs_threads: int = 32
     health_max_idle: float = 300.0
 
     def __repr__(self) -> str:  # never print the keys
@@ -84,13 +85,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         masking_key=env.get("ETL_MASKING_KEY", ""),
         masking_key_version=int(_number(env, "ETL_MASKING_KEY_VERSION", 1, int, 1)),
         payload_keys=tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip()),
-        chunk_size=int(_number(env, "ETL_CHUNK_SIZE", 50, int, 1)),
+        chunk_size=int(_number(env, "ETL_CHUNK_SIZE", 500, int, 1)),
         fetch_interval=fetch_interval,
-        fetch_seconds=_number(env, "ETL_FETCH_SECONDS", max(fetch_interval - 1, 0.5), float, 0.5),
-        fetch_max_messages=int(_number(env, "ETL_FETCH_MAX_MESSAGES", 1000, int, 10)),
+        fetch_seconds=_number(env, "ETL_FETCH_SECONDS", 20.0, float, 0.5),
+        fetch_max_messages=int(_number(env, "ETL_FETCH_MAX_MESSAGES", 10_000, int, 10)),
         visibility_timeout=int(_number(env, "SQS_VISIBILITY_TIMEOUT", 120, int, 10)),
         beat_schedule_file=env.get("ETL_BEAT_SCHEDULE_FILE") or "celerybeat-schedule",
         max_queued_chunks=int(_number(env, "ETL_MAX_QUEUED_CHUNKS", 20, int, 1)),
+        sqs_threads=int(_number(env, "ETL_SQS_THREADS", 32, int, 1)),
         health_max_idle=_number(env, "ETL_HEALTH_MAX_IDLE", 300.0, float, 10),
     )
     if settings.chunk_size > 1000:

@@ -52,6 +52,20 @@ def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     )
 
 
+def request_fetch_if_starving(rt: runtime.Runtime) -> None:
+    """Ask for a fetch now when the broker runs low, instead of waiting for the next beat.
+
+    Beat keeps an idle queue polled; this keeps a busy one flowing. A short Redis flag makes
+    sure that a burst of finishing chunks sends one request, not one each.
+    """
+    try:
+        starving = rt.broker.queued(QUEUE) < max(1, rt.settings.max_queued_chunks // 2)
+        if starving and rt.broker.flag("etl:fetch-requested", seconds=1):
+            fetch.apply_async(expires=rt.settings.fetch_interval)
+    except TransientError:
+        pass  # beat will fetch anyway
+
+
 @app.task(name="etl.fetch", bind=True, acks_late=False, ignore_result=True)
 def fetch(self: Any) -> dict[str, Any]:
     """Beat's task: pull SQS batches for a few seconds and fan them out as chunks."""
@@ -70,6 +84,7 @@ def fetch(self: Any) -> dict[str, Any]:
     with rt.broker.lease("etl:fetch-lock", s.fetch_seconds + 10) as held:
         if not held:
             return {"skipped": "another fetch is running"}
+        rt.broker.beat("fetch", self.request.hostname or "?")
         report = pipeline.fetch(
             rt.queue,
             lambda chunk: send_chunk(chunk, rt.sealer),
@@ -77,6 +92,7 @@ def fetch(self: Any) -> dict[str, Any]:
             max_messages=s.fetch_max_messages,
             budget_seconds=s.fetch_seconds,
             visibility_timeout=s.visibility_timeout,
+            receive_batch=10 * s.sqs_threads,
             pause=pause,
         )
     rt.broker.beat("fetch", self.request.hostname or "?")
@@ -133,4 +149,5 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
         pipeline.release(rt.queue, messages)
         raise
     rt.broker.beat("commit", self.request.hostname or "?")
+    request_fetch_if_starving(rt)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

@@ -102,6 +102,7 @@ def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
         "ETL_MASKING_KEY": MASKING_KEY,
         "ETL_PAYLOAD_KEY": PAYLOAD_KEY,
         "ETL_FETCH_INTERVAL": "1",
+        "ETL_FETCH_SECONDS": "2",  # short runs: processes stop fast between tests
         "ETL_CHUNK_SIZE": "20",
         **extra,
     }
