@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration chaos clean
+.PHONY: install demo test lint typecheck unit integration chaos bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,8 @@ demo: install
 	$(BIN)/etl demo
 
 lint: install
-	$(BIN)/ruff check etl tests
-	$(BIN)/ruff format --check etl tests
+	$(BIN)/ruff check etl tests bench
+	$(BIN)/ruff format --check etl tests bench
 
 typecheck: install
 	$(BIN)/mypy
@@ -37,6 +37,12 @@ test: lint typecheck
 # All seven fault-injection scenarios (restarts this machine's Postgres and Redis; see README).
 chaos: install
 	$(BIN)/python -m tests.chaos.harness --messages $(or $(MESSAGES),300) --json .chaos-results.json
+
+# Throughput, cost and memory against limits measured in the same run (see README Performance).
+# Installs LocalStack into /tmp/localstack-venv with Python 3.13 the first time (skipped without it).
+bench: install
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -4,6 +4,8 @@ Driver errors leave this module as etl.errors kinds, with the SQLSTATE and class
 psycopg2's own messages can quote values, and values must never reach a log.
 """
 
+import io
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import psycopg2.extensions
 from psycopg2.extras import execute_values
 
 from etl.errors import ConfigError, TerminalError, TransientError
-from etl.records import ChunkResult
+from etl.records import ChunkResult, LoginRow
 
 Connection = psycopg2.extensions.connection
 
@@ -175,13 +177,19 @@ def migrate(conn: Connection) -> list[str]:
     return applied
 
 
-_INSERT_ROWS = """
-INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id,
-                         locale, app_version, create_date)
-VALUES %s
-ON CONFLICT (message_id) DO NOTHING
-RETURNING 1
+_COLUMNS = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date"
+# Rows are COPYed into a per-session staging table, then moved in one INSERT ... SELECT: about
+# twice as fast as a multi-row VALUES insert at 500 rows (bench/: write stage).
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS etl_stage_logins
+    (LIKE user_logins INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
 """
+_COPY_ROWS = f"COPY etl_stage_logins ({_COLUMNS}) FROM STDIN"
+_MOVE_ROWS = f"""
+INSERT INTO user_logins ({_COLUMNS}) SELECT {_COLUMNS} FROM etl_stage_logins ORDER BY message_id
+ON CONFLICT (message_id) DO NOTHING
+"""
+_staged: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 _INSERT_REJECTED = """
 INSERT INTO rejected_messages (message_id, reason, detail, sealed_body, body_chars, sent_at,
                                receive_count)
@@ -202,7 +210,38 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
     inserted = rejected_new = 0
     with transaction(conn, "write chunk") as cur:
         if rows:
-            row_values = [
+            if conn not in _staged:
+                cur.execute(_STAGE)  # once per session (remembered only after the commit)
+            cur.copy_expert(_COPY_ROWS, _copy_text(rows))
+            cur.execute(_MOVE_ROWS)
+            inserted = cur.rowcount
+        if rejected:
+            values = [
+                (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
+                for r in rejected
+            ]
+            rejected_new = len(execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True))
+    if rows:
+        _staged.add(conn)
+    return WriteResult(inserted=inserted, duplicates=len(rows) - inserted, rejected=rejected_new)
+
+
+def _copy_field(value: object) -> str:
+    if value is None:
+        return "\\N"
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def _copy_text(rows: Sequence[LoginRow]) -> io.StringIO:
+    """Rows in COPY's text format (validation already refused NUL and unpaired surrogates)."""
+    buf = io.StringIO()
+    buf.writelines(
+        "\t".join(
+            map(
+                _copy_field,
                 (
                     r.message_id,
                     r.user_id,
@@ -212,17 +251,14 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
                     r.locale,
                     r.app_version,
                     r.create_date,
-                )
-                for r in rows
-            ]
-            inserted = len(execute_values(cur, _INSERT_ROWS, row_values, page_size=len(row_values), fetch=True))
-        if rejected:
-            values = [
-                (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
-                for r in rejected
-            ]
-            rejected_new = len(execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True))
-    return WriteResult(inserted=inserted, duplicates=len(rows) - inserted, rejected=rejected_new)
+                ),
+            )
+        )
+        + "\n"
+        for r in rows
+    )
+    buf.seek(0)
+    return buf
 
 
 def query(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

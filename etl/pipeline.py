@@ -103,6 +103,9 @@ def fetch(
                     stopped = reason
                     break
             wait = 0 if pending else math.floor(remaining)
+            if wait == 0 and not pending:
+                stopped = "budget"
+                break  # under a second left and nothing in hand: a last short poll is waste
             batch = source.receive(
                 max_messages=min(receive_batch, max_messages - received),
                 wait_seconds=wait,
@@ -117,9 +120,6 @@ def fetch(
             if not batch and pending:
                 chunk, pending = pending, []
                 send(chunk)  # the queue ran dry: do not keep a partial chunk waiting
-            elif not batch and wait == 0:
-                stopped = "budget"
-                break  # less than a second left and nothing came
     finally:
         if pending:
             send(pending)

@@ -1,0 +1,592 @@
+"""`make bench`: throughput, cost and memory of the pipeline, each against a limit measured in
+the same run (these machines are noisy: only ratios within one run mean anything).
+
+Sections (see README "Performance"):
+ 1. LocalStack (host mode): raw ReceiveMessage+DeleteMessageBatch drain vs the real pipeline.
+ 2. Capacity through an SQS stand-in (15 ms per call, no CPU): 1, 2, 3 worker processes and a
+    small grid of chunk size x SQS threads.
+ 3. Write stage: the pipeline's own write path vs COPY + INSERT ON CONFLICT in 10,000-row batches.
+ 4. Cost: SQS calls per message at load; ReceiveMessage calls per minute on an idle queue.
+ 5. Memory: worker RSS at the start and end of a 200,000-message run.
+ 6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete.
+
+    python -m bench.run [--quick] [--skip-localstack]
+
+Writes bench/results.json and bench/throughput.png. Uses Postgres database `test` and Redis db 15.
+"""
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.support import AWS_ENV, BROKER_URL, DATABASE_URL, reset_schema
+
+from etl import db, demo, records, samples, sealing, settings, sqs  # isort: skip  (after tests.support)
+from etl.masking import Masker  # isort: skip
+from bench.standin import CALLS, StandInClient  # isort: skip
+
+HERE = Path(__file__).parent
+LOCALSTACK_VENV = Path(os.environ.get("BENCH_LOCALSTACK_VENV", "/tmp/localstack-venv"))
+LOCALSTACK_PINS = [
+    "localstack-core[base-runtime]==2026.3.0",
+    "cbor2<6",
+    "pyopenssl<26",
+    "cryptography>=45.0.7,<47",
+    "service_identity",
+]
+MASKING_KEY = "bench-masking-key-0123456789abcdefghijkl"
+PAYLOAD_KEY = sealing.new_key()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": DATABASE_URL,
+        "CELERY_BROKER_URL": BROKER_URL,
+        "ETL_MASKING_KEY": MASKING_KEY,
+        "ETL_PAYLOAD_KEY": PAYLOAD_KEY,
+        "ETL_FETCH_INTERVAL": "1",
+        "ETL_FETCH_SECONDS": "5",
+        "ETL_BEAT_SCHEDULE_FILE": f"/tmp/bench-beat-{os.getpid()}",
+        **extra,
+    }
+
+
+def fresh() -> db.Connection:
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    return reset_schema()
+
+
+def rows(conn: db.Connection) -> int:
+    """Messages processed so far: rows plus rejections."""
+    return int(
+        db.query(conn, "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM rejected_messages)")[0][0]
+    )
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children, in KiB."""
+    total = 0
+    pids = [pid] + [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Processes:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logdir = Path(f"/tmp/bench-logs-{os.getpid()}")
+        self.logdir.mkdir(exist_ok=True)
+
+    def worker(self, env: dict[str, str], concurrency: int, standin: bool) -> subprocess.Popen[bytes]:
+        cmd = demo.celery_command("worker")
+        cmd = [a if not a.startswith("--concurrency") else f"--concurrency={concurrency}" for a in cmd]
+        cmd = [a if not a.startswith("--loglevel") else "--loglevel=WARNING" for a in cmd]
+        if standin:
+            cmd = [sys.executable, "-m", "bench.standin_worker", *cmd[cmd.index("celery") + 1 :]]
+        return self._spawn(cmd, env, "worker")
+
+    def beat(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return self._spawn(demo.celery_command("beat"), env, "beat")
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        proc = demo.spawn(cmd, env, self.logdir / f"{name}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            demo.stop(proc, grace=20)
+        self.procs = []
+
+
+# ---- 2, 4, 5: through the stand-in -----------------------------------------------------------
+
+
+def standin_run(
+    concurrency: int,
+    chunk: int,
+    threads: int,
+    seconds: float,
+    total: int | None = None,
+    sample_rss_at: int | None = None,
+) -> dict[str, Any]:
+    """Steady-state msg/s of the real worker + beat on the stand-in (or a fixed total)."""
+    conn = fresh()
+    r = redis.Redis.from_url(BROKER_URL)
+    r.delete(CALLS)
+    env = base_env(
+        SQS_QUEUE_URL="http://standin/000000000000/bench",
+        ETL_CHUNK_SIZE=str(chunk),
+        ETL_SQS_THREADS=str(threads),
+        BENCH_LATENCY_MS="15",
+        **({"BENCH_TOTAL": str(total)} if total is not None else {}),
+    )
+    procs = Processes()
+    result: dict[str, Any] = {"processes": concurrency, "chunk": chunk, "threads": threads}
+    try:
+        worker = procs.worker(env, concurrency, standin=True)
+        procs.beat(env)
+        warm = sample_rss_at or 2 * chunk * concurrency
+        deadline = time.monotonic() + 120
+        while rows(conn) < warm:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stand-in run made no progress; see {procs.logdir}")
+            time.sleep(0.2)
+        if total is None:
+            r.delete(CALLS)  # a timed window; a fixed-total run counts every call from the start
+        r0, t0 = rows(conn), time.monotonic()
+        result["rss_start_kb"] = rss_kb(worker.pid)
+        if total is None:
+            time.sleep(seconds)
+        else:
+            while rows(conn) < total:
+                time.sleep(0.5)
+        r1, t1 = rows(conn), time.monotonic()
+        time.sleep(1.2)  # let the stand-ins flush their call counters
+        result["rss_end_kb"] = rss_kb(worker.pid)
+        calls = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in r.hgetall(CALLS).items()}
+        result["msg_per_s"] = round((r1 - r0) / (t1 - t0))
+        result["rows_measured"] = r1 - r0
+        result["calls"] = calls
+        counted = total if total is not None else r1 - r0
+        result["calls_per_message"] = round(sum(calls.values()) / max(1, counted), 4)
+    finally:
+        procs.stop()
+        conn.close()
+    return result
+
+
+def idle_receives(seconds: float) -> dict[str, Any]:
+    """ReceiveMessage calls per minute on an empty queue, with the default fetch settings."""
+    conn = fresh()
+    r = redis.Redis.from_url(BROKER_URL)
+    env = base_env(SQS_QUEUE_URL="http://standin/000000000000/idle", BENCH_TOTAL="0", BENCH_LATENCY_MS="15")
+    for k in ("ETL_FETCH_INTERVAL", "ETL_FETCH_SECONDS"):
+        env.pop(k)  # the defaults are what is measured
+    procs = Processes()
+    try:
+        procs.worker(env, 2, standin=True)
+        procs.beat(env)
+        time.sleep(10)  # start-up
+        r.delete(CALLS)
+        time.sleep(seconds)
+        calls = int(r.hget(CALLS, "ReceiveMessage") or 0)
+    finally:
+        procs.stop()
+        conn.close()
+    return {"seconds": seconds, "receive_calls": calls, "per_minute": round(calls * 60 / seconds, 2)}
+
+
+# ---- 6: the naive baseline ---------------------------------------------------------------------
+
+
+def naive(seconds: float) -> dict[str, Any]:
+    """One process: receive 10 -> mask -> INSERT + COMMIT per row -> delete, via the stand-in."""
+    conn = fresh()
+    client = StandInClient(0.015, None, BROKER_URL)
+    queue = sqs.Queue("http://standin/q", client=client, threads=1)  # type: ignore[arg-type]
+    masker, sealer = Masker(MASKING_KEY), sealing.Sealer([PAYLOAD_KEY])
+    done = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        messages = queue.receive(10)
+        result = records.transform(messages, masker, sealer)
+        for row in result.rows:
+            db.write_chunk(conn, records.ChunkResult([row], []))
+        for rej in result.rejected:
+            db.write_chunk(conn, records.ChunkResult([], [rej]))
+        queue.delete(messages)
+        done += len(messages)
+    elapsed = time.monotonic() - started
+    conn.close()
+    return {"msg_per_s": round(done / elapsed), "messages": done}
+
+
+# ---- 3: the write stage --------------------------------------------------------------------------
+
+
+def write_stage(total: int, chunk: int) -> dict[str, Any]:
+    conn = fresh()
+    masker, sealer = Masker(MASKING_KEY), sealing.Sealer([PAYLOAD_KEY])
+    bodies = samples.generate(1000, seed=5, malformed_rate=0)
+    now = int(time.time() * 1000)
+
+    def make_rows(tag: str) -> list[records.LoginRow]:
+        msgs = [records.Message(f"{tag}-{i}", "rh", bodies[i % len(bodies)], now) for i in range(total)]
+        return records.transform(msgs, masker, sealer).rows
+
+    ours = make_rows("ours")
+    started = time.monotonic()
+    for i in range(0, len(ours), chunk):
+        db.write_chunk(conn, records.ChunkResult(ours[i : i + chunk], []))
+    ours_rate = len(ours) / (time.monotonic() - started)
+
+    raw = make_rows("raw")
+    cols = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date"
+    started = time.monotonic()
+    for i in range(0, len(raw), 10_000):
+        buf = io.StringIO()
+        for r in raw[i : i + 10_000]:
+            fields = [
+                r.message_id,
+                r.user_id,
+                r.device_type,
+                r.masked_ip,
+                r.masked_device_id,
+                r.locale,
+                r.app_version,
+                r.create_date,
+            ]
+            buf.write(
+                "\t".join(
+                    "\\N" if f is None else str(f).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                    for f in fields
+                )
+                + "\n"
+            )
+        buf.seek(0)
+        with conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE stage ({cols.replace(',', ' text,')} text) ON COMMIT DROP")
+            cur.copy_expert(f"COPY stage ({cols}) FROM STDIN", buf)
+            cur.execute(
+                f"INSERT INTO user_logins ({cols}) SELECT message_id, user_id, device_type, masked_ip, "
+                "masked_device_id, locale, app_version::integer, create_date::date FROM stage "
+                "ON CONFLICT (message_id) DO NOTHING"
+            )
+    raw_rate = len(raw) / (time.monotonic() - started)
+    conn.close()
+    return {
+        "rows": total,
+        "chunk": chunk,
+        "ours_rows_per_s": round(ours_rate),
+        "raw_rows_per_s": round(raw_rate),
+        "ratio": round(ours_rate / raw_rate, 3),
+    }
+
+
+# ---- 1: LocalStack -------------------------------------------------------------------------------
+
+
+def python313() -> str | None:
+    root = (
+        subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("pyenv")
+        else ""
+    )
+    for candidate in [f"{root}/versions/3.13.0/bin/python3", shutil.which("python3.13") or ""]:
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def ensure_localstack() -> str | None:
+    """Path of LocalStack's python, installing it if needed; None (with the reason logged) if impossible."""
+    python = LOCALSTACK_VENV / "bin" / "python"
+    if python.exists():
+        return str(python)
+    py313 = python313()
+    if not py313:
+        log("LocalStack section SKIPPED: it needs Python 3.13 (none found via pyenv or PATH)")
+        return None
+    log(f"installing LocalStack into {LOCALSTACK_VENV} (a few minutes, once)...")
+    subprocess.run([py313, "-m", "venv", str(LOCALSTACK_VENV)], check=True)
+    subprocess.run([str(LOCALSTACK_VENV / "bin" / "pip"), "install", "-q", *LOCALSTACK_PINS], check=True)
+    return str(python)
+
+
+def start_localstack(python: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = 4566 if not demo.port_in_use(4566) else demo.free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "GATEWAY_SERVER": "hypercorn",
+        "DNS_ADDRESS": "0",
+        "SERVICES": "sqs",
+        "EAGER_SERVICE_LOADING": "1",
+        "SQS_ENDPOINT_STRATEGY": "off",
+        "LOCALSTACK_HOST": f"localhost:{port}",
+        "DISABLE_EVENTS": "1",
+        "SKIP_SSL_CERT_DOWNLOAD": "1",
+        "FILESYSTEM_ROOT": f"/tmp/localstack-fs-{os.getpid()}",
+    }
+    proc = demo.spawn([python, "-m", "localstack.runtime.main"], env, Path(f"/tmp/localstack-{os.getpid()}.log"))
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/_localstack/health", timeout=2) as resp:  # noqa: S310
+                services = json.loads(resp.read()).get("services", {})
+            if services.get("sqs") in ("available", "running"):
+                break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    time.sleep(1)
+    return proc, endpoint
+
+
+def load(queue: sqs.Queue, bodies: list[str], threads: int = 8) -> float:
+    started = time.monotonic()
+    slices = [bodies[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(queue.send, slices))
+    return len(bodies) / (time.monotonic() - started)
+
+
+def _drain_process(url: str, threads: int) -> tuple[int, float]:
+    """One process of the raw drain: ``threads`` loops of ReceiveMessage(10) + DeleteMessageBatch."""
+    client = sqs.make_client(max_pool=threads + 2)
+    done = 0
+    last = time.time()
+    lock = threading.Lock()
+
+    def loop() -> None:
+        nonlocal done, last
+        empty = 0
+        while empty < 3:
+            got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            if not got:
+                empty += 1
+                continue
+            empty = 0
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
+            client.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+            with lock:
+                done += len(got)
+                last = time.time()
+
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(loop) for _ in range(threads)]:
+            f.result()
+    return done, last
+
+
+def raw_drain(queue: sqs.Queue, processes: int, threads: int) -> float:
+    """Messages/s of bare receive+delete loops: as many processes and calls in flight as the pipeline."""
+    import multiprocessing
+
+    started = time.time()
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        results = pool.starmap(_drain_process, [(queue.url, threads)] * processes)
+    # until the last delete: the empty polls that end each loop are not draining time
+    return sum(n for n, _ in results) / (max(t for _, t in results) - started)
+
+
+def localstack(messages: int, receivers: int) -> dict[str, Any] | None:
+    python = ensure_localstack()
+    if python is None:
+        return None
+    proc, endpoint = start_localstack(python)
+    try:
+        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL_SQS": endpoint})
+        bodies = samples.generate(messages, seed=11)
+        queue = sqs.Queue(sqs.create_queue(f"bench-raw-{uuid.uuid4().hex[:6]}"), threads=receivers)
+        log(f"localstack: loading {messages} messages...")
+        load_rate = load(queue, bodies)
+        log(f"localstack: raw drain, 2 processes x {receivers} receivers...")
+        raw = raw_drain(queue, 2, receivers)
+
+        queue = sqs.Queue(sqs.create_queue(f"bench-pipe-{uuid.uuid4().hex[:6]}"), threads=receivers)
+        load(queue, bodies)
+        conn = fresh()
+        env = base_env(
+            **AWS_ENV, AWS_ENDPOINT_URL_SQS=endpoint, SQS_QUEUE_URL=queue.url, ETL_SQS_THREADS=str(receivers)
+        )
+        procs = Processes()
+        log("localstack: pipeline drain...")
+        try:
+            procs.worker(env, 2, standin=False)
+            procs.beat(env)
+            while queue.depth()["visible"] >= len(bodies):  # from the first receive on
+                time.sleep(0.05)
+            started = time.monotonic()
+            expected = len(bodies)
+            deadline = started + 600
+            while rows(conn) < expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            pipeline_rate = rows(conn) / (time.monotonic() - started)
+        finally:
+            procs.stop()
+            conn.close()
+        return {
+            "messages": messages,
+            "receivers": receivers,
+            "load_msg_per_s": round(load_rate),
+            "raw_drain_msg_per_s": round(raw),
+            "pipeline_msg_per_s": round(pipeline_rate),
+            "ratio": round(pipeline_rate / raw, 3),
+        }
+    finally:
+        demo.stop(proc, grace=20)
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def plot(capacity: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [c["processes"] for c in capacity]
+    ax.plot(xs, [c["msg_per_s"] for c in capacity], marker="o", label="pipeline via stand-in (15 ms/call)")
+    ax.axhline(5000, color="grey", linestyle="--", label="target 5,000 msg/s")
+    ax.set_xlabel("worker processes (celery --concurrency)")
+    ax.set_ylabel("messages per second")
+    ax.set_xticks(xs)
+    ax.set_ylim(bottom=0)
+    ax.set_title("etl throughput, 2-core machine")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    out: list[tuple[str, str, str, bool | None]] = []
+    ls = res.get("localstack")
+    if ls:
+        out.append(
+            (
+                "pipeline / raw drain (LocalStack)",
+                f"{ls['pipeline_msg_per_s']} / {ls['raw_drain_msg_per_s']} msg/s",
+                f"{ls['ratio']:.2f} (>= 0.8)",
+                ls["ratio"] >= 0.8,
+            )
+        )
+    else:
+        out.append(("pipeline / raw drain (LocalStack)", "skipped", res.get("localstack_skipped", ""), None))
+    two = next(c for c in res["capacity"] if c["processes"] == 2)
+    out.append(("capacity, 2 processes (stand-in)", f"{two['msg_per_s']} msg/s", ">= 5000", two["msg_per_s"] >= 5000))
+    best = res["grid_best"]
+    out.append(
+        (
+            "best settings, 2 processes",
+            f"{best['msg_per_s']} msg/s",
+            f"chunk {best['chunk']}, {best['threads']} SQS threads",
+            None,
+        )
+    )
+    ws = res["write_stage"]
+    out.append(
+        (
+            "write stage / raw COPY+upsert",
+            f"{ws['ours_rows_per_s']} / {ws['raw_rows_per_s']} rows/s",
+            f"{ws['ratio']:.2f} (>= 0.5)",
+            ws["ratio"] >= 0.5,
+        )
+    )
+    out.append(
+        (
+            "SQS calls per message at load",
+            f"{res['memory']['calls_per_message']} (whole 200k run)",
+            "<= 0.21",
+            res["memory"]["calls_per_message"] <= 0.21,
+        )
+    )
+    idle = res["idle"]
+    out.append(("ReceiveMessage per minute, idle", f"{idle['per_minute']}", "<= 4", idle["per_minute"] <= 4))
+    mem = res["memory"]
+    growth = (mem["rss_end_kb"] - mem["rss_start_kb"]) / mem["rss_start_kb"]
+    out.append(
+        (
+            "worker RSS growth over 200k msgs",
+            f"{mem['rss_start_kb'] // 1024} -> {mem['rss_end_kb'] // 1024} MiB",
+            f"{growth:+.1%} (< 10%)",
+            growth < 0.10,
+        )
+    )
+    nv = res["naive"]
+    ratio = two["msg_per_s"] / max(1, nv["msg_per_s"])
+    out.append(
+        (
+            "pipeline / naive baseline",
+            f"{two['msg_per_s']} / {nv['msg_per_s']} msg/s",
+            f"{ratio:.0f}x (>= 20x)",
+            ratio >= 20,
+        )
+    )
+    return out
+
+
+def table(rows_: list[tuple[str, str, str, bool | None]]) -> str:
+    lines = [f"{'measure':<36} {'value':<28} {'ratio / target':<34} ok", "-" * 104]
+    for name, value, target, ok in rows_:
+        lines.append(f"{name:<36} {value:<28} {target:<34} {'-' if ok is None else 'yes' if ok else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--skip-localstack", action="store_true")
+    args = parser.parse_args(argv)
+    seconds = 8 if args.quick else 15
+    res: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    defaults = settings.load({})
+    chunk, threads = defaults.chunk_size, defaults.sqs_threads
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("capacity", lambda: [standin_run(p, chunk, threads, seconds) for p in (1, 2, 3)]),
+        ("grid", lambda: [standin_run(2, c, t, seconds) for c, t in ((200, 16), (500, 32), (1000, 32))]),
+        ("write_stage", lambda: write_stage(20_000 if args.quick else 50_000, chunk)),
+        ("naive", lambda: naive(5 if args.quick else 10)),
+        ("idle", lambda: idle_receives(30 if args.quick else 60)),
+        (
+            "memory",
+            lambda: standin_run(2, chunk, threads, 0, total=50_000 if args.quick else 200_000, sample_rss_at=10_000),
+        ),
+    ]
+    if not args.skip_localstack:
+        steps.insert(0, ("localstack", lambda: localstack(5_000 if args.quick else 20_000, 8)))
+    for name, step in steps:
+        log(f"== {name}")
+        started = time.monotonic()
+        res[name] = step()
+        log(f"   {json.dumps(res[name])[:300]} ({time.monotonic() - started:.0f}s)")
+    if res.get("localstack") is None:
+        res["localstack_skipped"] = "skipped (--skip-localstack or no Python 3.13)"
+    res["grid_best"] = max(
+        res["grid"] + [c for c in res["capacity"] if c["processes"] == 2], key=lambda c: c["msg_per_s"]
+    )
+    res["verdicts"] = [{"measure": n, "value": v, "target": t, "ok": ok} for n, v, t, ok in verdicts(res)]
+    (HERE / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    plot(res["capacity"], HERE / "throughput.png")
+    print(table(verdicts(res)))
+    print(f"\nwrote {HERE / 'results.json'} and {HERE / 'throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
