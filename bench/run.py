@@ -16,7 +16,6 @@ Writes bench/results.json and bench/throughput.png. Uses Postgres database `test
 """
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -252,26 +251,7 @@ def write_stage(total: int, chunk: int) -> dict[str, Any]:
     cols = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date"
     started = time.monotonic()
     for i in range(0, len(raw), 10_000):
-        buf = io.StringIO()
-        for r in raw[i : i + 10_000]:
-            fields = [
-                r.message_id,
-                r.user_id,
-                r.device_type,
-                r.masked_ip,
-                r.masked_device_id,
-                r.locale,
-                r.app_version,
-                r.create_date,
-            ]
-            buf.write(
-                "\t".join(
-                    "\\N" if f is None else str(f).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                    for f in fields
-                )
-                + "\n"
-            )
-        buf.seek(0)
+        buf = db.copy_text(raw[i : i + 10_000])  # the same COPY text our path sends
         with conn, conn.cursor() as cur:
             cur.execute(f"CREATE TEMP TABLE stage ({cols.replace(',', ' text,')} text) ON COMMIT DROP")
             cur.copy_expert(f"COPY stage ({cols}) FROM STDIN", buf)

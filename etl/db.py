@@ -212,7 +212,7 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
         if rows:
             if conn not in _staged:
                 cur.execute(_STAGE)  # once per session (remembered only after the commit)
-            cur.copy_expert(_COPY_ROWS, _copy_text(rows))
+            cur.copy_expert(_COPY_ROWS, copy_text(rows))
             cur.execute(_MOVE_ROWS)
             inserted = cur.rowcount
         if rejected:
@@ -235,7 +235,7 @@ def _copy_field(value: object) -> str:
     return text
 
 
-def _copy_text(rows: Sequence[LoginRow]) -> io.StringIO:
+def copy_text(rows: Sequence[LoginRow]) -> io.StringIO:
     """Rows in COPY's text format (validation already refused NUL and unpaired surrogates)."""
     buf = io.StringIO()
     buf.writelines(

@@ -44,50 +44,32 @@ def test_readme_settings_table_lists_every_env_example_setting() -> None:
     assert names and all(f"`{n}`" in readme for n in names)
 
 
-def empty_env(tmp_path: Path) -> Path:
-    """An empty env file, so a developer's own .env cannot change what is validated."""
-    path = tmp_path / "empty.env"
-    path.write_text("")
-    return path
+needs_compose = pytest.mark.skipif(
+    not shutil.which("docker-compose"), reason="docker-compose (validator) not installed"
+)
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (validator) not installed")
-def test_compose_file_validates(tmp_path: Path) -> None:
-    env = {**os.environ, "ETL_MASKING_KEY": "k" * 40, "ETL_PAYLOAD_KEY": "p", "FLOWER_BASIC_AUTH": "a:b"}
-    result = subprocess.run(
-        [
-            "docker-compose",
-            "--env-file",
-            str(empty_env(tmp_path)),
-            "-f",
-            str(ROOT / "docker-compose.yml"),
-            "config",
-            "-q",
-        ],
+def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with only ``env``: an empty env file, so a developer's .env cannot interfere."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    return subprocess.run(
+        ["docker-compose", "--env-file", str(empty), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         env=env,
         capture_output=True,
         text=True,
     )
+
+
+@needs_compose
+def test_compose_file_validates(tmp_path: Path) -> None:
+    env = {**os.environ, "ETL_MASKING_KEY": "k" * 40, "ETL_PAYLOAD_KEY": "p", "FLOWER_BASIC_AUTH": "a:b"}
+    result = compose_config(tmp_path, env)
     assert result.returncode == 0, result.stderr
 
 
+@needs_compose
 def test_compose_refuses_to_start_without_keys(tmp_path: Path) -> None:
-    if not shutil.which("docker-compose"):
-        pytest.skip("docker-compose (validator) not installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "FLOWER_"))}
-    result = subprocess.run(
-        [
-            "docker-compose",
-            "--env-file",
-            str(empty_env(tmp_path)),
-            "-f",
-            str(ROOT / "docker-compose.yml"),
-            "config",
-            "-q",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
+    result = compose_config(tmp_path, env)
     assert result.returncode != 0 and "etl keygen" in result.stderr
