@@ -143,7 +143,7 @@ def restart_redis(ctx: Ctx) -> None:
         cmd += ["--logfile", conf["logfile"]]
     subprocess.run(cmd, check=True, capture_output=True)
     lost = queued.stdout.strip() or "?"
-    ctx.notes.append(f"redis down for 5s: {lost} queued tasks lost, {parked} messages among them")
+    ctx.notes.append(f"redis down for 5s: {lost} queued tasks destroyed (chunks, fetch requests, {parked} parked msgs)")
     ctx.pipeline.start("worker")
 
 
