@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class ChunkReport:
     rejected: int
     not_deleted: int
     seconds: float
+    write_seconds: float  # transform + write + commit, without the SQS delete
+    rejected_by_reason: dict[str, int]
 
 
 def fetch(
@@ -193,6 +196,7 @@ def process_chunk(
         except TerminalError as exc:
             log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
             written = write_one_by_one(conn, messages, result, sealer)
+        write_seconds = time.monotonic() - started
         not_deleted = source.delete(messages)
     report = ChunkReport(
         messages=len(messages),
@@ -201,6 +205,8 @@ def process_chunk(
         rejected=written.rejected,
         not_deleted=len(not_deleted),
         seconds=time.monotonic() - started,
+        write_seconds=write_seconds,
+        rejected_by_reason=dict(Counter(r.reason for r in result.rejected)),
     )
     log.info(
         "chunk %s: %d messages -> %d rows, %d already written, %d rejected, %d not deleted, %.3fs",

@@ -32,6 +32,8 @@ class Settings:
     visibility_timeout: int = 120
     beat_schedule_file: str = "celerybeat-schedule"
     max_queued_chunks: int = 20
+    metrics_port: int = 9808
+    metrics_address: str = "127.0.0.1"
     sqs_threads: int = 32
     health_max_idle: float = 300.0
 
@@ -92,6 +94,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout=int(_number(env, "SQS_VISIBILITY_TIMEOUT", 120, int, 10)),
         beat_schedule_file=env.get("ETL_BEAT_SCHEDULE_FILE") or "celerybeat-schedule",
         max_queued_chunks=int(_number(env, "ETL_MAX_QUEUED_CHUNKS", 20, int, 1)),
+        metrics_port=int(_number(env, "ETL_METRICS_PORT", 9808, int, 0)),
+        metrics_address=env.get("ETL_METRICS_ADDRESS") or "127.0.0.1",
         sqs_threads=int(_number(env, "ETL_SQS_THREADS", 32, int, 1)),
         health_max_idle=_number(env, "ETL_HEALTH_MAX_IDLE", 300.0, float, 10),
     )

@@ -6,12 +6,13 @@ Task names are explicit and stable: queued work must survive a refactor.
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_ready, worker_shutting_down
 
-from etl import pipeline, records, runtime
+from etl import metrics, pipeline, records, runtime
 from etl.celery_app import app
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
@@ -33,8 +34,16 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _record_start(sender: Any = None, **_: Any) -> None:
-    runtime.get().broker.beat("start", getattr(sender, "hostname", "?"))
+def _record_start_and_serve_metrics(sender: Any = None, **_: Any) -> None:
+    rt = runtime.get()
+    rt.broker.beat("start", getattr(sender, "hostname", "?"))
+    port = rt.settings.metrics_port
+    if port:
+        try:
+            metrics.serve(port, rt.settings.metrics_address, rt.queue.depth, lambda: rt.broker.queued(QUEUE))
+            log.info("metrics on http://%s:%d/metrics", rt.settings.metrics_address, port)
+        except OSError as exc:  # e.g. a second worker on the same host: it still works, unmeasured
+            log.warning("metrics port %d unavailable (%s); set ETL_METRICS_PORT per worker", port, exc)
 
 
 @worker_shutting_down.connect
@@ -50,6 +59,20 @@ def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
         argsrepr=f"<sealed chunk of {len(chunk)} messages>",
         kwargsrepr="{}",
     )
+    metrics.RECEIVED.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
+
+
+def record(report: pipeline.ChunkReport, messages: list[Message]) -> None:
+    """Move the metrics by what one committed chunk did."""
+    metrics.ROWS.inc(report.inserted)
+    metrics.DUPLICATES.inc(report.duplicates)
+    for reason, count in report.rejected_by_reason.items():
+        metrics.REJECTED.labels(reason).inc(count)
+    metrics.DELETED.inc(report.messages - report.not_deleted)
+    metrics.CHUNK_SECONDS.observe(report.write_seconds)
+    committed_ms = time.time() * 1000
+    for m in messages:
+        metrics.LAG.observe(max(0.0, (committed_ms - m.sent_timestamp_ms) / 1000))
 
 
 def request_fetch_if_starving(rt: runtime.Runtime) -> None:
@@ -139,6 +162,7 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
         )
     except TransientError as exc:
         rt.drop_conn()
+        metrics.RETRIES.inc()
         log.warning(
             "chunk %s: %s (attempt %d); its messages stay in SQS", self.request.id, exc, self.request.retries + 1
         )
@@ -149,5 +173,6 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
         pipeline.release(rt.queue, messages)
         raise
     rt.broker.beat("commit", self.request.hostname or "?")
+    record(report, messages)
     request_fetch_if_starving(rt)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

@@ -1,0 +1,75 @@
+"""The only module that uses prometheus_client: the pipeline's metrics and their endpoint.
+
+Celery's prefork pool runs tasks in several processes, so metrics use prometheus_client's
+multiprocess mode: each process writes its samples to files in PROMETHEUS_MULTIPROC_DIR and the
+worker's main process serves them all on ETL_METRICS_PORT. prometheus_client picks its value
+class when first imported - and the `celery` command imports it (through Flower's CLI plugin)
+before our code runs - so after choosing the directory we let it pick again, before any of our
+metrics exist. Queue depths are read at scrape time (cached for a few seconds), not counted.
+
+No label ever holds a message value: reasons are the fixed rejection codes.
+"""
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # one fresh directory per worker (inherited by its pool)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="etl-metrics-")
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # see the module docstring
+
+RECEIVED = Counter("etl_messages_received", "Messages received from SQS by fetch runs")
+ROWS = Counter("etl_rows_written", "New user_logins rows committed")
+DUPLICATES = Counter("etl_duplicates_skipped", "Redelivered messages whose row was already written")
+REJECTED = Counter("etl_rejected", "Messages recorded in rejected_messages, by reason", ["reason"])
+DELETED = Counter("etl_messages_deleted", "Messages deleted from SQS after their commit")
+RETRIES = Counter("etl_chunk_retries", "Chunk attempts that failed transiently and will be retried")
+CHUNK_SECONDS = Histogram(
+    "etl_chunk_write_seconds",
+    "Time to transform, write and commit one chunk",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LAG = Histogram(
+    "etl_end_to_end_lag_seconds",
+    "From SQS SentTimestamp to the commit of the message's row",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+
+class QueueCollector(Collector):
+    """SQS depth and broker queue length, read when Prometheus scrapes (cached ``ttl`` s)."""
+
+    def __init__(self, depth: Callable[[], dict[str, int]], queued: Callable[[], int], ttl: float = 5) -> None:
+        self._depth, self._queued, self._ttl = depth, queued, ttl
+        self._cache: tuple[float, dict[str, int], int] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._cache is None or time.monotonic() - self._cache[0] > self._ttl:
+                try:
+                    self._cache = (time.monotonic(), self._depth(), self._queued())
+                except Exception:  # a scrape must not fail because SQS or Redis is down
+                    self._cache = None
+                    return
+            _, depth, queued = self._cache
+        sqs = GaugeMetricFamily("etl_sqs_messages", "Approximate SQS queue depth", labels=["state"])
+        for state in ("visible", "in_flight", "delayed"):
+            sqs.add_metric([state], depth.get(state, 0))
+        yield sqs
+        yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
+
+
+def serve(port: int, address: str, depth: Callable[[], dict[str, int]], queued: Callable[[], int]) -> None:
+    """Serve every pool process's metrics, plus queue depths, on http://address:port/metrics."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(QueueCollector(depth, queued))
+    start_http_server(port, addr=address, registry=registry)
