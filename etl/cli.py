@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from etl import db, health, samples, settings, sqs
+from etl import db, health, report, samples, settings, sqs
 from etl.broker import Broker
 from etl.errors import EtlError
 from etl.sealing import Sealer, new_key
@@ -159,6 +159,20 @@ def cmd_rejected_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    s = settings.load()
+    conn = db.connect(s.database_url)
+    try:
+        data = db.report(conn, args.limit)
+    finally:
+        conn.close()
+    print(report.render(data))
+    if args.png:
+        report.chart(data["per_day"], args.png)
+        print(f"\nwrote {args.png}")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     print("# fresh secrets for .env; keep them out of version control and logs")
     print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
@@ -211,6 +225,11 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, help="at most this many")
     replay.add_argument("--dry-run", action="store_true", help="only say how many would be replayed")
     replay.set_defaults(func=cmd_rejected_replay)
+
+    rep = sub.add_parser("report", help="analysts' tables: shared tokens, logins per day and version, locales")
+    rep.add_argument("--limit", type=int, default=10, help="rows per table (default 10)")
+    rep.add_argument("--png", help="also write a bar chart of logins per day to this PNG file")
+    rep.set_defaults(func=cmd_report)
 
     keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY and ETL_PAYLOAD_KEY values")
     keygen.set_defaults(func=cmd_keygen)

@@ -106,6 +106,27 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX IF NOT EXISTS rejected_replays_message_id_idx ON rejected_replays (message_id);
         """,
     ),
+    (
+        6,
+        "analysts' views: shared tokens, logins per day and version, top locales",
+        """
+        CREATE OR REPLACE VIEW shared_device_tokens AS
+            SELECT masked_device_id, count(DISTINCT user_id) AS users, count(*) AS logins,
+                   min(create_date) AS first_seen, max(create_date) AS last_seen
+            FROM user_logins GROUP BY masked_device_id HAVING count(DISTINCT user_id) > 1;
+        CREATE OR REPLACE VIEW shared_ip_tokens AS
+            SELECT masked_ip, count(DISTINCT user_id) AS users, count(*) AS logins,
+                   min(create_date) AS first_seen, max(create_date) AS last_seen
+            FROM user_logins GROUP BY masked_ip HAVING count(DISTINCT user_id) > 1;
+        CREATE OR REPLACE VIEW logins_per_day AS
+            SELECT create_date, etl_app_version_text(app_version) AS app_version, app_version AS app_version_code,
+                   count(*) AS logins, count(DISTINCT user_id) AS users
+            FROM user_logins GROUP BY create_date, app_version;
+        CREATE OR REPLACE VIEW top_locales AS
+            SELECT coalesce(locale, '(none)') AS locale, count(*) AS logins, count(DISTINCT user_id) AS users
+            FROM user_logins GROUP BY 1;
+        """,
+    ),
 ]
 
 
@@ -332,3 +353,26 @@ def record_replays(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
     """Record (original message_id, new SQS MessageId) for each replayed message."""
     with transaction(conn, "record replays") as cur:
         execute_values(cur, "INSERT INTO rejected_replays (message_id, new_message_id) VALUES %s", list(pairs))
+
+
+def report(conn: Connection, limit: int) -> dict[str, list[tuple[Any, ...]]]:
+    """What analysts come for, from the views of migration 6 (tokens, never raw values)."""
+    return {
+        "shared_devices": query(
+            conn, "SELECT * FROM shared_device_tokens ORDER BY users DESC, logins DESC LIMIT %s", (limit,)
+        ),
+        "shared_ips": query(conn, "SELECT * FROM shared_ip_tokens ORDER BY users DESC, logins DESC LIMIT %s", (limit,)),
+        "per_day": query(
+            conn,
+            "SELECT create_date, sum(logins)::bigint, sum(users)::bigint FROM logins_per_day "
+            "GROUP BY create_date ORDER BY create_date DESC LIMIT %s",
+            (limit,),
+        ),
+        "versions": query(
+            conn,
+            "SELECT app_version, sum(logins)::bigint FROM logins_per_day GROUP BY app_version, app_version_code "
+            "ORDER BY app_version_code DESC LIMIT %s",
+            (limit,),
+        ),
+        "locales": query(conn, "SELECT * FROM top_locales ORDER BY logins DESC, locale LIMIT %s", (limit,)),
+    }

@@ -1,0 +1,55 @@
+"""`etl report`: the analysts' tables, as text (pure formatting; the data comes from db.report)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+TITLES = {
+    "shared_devices": ("Devices shared by several users", ["device token", "users", "logins", "first", "last"]),
+    "shared_ips": ("IPs shared by several users", ["ip token", "users", "logins", "first", "last"]),
+    "per_day": ("Logins per day (UTC day sent)", ["day", "logins", "users"]),
+    "versions": ("Logins per app version (newest first)", ["app_version", "logins"]),
+    "locales": ("Top locales", ["locale", "logins", "users"]),
+}
+
+
+def short_token(value: Any) -> str:
+    """Tokens are 67 characters; 20 are plenty to tell them apart on screen."""
+    text = str(value)
+    return text[:20] + "…" if text.startswith("k") and ":" in text[:5] and len(text) > 24 else text
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[short_token(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def render(data: dict[str, list[tuple[Any, ...]]]) -> str:
+    parts = []
+    for key, (title, headers) in TITLES.items():
+        rows = data.get(key, [])
+        parts.append(f"{title}\n" + (table(headers, rows) if rows else "  (none)"))
+    return "\n\n".join(parts)
+
+
+def chart(per_day: list[tuple[Any, ...]], path: str) -> None:
+    """A PNG bar chart of logins per day (needs matplotlib, an optional dependency)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--png needs matplotlib: pip install matplotlib==3.10.7") from None
+    days = sorted(per_day)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar([str(d[0]) for d in days], [d[1] for d in days])
+    ax.set_title("Logins per day (UTC day sent)")
+    ax.set_ylabel("logins")
+    ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
