@@ -217,6 +217,15 @@ def process_chunk(
         report.rejected,
         report.not_deleted,
         report.seconds,
+        extra={
+            "chunk": label,
+            "messages": report.messages,
+            "inserted": report.inserted,
+            "duplicates": report.duplicates,
+            "rejected": report.rejected,
+            "not_deleted": report.not_deleted,
+            "seconds": round(report.seconds, 4),
+        },
     )
     if not_deleted:
         log.warning(

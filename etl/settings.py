@@ -32,6 +32,7 @@ class Settings:
     visibility_timeout: int = 120
     beat_schedule_file: str = "celerybeat-schedule"
     max_queued_chunks: int = 20
+    log_format: str = "text"
     metrics_port: int = 9808
     metrics_address: str = "127.0.0.1"
     sqs_threads: int = 32
@@ -95,10 +96,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         beat_schedule_file=env.get("ETL_BEAT_SCHEDULE_FILE") or "celerybeat-schedule",
         max_queued_chunks=int(_number(env, "ETL_MAX_QUEUED_CHUNKS", 20, int, 1)),
         metrics_port=int(_number(env, "ETL_METRICS_PORT", 9808, int, 0)),
+        log_format=(env.get("ETL_LOG_FORMAT") or "text").lower(),
         metrics_address=env.get("ETL_METRICS_ADDRESS") or "127.0.0.1",
         sqs_threads=int(_number(env, "ETL_SQS_THREADS", 32, int, 1)),
         health_max_idle=_number(env, "ETL_HEALTH_MAX_IDLE", 300.0, float, 10),
     )
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"ETL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
     return settings

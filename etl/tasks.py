@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init, worker_ready, worker_shutting_down
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutting_down
 
-from etl import metrics, pipeline, records, runtime
+from etl import logs, metrics, pipeline, records, runtime, settings
 from etl.celery_app import app
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
@@ -31,6 +31,13 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
     except ConfigError as exc:
         print(f"etl worker: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _json_logs(logger: logging.Logger, **_: Any) -> None:
+    if settings.load().log_format == "json":
+        logs.use_json(logger)
 
 
 @worker_ready.connect
@@ -127,6 +134,13 @@ def fetch(self: Any) -> dict[str, Any]:
             report.receive_calls,
             report.seconds,
             report.stopped,
+            extra={
+                "received": report.received,
+                "chunks": report.chunks,
+                "receive_calls": report.receive_calls,
+                "seconds": round(report.seconds, 4),
+                "stopped": report.stopped,
+            },
         )
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 

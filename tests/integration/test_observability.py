@@ -67,3 +67,14 @@ def test_flower_refuses_an_unauthenticated_request(pipeline: Pipeline) -> None:
     assert status({}) == 401
     assert status({"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}) == 401
     assert status({"Authorization": "Basic " + base64.b64encode(b"ops:s3cret").decode()}) == 200
+
+
+def test_json_logs_carry_chunk_counts(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+    body = json.dumps({"user_id": "j", "device_type": "ios", "ip": "10.7.7.7", "device_id": "d7", "app_version": "1"})
+    queue.send([body] * 3)
+    pipeline.start("worker", "beat", ETL_LOG_FORMAT="json")
+    wait_until(drained(queue, conn, 3), 60, "the queue to drain")
+    lines = [json.loads(x) for x in pipeline.log("worker").splitlines() if x.startswith("{")]
+    chunks = wait_until(lambda: [x for x in lines if x.get("inserted") is not None], 5, "a chunk line")
+    assert chunks[0]["inserted"] == 3 and chunks[0]["logger"] == "etl.pipeline"
+    assert "10.7.7.7" not in pipeline.log("worker")
