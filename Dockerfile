@@ -14,4 +14,8 @@ COPY --from=build /opt/etl /opt/etl
 RUN useradd --system --uid 10001 --no-create-home etl
 USER etl
 WORKDIR /tmp
+# Judges a worker (the default command); compose and k8s turn it off for beat and Flower.
+HEALTHCHECK --interval=60s --timeout=15s --start-period=60s --retries=2 \
+    CMD etl health --node "celery@$HOSTNAME" || exit 1
+EXPOSE 9808
 CMD ["celery", "-A", "etl", "worker", "--loglevel=INFO", "--concurrency=2"]

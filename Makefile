@@ -32,7 +32,7 @@ integration: install
 	$(BIN)/pytest tests/integration -q
 
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # All seven fault-injection scenarios (restarts this machine's Postgres and Redis; see README).
 chaos: install
