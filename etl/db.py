@@ -6,9 +6,10 @@ psycopg2's own messages can quote values, and values must never reach a log.
 
 import io
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
@@ -135,6 +136,7 @@ class WriteResult:
     inserted: int  # new user_logins rows
     duplicates: int  # rows already written by an earlier delivery of the same message
     rejected: int  # new rejected_messages rows
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # the new ones, by reason
 
 
 def _translate(exc: psycopg2.Error, operation: str) -> Exception:
@@ -216,7 +218,7 @@ INSERT INTO rejected_messages (message_id, reason, detail, sealed_body, body_cha
                                receive_count)
 VALUES %s
 ON CONFLICT (message_id) DO NOTHING
-RETURNING 1
+RETURNING reason
 """
 
 
@@ -228,7 +230,8 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
     """
     rows = sorted(chunk.rows, key=lambda r: r.message_id)
     rejected = sorted(chunk.rejected, key=lambda r: r.message_id)
-    inserted = rejected_new = 0
+    inserted = 0
+    new_reasons: Counter[str] = Counter()
     with transaction(conn, "write chunk") as cur:
         if rows:
             if conn not in _staged:
@@ -241,10 +244,17 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
                 (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
                 for r in rejected
             ]
-            rejected_new = len(execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True))
+            new_reasons = Counter(
+                r[0] for r in execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True)
+            )
     if rows:
         _staged.add(conn)
-    return WriteResult(inserted=inserted, duplicates=len(rows) - inserted, rejected=rejected_new)
+    return WriteResult(
+        inserted=inserted,
+        duplicates=len(rows) - inserted,
+        rejected=sum(new_reasons.values()),
+        rejected_by_reason=dict(new_reasons),
+    )
 
 
 def _copy_field(value: object) -> str:

@@ -171,11 +171,46 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
             return 1
         elapsed = time.monotonic() - started
         print()
+        counts = scrape_metrics(int(env.get("ETL_METRICS_PORT") or 9808), result["rows"])
         details = db.query(
             conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
         )
         print_summary(result, details, len(ids), elapsed, depth)
+        if counts:
+            port = int(env.get("ETL_METRICS_PORT") or 9808)
+            print(f"metrics    http://127.0.0.1:{port}/metrics: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
     return 0
+
+
+def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]:
+    """The worker's main counters from its metrics endpoint (empty if it is not reachable)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = (
+        "etl_rows_written_total",
+        "etl_rejected_total",
+        "etl_messages_deleted_total",
+        "etl_duplicates_skipped_total",
+    )
+    deadline = time.monotonic() + timeout
+    counts: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        counts = {name: 0.0 for name in wanted}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in counts:
+                    counts[sample.name] += sample.value
+        if counts["etl_rows_written_total"] >= rows:
+            break
+        time.sleep(0.5)
+    return {k.removeprefix("etl_").removesuffix("_total"): v for k, v in counts.items()}
 
 
 def print_summary(

@@ -16,8 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # one fresh directory per worker (inherited by its pool)
+# One fresh directory per worker, inherited by its forked pool. A directory the operator set is
+# respected; one we chose in another program (a parent that started this worker) is not.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or os.environ.get("ETL_METRICS_DIR_OWNER", str(os.getpid())) != str(
+    os.getpid()
+):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="etl-metrics-")
+    os.environ["ETL_METRICS_DIR_OWNER"] = str(os.getpid())
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily, Metric

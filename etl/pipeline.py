@@ -206,7 +206,7 @@ def process_chunk(
         not_deleted=len(not_deleted),
         seconds=time.monotonic() - started,
         write_seconds=write_seconds,
-        rejected_by_reason=dict(Counter(r.reason for r in result.rejected)),
+        rejected_by_reason=written.rejected_by_reason,
     )
     log.info(
         "chunk %s: %d messages -> %d rows, %d already written, %d rejected, %d not deleted, %.3fs",
@@ -246,6 +246,7 @@ def write_one_by_one(
     """
     by_id = {m.message_id: m for m in messages}
     inserted = duplicates = rejected = 0
+    reasons: Counter[str] = Counter()
     singles = [ChunkResult([row], []) for row in result.rows] + [ChunkResult([], [r]) for r in result.rejected]
     for single in singles:
         message_id = single.rows[0].message_id if single.rows else single.rejected[0].message_id
@@ -254,4 +255,5 @@ def write_one_by_one(
         except TerminalError as exc:
             w = db.write_chunk(conn, ChunkResult([], [records.refused(by_id[message_id], str(exc), sealer)]))
         inserted, duplicates, rejected = inserted + w.inserted, duplicates + w.duplicates, rejected + w.rejected
-    return db.WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejected)
+        reasons.update(w.rejected_by_reason)
+    return db.WriteResult(inserted, duplicates, rejected, dict(reasons))

@@ -250,7 +250,7 @@ def test_worker_refuses_to_start_without_a_masking_key(pipeline: Pipeline) -> No
 
 def test_migrations_adopt_a_preexisting_exercise_table(conn: db.Connection) -> None:
     with conn, conn.cursor() as cur:
-        cur.execute("DROP VIEW user_logins_readable; DROP TABLE user_logins; DELETE FROM etl_schema_migrations")
+        cur.execute("DROP TABLE user_logins CASCADE; DELETE FROM etl_schema_migrations")
         cur.execute(db.USER_LOGINS_DDL)
         cur.execute("INSERT INTO user_logins (user_id, app_version) VALUES ('legacy', 230)")
     assert len(db.migrate(conn)) == len(db.MIGRATIONS)
