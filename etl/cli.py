@@ -17,11 +17,8 @@ SEND_STEP = 100  # messages per progress-bar step
 
 def cmd_init(args: argparse.Namespace) -> int:
     s = settings.load()
-    conn = db.connect(s.database_url)
-    try:
+    with db.connection(s.database_url) as conn:
         applied = db.migrate(conn)
-    finally:
-        conn.close()
     print("schema: " + ("applied " + "; ".join(applied) if applied else "up to date"))
     if args.create_queue:
         url = sqs.create_queue(sqs.queue_name(s.sqs_queue_url))
@@ -62,11 +59,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     s = settings.load()
-    conn = db.connect(s.database_url)
-    try:
+    with db.connection(s.database_url) as conn:
         result = db.stats(conn)
-    finally:
-        conn.close()
     try:
         result["queue"] = sqs.Queue(s.sqs_queue_url).depth()
     except EtlError as exc:
@@ -115,11 +109,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_rejected_list(args: argparse.Namespace) -> int:
     s = settings.load()
-    conn = db.connect(s.database_url)
-    try:
+    with db.connection(s.database_url) as conn:
         summary = db.rejected_summary(conn)
-    finally:
-        conn.close()
     if not summary:
         print("no rejected messages")
         return 0
@@ -136,9 +127,8 @@ def cmd_rejected_replay(args: argparse.Namespace) -> int:
     s.require_keys()
     sealer = Sealer(list(s.payload_keys))
     queue = sqs.Queue(s.sqs_queue_url)
-    conn = db.connect(s.database_url)
     replayed = 0
-    try:
+    with db.connection(s.database_url) as conn:
         if args.dry_run:
             count = len(db.rejected_to_replay(conn, args.reason, args.limit or 10_000_000))
             print(f"would replay {count} rejected messages" + (f" with reason {args.reason}" if args.reason else ""))
@@ -153,19 +143,14 @@ def cmd_rejected_replay(args: argparse.Namespace) -> int:
             db.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
             replayed += len(batch)
             print(f"replayed {replayed} messages", file=sys.stderr)
-    finally:
-        conn.close()
     print(f"replayed {replayed} rejected messages to {s.sqs_queue_url}; each is recorded in rejected_replays")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     s = settings.load()
-    conn = db.connect(s.database_url)
-    try:
+    with db.connection(s.database_url) as conn:
         data = db.report(conn, args.limit)
-    finally:
-        conn.close()
     print(report.render(data))
     if args.png:
         report.chart(data["per_day"], args.png)

@@ -167,6 +167,16 @@ def connect(url: str, statement_timeout_ms: int = 60_000) -> Connection:
 
 
 @contextmanager
+def connection(url: str) -> Iterator[Connection]:
+    """A connection for one command, closed afterwards."""
+    conn = connect(url)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
 def transaction(conn: Connection, operation: str) -> Iterator[Any]:
     """A cursor inside one transaction: commit on success, roll back and translate on error."""
     try:
