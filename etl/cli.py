@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from etl import db, health, report, samples, settings, sqs
+from etl import db, health, report, samples, settings, sqs, vault
 from etl.broker import Broker
 from etl.errors import EtlError
 from etl.sealing import Sealer, new_key
@@ -20,6 +20,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     with db.connection(s.database_url) as conn:
         applied = db.migrate(conn)
     print("schema: " + ("applied " + "; ".join(applied) if applied else "up to date"))
+    if args.roles:
+        with db.connection(s.database_url) as conn:
+            db.create_roles(conn)
+        print("roles: etl_writer, analyst, pii_officer (grant them to login users)")
     if args.create_queue:
         url = sqs.create_queue(sqs.queue_name(s.sqs_queue_url))
         print(f"queue: {url} (dead-letter queue: {sqs.queue_name(url)}-dlq, after 5 receives)")
@@ -158,10 +162,68 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reveal(args: argparse.Namespace) -> int:
+    """Recover original values for a pii_officer holding the master key; every attempt is audited."""
+    s = settings.load()
+    with db.connection(s.database_url) as conn:
+        tokens = [args.token] if args.token else [str(r[0]) for r in db.query(conn, args.query) if r[0]]
+        refusal = None
+        if not db.has_role(conn, "pii_officer"):
+            refusal = "refused: the database user is not a pii_officer"
+        elif not s.vault_key:
+            refusal = "refused: ETL_VAULT_KEY is not set"
+        if refusal:
+            for token in tokens:
+                db.audit(conn, "reveal", args.field, token, None, args.reason, refusal)
+            print(f"etl reveal: {refusal} (recorded in the audit log)", file=sys.stderr)
+            return 1
+        found = db.reveal_lookup(conn, args.field, tokens, args.reason)
+        master = vault.parse_master_key(s.vault_key)
+        keys = {v: vault.unwrap(master, w) for v, w in db.data_keys(conn).items()}
+    for token in tokens:
+        stored = found.get(token)
+        if stored is None:
+            print(f"{token}\t<not found: erased, or never stored>")
+            continue
+        version = vault.version_of(stored)
+        print(f"{token}\t{vault.Vault(version, keys[version]).decrypt(args.field, token, stored)}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    s = settings.load()
+    with db.connection(s.database_url) as conn:
+        chain = db.audit_chain(conn)
+    expected_prev = "0" * 64
+    for row_id, prev_hash, stored, recomputed, previous in chain:
+        if stored != recomputed or prev_hash != (previous or expected_prev):
+            print(f"audit chain BROKEN at row {row_id}: a row was edited, inserted or removed by hand")
+            return 1
+    print(f"audit chain intact: {len(chain)} rows")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    s = settings.load()
+    with db.connection(s.database_url) as conn:
+        try:
+            result = db.erase_user(conn, args.user_id)
+        except EtlError:
+            db.audit(conn, "erase", None, None, args.user_id, args.reason, "refused")
+            raise
+        db.audit(conn, "erase", None, None, args.user_id, args.reason, f"erased {result['erased']} vault entries")
+    print(
+        f"user {args.user_id}: {result['tokens']} tokens, {result['erased']} vault entries erased "
+        f"(their tokens can no longer be revealed), {result['kept_shared']} kept because other users share them"
+    )
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     print("# fresh secrets for .env; keep them out of version control and logs")
     print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
     print(f"ETL_PAYLOAD_KEY={new_key()}")
+    print(f"ETL_VAULT_KEY={vault.new_master_key()}")
     return 0
 
 
@@ -177,6 +239,7 @@ def parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="apply database migrations (idempotent)")
     init.add_argument("--create-queue", action="store_true", help="also create the SQS queue and its dead-letter queue")
+    init.add_argument("--roles", action="store_true", help="also create the etl_writer, analyst and pii_officer roles")
     init.set_defaults(func=cmd_init)
 
     seed = sub.add_parser("seed", help="send login events to the queue")
@@ -215,6 +278,24 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--limit", type=int, default=10, help="rows per table (default 10)")
     rep.add_argument("--png", help="also write a bar chart of logins per day to this PNG file")
     rep.set_defaults(func=cmd_report)
+
+    reveal = sub.add_parser("reveal", help="recover original values (pii_officer + master key; audited)")
+    reveal.add_argument("--field", required=True, choices=["ip", "device_id"])
+    which = reveal.add_mutually_exclusive_group(required=True)
+    which.add_argument("--token", help="one token")
+    which.add_argument("--query", help="SQL returning tokens in its first column (batch form)")
+    reveal.add_argument("--reason", required=True, help="why: recorded in the audit log")
+    reveal.set_defaults(func=cmd_reveal)
+
+    audit = sub.add_parser("audit", help="the PII audit log")
+    asub = audit.add_subparsers(dest="action", required=True)
+    verify = asub.add_parser("verify", help="check the hash chain: exit 1 if any row was tampered with")
+    verify.set_defaults(func=cmd_audit_verify)
+
+    erase = sub.add_parser("erase", help="crypto-shred a user's vault entries (right to erasure; audited)")
+    erase.add_argument("--user-id", required=True)
+    erase.add_argument("--reason", required=True)
+    erase.set_defaults(func=cmd_erase)
 
     keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY and ETL_PAYLOAD_KEY values")
     keygen.set_defaults(func=cmd_keygen)

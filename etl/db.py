@@ -7,7 +7,7 @@ psycopg2's own messages can quote values, and values must never reach a log.
 import io
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +128,93 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FROM user_logins GROUP BY 1;
         """,
     ),
+    (
+        7,
+        "PII vault (encrypted originals), wrapped data keys, append-only hash-chained audit log",
+        """
+        CREATE TABLE IF NOT EXISTS vault_keys(
+            version integer PRIMARY KEY,
+            wrapped_key bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            active boolean NOT NULL DEFAULT true);
+        CREATE TABLE IF NOT EXISTS pii_vault(
+            field varchar(16) NOT NULL,
+            token varchar(80) NOT NULL,
+            ciphertext text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (field, token));
+        COMMENT ON TABLE pii_vault IS
+            'original ip/device_id per token, AES-GCM under a data key wrapped by ETL_VAULT_KEY';
+        CREATE TABLE IF NOT EXISTS pii_audit(
+            id bigserial PRIMARY KEY,
+            at timestamptz NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            field text,
+            token text,
+            subject text,
+            reason text NOT NULL,
+            outcome text NOT NULL,
+            prev_hash text NOT NULL,
+            hash text NOT NULL);
+        CREATE OR REPLACE FUNCTION etl_audit_hash(prev text, at timestamptz, actor text, action text,
+                field text, token text, subject text, reason text, outcome text) RETURNS text
+            LANGUAGE sql IMMUTABLE AS $$
+            SELECT encode(sha256(convert_to(concat_ws('|', prev,
+                to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), actor, action,
+                coalesce(field, ''), coalesce(token, ''), coalesce(subject, ''), reason, outcome),
+                'UTF8')), 'hex') $$;
+        CREATE OR REPLACE FUNCTION etl_audit(p_action text, p_field text, p_token text,
+                p_subject text, p_reason text, p_outcome text) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+            DECLARE prev text; ts timestamptz := date_trunc('microseconds', clock_timestamp());
+                    new_id bigint;
+            BEGIN
+                PERFORM pg_advisory_xact_lock(hashtext('etl.audit'));
+                SELECT hash INTO prev FROM pii_audit ORDER BY id DESC LIMIT 1;
+                prev := coalesce(prev, repeat('0', 64));
+                INSERT INTO pii_audit (at, actor, action, field, token, subject, reason, outcome, prev_hash, hash)
+                VALUES (ts, session_user, p_action, p_field, p_token, p_subject, p_reason, p_outcome, prev,
+                        etl_audit_hash(prev, ts, session_user, p_action, p_field, p_token, p_subject,
+                                       p_reason, p_outcome))
+                RETURNING id INTO new_id;
+                RETURN new_id;
+            END $$;
+        CREATE OR REPLACE FUNCTION etl_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'pii_audit is append-only'; END $$;
+        DROP TRIGGER IF EXISTS pii_audit_append_only ON pii_audit;
+        CREATE TRIGGER pii_audit_append_only BEFORE UPDATE OR DELETE ON pii_audit
+            FOR EACH ROW EXECUTE FUNCTION etl_audit_append_only();
+        REVOKE ALL ON pii_audit, pii_vault, vault_keys FROM PUBLIC;
+        """,
+    ),
 ]
+
+ROLES_SQL = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'etl_writer') THEN CREATE ROLE etl_writer NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'analyst') THEN CREATE ROLE analyst NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pii_officer') THEN CREATE ROLE pii_officer NOLOGIN; END IF;
+END $$;
+GRANT USAGE ON SCHEMA public TO etl_writer, analyst, pii_officer;
+-- the workers: write rows, rejections and vault entries; read the wrapped data keys
+GRANT SELECT, INSERT ON user_logins, rejected_messages, pii_vault TO etl_writer;
+GRANT SELECT, INSERT ON vault_keys TO etl_writer;
+-- analysts: the rows (tokens only) and their views; no vault, no rejected bodies, no audit
+GRANT SELECT ON user_logins, user_logins_readable, shared_device_tokens, shared_ip_tokens,
+    logins_per_day, top_locales TO analyst;
+-- PII officers: may read the vault (they also need the master key to decrypt) and the audit log
+GRANT SELECT ON user_logins, pii_vault, vault_keys, pii_audit TO pii_officer;
+GRANT DELETE ON pii_vault TO pii_officer;
+REVOKE ALL ON FUNCTION etl_audit(text, text, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION etl_audit(text, text, text, text, text, text) TO etl_writer, analyst, pii_officer;
+"""
+
+
+def create_roles(conn: Connection) -> None:
+    """Create (idempotently) the etl_writer, analyst and pii_officer roles and their grants."""
+    with transaction(conn, "create roles") as cur:
+        cur.execute(ROLES_SQL)
 
 
 @dataclass(frozen=True)
@@ -257,6 +343,9 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
             new_reasons = Counter(
                 r[0] for r in execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True)
             )
+        if chunk.vault:
+            entries = [(v.field, v.token, v.ciphertext) for v in sorted(chunk.vault, key=lambda v: (v.field, v.token))]
+            execute_values(cur, _INSERT_VAULT, entries, page_size=len(entries))
     if rows:
         _staged.add(conn)
     return WriteResult(
@@ -396,3 +485,99 @@ def report(conn: Connection, limit: int) -> dict[str, list[tuple[Any, ...]]]:
         ),
         "locales": query(conn, "SELECT * FROM top_locales ORDER BY logins DESC, locale LIMIT %s", (limit,)),
     }
+
+
+_INSERT_VAULT = "INSERT INTO pii_vault (field, token, ciphertext) VALUES %s ON CONFLICT (field, token) DO NOTHING"
+
+
+def data_keys(conn: Connection) -> dict[int, bytes]:
+    """Every wrapped data key by version."""
+    return {int(v): bytes(w) for v, w in query(conn, "SELECT version, wrapped_key FROM vault_keys")}
+
+
+def active_data_key(conn: Connection, make_wrapped: Callable[[], bytes]) -> tuple[int, bytes]:
+    """The active (version, wrapped key); the first caller creates version 1."""
+    with transaction(conn, "vault key") as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.vault_keys'))")
+        cur.execute("SELECT version, wrapped_key FROM vault_keys WHERE active ORDER BY version DESC LIMIT 1")
+        found = cur.fetchone()
+        if found:
+            return int(found[0]), bytes(found[1])
+        wrapped = make_wrapped()
+        cur.execute("INSERT INTO vault_keys (version, wrapped_key) VALUES (1, %s)", (wrapped,))
+        return 1, wrapped
+
+
+def vault_lookup(conn: Connection, field: str, tokens: Sequence[str]) -> dict[str, str]:
+    rows = query(
+        conn, "SELECT token, ciphertext FROM pii_vault WHERE field = %s AND token = ANY(%s)", (field, list(tokens))
+    )
+    return {str(t): str(c) for t, c in rows}
+
+
+def audit(
+    conn: Connection, action: str, field: str | None, token: str | None, subject: str | None, reason: str, outcome: str
+) -> None:
+    """Append one audit row (hash-chained, in its own transaction)."""
+    with transaction(conn, "audit") as cur:
+        cur.execute("SELECT etl_audit(%s, %s, %s, %s, %s, %s)", (action, field, token, subject, reason, outcome))
+
+
+def has_role(conn: Connection, role: str) -> bool:
+    return bool(
+        query(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, 'MEMBER')",
+            (role, role),
+        )[0][0]
+    )
+
+
+def audit_chain(conn: Connection) -> list[tuple[Any, ...]]:
+    """(id, prev_hash, hash, recomputed hash, previous row's hash) for every audit row."""
+    return query(
+        conn,
+        "SELECT id, prev_hash, hash,"
+        " etl_audit_hash(prev_hash, at, actor, action, field, token, subject, reason, outcome),"
+        " lag(hash) OVER (ORDER BY id) FROM pii_audit ORDER BY id",
+    )
+
+
+def erase_user(conn: Connection, user_id: str) -> dict[str, int]:
+    """Delete the vault entries of ``user_id``'s tokens that no other user shares."""
+    with transaction(conn, "erase") as cur:
+        cur.execute(
+            """
+            WITH mine AS (
+                SELECT 'ip' AS field, masked_ip AS token FROM user_logins WHERE user_id = %(u)s
+                UNION SELECT 'device_id', masked_device_id FROM user_logins WHERE user_id = %(u)s),
+            shared AS (
+                SELECT m.field, m.token FROM mine m JOIN user_logins l
+                  ON (m.field = 'ip' AND l.masked_ip = m.token
+                      OR m.field = 'device_id' AND l.masked_device_id = m.token)
+                 AND l.user_id <> %(u)s),
+            gone AS (
+                DELETE FROM pii_vault v USING mine m
+                WHERE v.field = m.field AND v.token = m.token
+                  AND NOT EXISTS (SELECT 1 FROM shared s WHERE s.field = m.field AND s.token = m.token)
+                RETURNING 1)
+            SELECT (SELECT count(*) FROM mine), (SELECT count(DISTINCT (field, token)) FROM shared),
+                   (SELECT count(*) FROM gone)
+            """,
+            {"u": user_id},
+        )
+        tokens, shared, erased = cur.fetchone()
+    return {"tokens": int(tokens), "kept_shared": int(shared), "erased": int(erased)}
+
+
+def reveal_lookup(conn: Connection, field: str, tokens: Sequence[str], reason: str) -> dict[str, str]:
+    """Ciphertexts of ``tokens``, with one audit row per token written in the same transaction."""
+    with transaction(conn, "reveal") as cur:
+        cur.execute(
+            "SELECT token, ciphertext FROM pii_vault WHERE field = %s AND token = ANY(%s)", (field, list(tokens))
+        )
+        found = {str(t): str(c) for t, c in cur.fetchall()}
+        for token in tokens:
+            outcome = "revealed" if token in found else "not found (erased, or never stored)"
+            cur.execute("SELECT etl_audit('reveal', %s, %s, NULL, %s, %s)", (field, token, reason, outcome))
+    return found

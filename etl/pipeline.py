@@ -24,6 +24,7 @@ from etl.errors import TerminalError
 from etl.masking import Masker
 from etl.records import ChunkResult, Message
 from etl.sealing import Sealer
+from etl.vault import Vault
 
 log = logging.getLogger("etl.pipeline")
 
@@ -182,6 +183,7 @@ def process_chunk(
     source: MessageSource,
     visibility_timeout: int = 120,
     label: str = "",
+    vault: Vault | None = None,
 ) -> ChunkReport:
     """Transform, write in one transaction, commit, then delete from SQS.
 
@@ -190,7 +192,7 @@ def process_chunk(
     """
     started = time.monotonic()
     with kept_invisible(source, messages, visibility_timeout):
-        result = records.transform(messages, masker, sealer)
+        result = records.transform(messages, masker, sealer, vault)
         try:
             written = db.write_chunk(conn, result)
         except TerminalError as exc:
@@ -245,9 +247,16 @@ def write_one_by_one(
     ``db_refused`` rejection, so the good messages beside it are never held back.
     """
     by_id = {m.message_id: m for m in messages}
+    secrets = {(v.field, v.token): v for v in result.vault}
     inserted = duplicates = rejected = 0
     reasons: Counter[str] = Counter()
-    singles = [ChunkResult([row], []) for row in result.rows] + [ChunkResult([], [r]) for r in result.rejected]
+
+    def own_secrets(row: records.LoginRow) -> list[records.VaultEntry]:
+        keys = (("ip", row.masked_ip), ("device_id", row.masked_device_id))
+        return [secrets[k] for k in keys if k in secrets]
+
+    singles = [ChunkResult([row], [], own_secrets(row)) for row in result.rows]
+    singles += [ChunkResult([], [r]) for r in result.rejected]
     for single in singles:
         message_id = single.rows[0].message_id if single.rows else single.rejected[0].message_id
         try:

@@ -6,12 +6,13 @@ rejected. It never raises for bad data: every message ends as exactly one row or
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 
 from etl import appversion, events
-from etl.masking import Masker
+from etl.masking import Masker, canonical_ip
 from etl.sealing import Sealer
+from etl.vault import Vault
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +58,19 @@ class RejectedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class VaultEntry:
+    """The original value behind a token, encrypted (pii_vault row)."""
+
+    field: str
+    token: str
+    ciphertext: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkResult:
     rows: list[LoginRow]
     rejected: list[RejectedRow]
+    vault: list[VaultEntry] = field(default_factory=list)
 
 
 def sent_at(sent_timestamp_ms: int) -> datetime:
@@ -100,17 +111,27 @@ def refused(message: Message, detail: str, sealer: Sealer) -> RejectedRow:
     return to_rejected(message, events.Rejection(DB_REFUSED, detail), sealer)
 
 
-def transform(messages: list[Message], masker: Masker, sealer: Sealer) -> ChunkResult:
-    """Every message becomes exactly one LoginRow or one RejectedRow."""
+def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Vault | None = None) -> ChunkResult:
+    """Every message becomes exactly one LoginRow or one RejectedRow.
+
+    With a vault, each distinct (field, token) of the chunk also gets its original value,
+    encrypted, for authorized recovery.
+    """
     rows: list[LoginRow] = []
     rejected: list[RejectedRow] = []
+    secrets: dict[tuple[str, str], str] = {}
     for message in messages:
         parsed = events.parse_event(message.body)
         if isinstance(parsed, events.Rejection):
             rejected.append(to_rejected(message, parsed, sealer))
-        else:
-            rows.append(to_row(message, parsed, masker))
-    return ChunkResult(rows, rejected)
+            continue
+        row = to_row(message, parsed, masker)
+        rows.append(row)
+        if vault is not None:
+            secrets.setdefault(("ip", row.masked_ip), canonical_ip(parsed.ip))
+            secrets.setdefault(("device_id", row.masked_device_id), parsed.device_id)
+    entries = [VaultEntry(f, t, vault.encrypt(f, t, v)) for (f, t), v in secrets.items()] if vault else []
+    return ChunkResult(rows, rejected, entries)
 
 
 def pack_chunk(messages: list[Message], sealer: Sealer) -> str:

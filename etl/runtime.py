@@ -9,11 +9,12 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from etl import db, settings, sqs
+from etl import db, settings, sqs, vault
 from etl.broker import Broker
 from etl.errors import ConfigError
 from etl.masking import Masker
 from etl.sealing import Sealer
+from etl.vault import Vault
 
 
 @dataclass
@@ -24,6 +25,17 @@ class Runtime:
     queue: sqs.Queue
     broker: Broker
     _conn: db.Connection | None = field(default=None, repr=False)
+    _vault: Vault | None = field(default=None, repr=False)
+
+    def vault(self) -> Vault | None:
+        """The PII vault's active data key (None when ETL_VAULT_KEY is not set)."""
+        if not self.settings.vault_key:
+            return None
+        if self._vault is None:
+            master = vault.parse_master_key(self.settings.vault_key)
+            version, wrapped = db.active_data_key(self.conn(), lambda: vault.wrap(master, vault.new_data_key()))
+            self._vault = Vault(version, vault.unwrap(master, wrapped))
+        return self._vault
 
     def conn(self) -> db.Connection:
         """The process's Postgres connection, reconnecting if the last one broke."""
@@ -56,6 +68,8 @@ def build(config: settings.Settings) -> Runtime:
     try:
         masker = Masker(config.masking_key, config.masking_key_version)
         sealer = Sealer(list(config.payload_keys))
+        if config.vault_key:
+            vault.parse_master_key(config.vault_key)
     except ValueError as exc:
         raise ConfigError(f"{exc}; {settings.KEYGEN_HINT}") from None
     return Runtime(

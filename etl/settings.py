@@ -32,6 +32,7 @@ class Settings:
     visibility_timeout: int = 120
     beat_schedule_file: str = "celerybeat-schedule"
     max_queued_chunks: int = 20
+    vault_key: str = ""
     log_format: str = "text"
     metrics_port: int = 9808
     metrics_address: str = "127.0.0.1"
@@ -41,7 +42,8 @@ class Settings:
     def __repr__(self) -> str:  # never print the keys
         return (
             f"Settings(sqs_queue_url={self.sqs_queue_url!r}, broker_url={_redact(self.broker_url)!r}, "
-            f"database_url={_redact(self.database_url)!r}, chunk_size={self.chunk_size})"
+            f"database_url={_redact(self.database_url)!r}, chunk_size={self.chunk_size}, "
+            f"vault={'on' if self.vault_key else 'off'})"
         )
 
     def require_keys(self) -> None:
@@ -77,6 +79,20 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
     return value
 
 
+def _vault_key(env: Mapping[str, str]) -> str:
+    """ETL_VAULT_KEY, or the contents of the file ETL_VAULT_KEY_FILE names (a mounted secret)."""
+    if env.get("ETL_VAULT_KEY"):
+        return env["ETL_VAULT_KEY"].strip()
+    path = env.get("ETL_VAULT_KEY_FILE", "")
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"ETL_VAULT_KEY_FILE cannot be read: {exc.strerror}") from None
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: the process environment). Raises ConfigError."""
     env = os.environ if env is None else env
@@ -97,6 +113,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_queued_chunks=int(_number(env, "ETL_MAX_QUEUED_CHUNKS", 20, int, 1)),
         metrics_port=int(_number(env, "ETL_METRICS_PORT", 9808, int, 0)),
         log_format=(env.get("ETL_LOG_FORMAT") or "text").lower(),
+        vault_key=_vault_key(env),
         metrics_address=env.get("ETL_METRICS_ADDRESS") or "127.0.0.1",
         sqs_threads=int(_number(env, "ETL_SQS_THREADS", 32, int, 1)),
         health_max_idle=_number(env, "ETL_HEALTH_MAX_IDLE", 300.0, float, 10),

@@ -173,6 +173,7 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
             source=rt.queue,
             visibility_timeout=rt.settings.visibility_timeout,
             label=self.request.id or "",
+            vault=rt.vault(),
         )
     except TransientError as exc:
         rt.drop_conn()

@@ -17,10 +17,11 @@ BROKER_URL = os.environ.get("ETL_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
 # Tasks sent from this process (tests that park chunks on the broker) must reach the test broker.
 os.environ["CELERY_BROKER_URL"] = BROKER_URL
 
-from etl import db, demo, sealing, sqs  # noqa: E402
+from etl import db, demo, sealing, sqs, vault  # noqa: E402
 
 MASKING_KEY = "integration-test-masking-key-0123456789"
 PAYLOAD_KEY = sealing.new_key()
+VAULT_KEY = vault.new_master_key()
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -101,6 +102,7 @@ def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
         "CELERY_BROKER_URL": BROKER_URL,
         "ETL_MASKING_KEY": MASKING_KEY,
         "ETL_PAYLOAD_KEY": PAYLOAD_KEY,
+        "ETL_VAULT_KEY": VAULT_KEY,
         "ETL_FETCH_INTERVAL": "1",
         "ETL_FETCH_SECONDS": "2",  # short runs: processes stop fast between tests
         "ETL_CHUNK_SIZE": "20",

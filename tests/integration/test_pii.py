@@ -1,0 +1,147 @@
+"""The PII vault: recovery with audit, roles, erasure, and a tamper-evident audit log."""
+
+import json
+import subprocess
+import sys
+
+import psycopg2
+import pytest
+
+from etl import db, sqs
+from tests.integration.conftest import DATABASE_URL, Pipeline, drained, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def ev(user: str, ip: str, device: str) -> str:
+    return json.dumps({"user_id": user, "device_type": "ios", "ip": ip, "device_id": device, "app_version": "1.0"})
+
+
+def etl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "etl.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def token_of(conn: db.Connection, column: str, user: str) -> str:
+    return str(db.query(conn, f"SELECT {column} FROM user_logins WHERE user_id = %s", (user,))[0][0])
+
+
+@pytest.fixture
+def loaded(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> Pipeline:
+    queue.send(
+        [
+            ev("ann", "203.0.113.50", "ann-phone"),
+            ev("bob", "203.0.113.50", "bob-phone"),
+            ev("cy", "2001:DB8::1", "cy-phone"),
+        ]
+    )
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 3), 60, "the queue to drain")
+    created = etl(pipeline.env, "init", "--roles")
+    assert created.returncode == 0, created.stderr
+    return pipeline
+
+
+def test_vault_holds_one_encrypted_entry_per_distinct_token(loaded: Pipeline, conn: db.Connection) -> None:
+    counts = dict(db.query(conn, "SELECT field, count(*) FROM pii_vault GROUP BY field"))
+    assert counts == {"ip": 2, "device_id": 3}
+    dump = subprocess.run(["pg_dump", "--data-only", DATABASE_URL], capture_output=True, check=True).stdout
+    for raw in (b"203.0.113.50", b"ann-phone", b"2001:db8::1"):
+        assert raw not in dump
+
+
+def test_recovery_round_trips_exactly_and_is_audited(loaded: Pipeline, conn: db.Connection) -> None:
+    out = etl(
+        loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "cy"), "--reason", "case 42"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("\t2001:db8::1")  # canonical form
+    batch = etl(
+        loaded.env,
+        "reveal",
+        "--field",
+        "device_id",
+        "--query",
+        "SELECT masked_device_id FROM user_logins",
+        "--reason",
+        "audit",
+    )
+    assert sorted(line.split("\t")[1] for line in batch.stdout.splitlines()) == ["ann-phone", "bob-phone", "cy-phone"]
+    audit = db.query(conn, "SELECT actor, action, reason, outcome FROM pii_audit ORDER BY id")
+    assert audit[0] == ("postgres", "reveal", "case 42", "revealed") and len(audit) == 4
+
+
+def test_an_analyst_is_refused_the_vault_and_the_refusal_is_audited(loaded: Pipeline, conn: db.Connection) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'test_analyst') THEN "
+            "CREATE ROLE test_analyst LOGIN IN ROLE analyst; END IF; END $$"
+        )
+    analyst_url = DATABASE_URL.replace("postgres@", "test_analyst@")
+    analyst = psycopg2.connect(analyst_url)
+    try:
+        with analyst.cursor() as cur:
+            cur.execute("SELECT count(*) FROM user_logins")  # the rows: yes
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("SELECT * FROM pii_vault")  # the vault: no
+    finally:
+        analyst.close()
+    refused = etl(
+        {**loaded.env, "DATABASE_URL": analyst_url},
+        "reveal",
+        "--field",
+        "ip",
+        "--token",
+        token_of(conn, "masked_ip", "ann"),
+        "--reason",
+        "curious",
+    )
+    assert refused.returncode == 1 and "203.0.113.50" not in refused.stdout + refused.stderr
+    assert db.query(conn, "SELECT actor, outcome FROM pii_audit") == [
+        ("test_analyst", "refused: the database user is not a pii_officer")
+    ]
+
+
+def test_erasure_shreds_only_what_no_one_else_shares(loaded: Pipeline, conn: db.Connection) -> None:
+    out = etl(loaded.env, "erase", "--user-id", "ann", "--reason", "GDPR art. 17 request 7")
+    assert out.returncode == 0, out.stderr
+    assert "1 vault entries erased" in out.stdout and "1 kept" in out.stdout
+    ann_device = etl(
+        loaded.env,
+        "reveal",
+        "--field",
+        "device_id",
+        "--token",
+        token_of(conn, "masked_device_id", "ann"),
+        "--reason",
+        "check",
+    )
+    assert "<not found" in ann_device.stdout
+    shared_ip = etl(
+        loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "bob"), "--reason", "check"
+    )
+    assert shared_ip.stdout.strip().endswith("\t203.0.113.50")  # bob still owns it
+    bob_device = etl(
+        loaded.env,
+        "reveal",
+        "--field",
+        "device_id",
+        "--token",
+        token_of(conn, "masked_device_id", "bob"),
+        "--reason",
+        "check",
+    )
+    assert bob_device.stdout.strip().endswith("\tbob-phone")
+
+
+def test_audit_chain_detects_an_edited_row(loaded: Pipeline, conn: db.Connection) -> None:
+    for reason in ("one", "two", "three"):
+        etl(loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "cy"), "--reason", reason)
+    assert etl(loaded.env, "audit", "verify").stdout.startswith("audit chain intact: 3 rows")
+    with conn, conn.cursor() as cur, pytest.raises(psycopg2.errors.RaiseException):
+        cur.execute("UPDATE pii_audit SET reason = 'nothing to see' WHERE reason = 'two'")
+    with conn, conn.cursor() as cur:  # an owner can bypass the trigger, but not the chain
+        cur.execute("ALTER TABLE pii_audit DISABLE TRIGGER pii_audit_append_only")
+        cur.execute("UPDATE pii_audit SET reason = 'nothing to see' WHERE reason = 'two'")
+        cur.execute("ALTER TABLE pii_audit ENABLE TRIGGER pii_audit_append_only")
+    broken = etl(loaded.env, "audit", "verify")
+    assert broken.returncode == 1 and "BROKEN at row 2" in broken.stdout
