@@ -10,6 +10,7 @@ from pathlib import Path
 from etl import db, health, report, samples, settings, sqs, vault
 from etl.broker import Broker
 from etl.errors import EtlError
+from etl.masking import Masker
 from etl.sealing import Sealer, new_key
 
 SEND_STEP = 100  # messages per progress-bar step
@@ -219,6 +220,71 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+ROTATE_BATCH = 500
+
+
+def _open_vault(s: settings.Settings, conn: db.Connection) -> tuple[bytes, dict[int, vault.Vault]]:
+    if not s.vault_key:
+        raise EtlError("ETL_VAULT_KEY is not set: rotation reads the originals from the vault")
+    master = vault.parse_master_key(s.vault_key)
+    return master, {v: vault.Vault(v, vault.unwrap(master, w)) for v, w in db.data_keys(conn).items()}
+
+
+def cmd_rotate_masking_key(args: argparse.Namespace) -> int:
+    """Re-tokenize every row whose token predates the active masking key, from the vault."""
+    from tqdm import tqdm
+
+    s = settings.load()
+    s.require_keys()
+    masker = Masker(s.masking_key, s.masking_key_version)
+    prefix = f"k{s.masking_key_version}:%"
+    with db.connection(s.database_url) as conn:
+        _, vaults = _open_vault(s, conn)
+        active = max(vaults)
+        left = db.count_vault_entries(conn, "token NOT LIKE %s", (prefix,))
+        rows = 0
+        with tqdm(total=left, unit="token", desc=f"re-tokenizing to k{s.masking_key_version}", file=sys.stderr) as bar:
+            while batch := db.vault_entries(conn, "token NOT LIKE %s", (prefix,), ROTATE_BATCH):
+                changes = []
+                for field, token, stored in batch:
+                    value = vaults[vault.version_of(stored)].decrypt(field, token, stored)
+                    new = masker.token(field, value)
+                    changes.append((field, token, new, vaults[active].encrypt(field, new, value)))
+                rows += db.retokenize(conn, changes)
+                bar.update(len(batch))
+        db.audit(conn, "rotate-masking-key", None, None, None, args.reason, f"{left} tokens, {rows} rows")
+    print(f"re-tokenized {left} tokens in {rows} rows to masking key version {s.masking_key_version}")
+    return 0
+
+
+def cmd_rotate_vault_key(args: argparse.Namespace) -> int:
+    """Make a new data key the active one and re-encrypt every vault entry with it."""
+    from tqdm import tqdm
+
+    s = settings.load()
+    with db.connection(s.database_url) as conn:
+        master, vaults = _open_vault(s, conn)
+        if not args.resume:
+            db.add_data_key(conn, vault.wrap(master, vault.new_data_key()))
+            master, vaults = _open_vault(s, conn)
+        new_version = max(vaults)
+        prefix = f"v{new_version}:%"
+        left = db.count_vault_entries(conn, "ciphertext NOT LIKE %s", (prefix,))
+        with tqdm(total=left, unit="entry", desc=f"re-encrypting to data key v{new_version}", file=sys.stderr) as bar:
+            while batch := db.vault_entries(conn, "ciphertext NOT LIKE %s", (prefix,), ROTATE_BATCH):
+                db.reencrypt(
+                    conn,
+                    [
+                        (f, t, vaults[new_version].encrypt(f, t, vaults[vault.version_of(c)].decrypt(f, t, c)))
+                        for f, t, c in batch
+                    ],
+                )
+                bar.update(len(batch))
+        db.audit(conn, "rotate-vault-key", None, None, None, args.reason, f"{left} entries to v{new_version}")
+    print(f"re-encrypted {left} vault entries with data key version {new_version}; restart workers to use it")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     print("# fresh secrets for .env; keep them out of version control and logs")
     print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
@@ -296,6 +362,14 @@ def parser() -> argparse.ArgumentParser:
     erase.add_argument("--user-id", required=True)
     erase.add_argument("--reason", required=True)
     erase.set_defaults(func=cmd_erase)
+
+    rot = sub.add_parser("rotate-masking-key", help="re-tokenize old rows to the active ETL_MASKING_KEY (resumable)")
+    rot.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
+    rot.set_defaults(func=cmd_rotate_masking_key)
+    rotv = sub.add_parser("rotate-vault-key", help="new vault data key; re-encrypt every entry (resumable)")
+    rotv.add_argument("--resume", action="store_true", help="finish an interrupted rotation without a new key")
+    rotv.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
+    rotv.set_defaults(func=cmd_rotate_vault_key)
 
     keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY and ETL_PAYLOAD_KEY values")
     keygen.set_defaults(func=cmd_keygen)

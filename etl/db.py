@@ -394,7 +394,7 @@ def copy_text(rows: Sequence[LoginRow]) -> io.StringIO:
 def query(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Run a read-only query and return all rows (used by stats and the demo summary)."""
     with transaction(conn, "query") as cur:
-        cur.execute(sql, params)
+        cur.execute(sql, params or None)  # no parameters: a literal % stays a %
         return list(cur.fetchall())
 
 
@@ -581,3 +581,64 @@ def reveal_lookup(conn: Connection, field: str, tokens: Sequence[str], reason: s
             outcome = "revealed" if token in found else "not found (erased, or never stored)"
             cur.execute("SELECT etl_audit('reveal', %s, %s, NULL, %s, %s)", (field, token, reason, outcome))
     return found
+
+
+def vault_entries(conn: Connection, where: str, params: Sequence[Any], limit: int) -> list[tuple[str, str, str]]:
+    """(field, token, ciphertext) of vault entries matching ``where`` (a fixed SQL condition)."""
+    rows = query(
+        conn,
+        f"SELECT field, token, ciphertext FROM pii_vault WHERE {where} ORDER BY field, token LIMIT %s",
+        (*params, limit),
+    )
+    return [(str(f), str(t), str(c)) for f, t, c in rows]
+
+
+def count_vault_entries(conn: Connection, where: str, params: Sequence[Any]) -> int:
+    return int(query(conn, f"SELECT count(*) FROM pii_vault WHERE {where}", params)[0][0])
+
+
+def retokenize(conn: Connection, changes: Sequence[tuple[str, str, str, str]]) -> int:
+    """Move rows from old to new tokens: (field, old token, new token, new ciphertext), one transaction.
+
+    The new vault entry is written (or already exists, from events masked with the new key),
+    every row carrying the old token gets the new one, and the old entry goes. Returns rows updated.
+    """
+    updated = 0
+    with transaction(conn, "re-tokenize") as cur:
+        execute_values(cur, _INSERT_VAULT, [(f, new, c) for f, _, new, c in changes])
+        for field, column in (("ip", "masked_ip"), ("device_id", "masked_device_id")):
+            pairs = [(old, new) for f, old, new, _ in changes if f == field]
+            if pairs:
+                execute_values(
+                    cur,
+                    f"UPDATE user_logins u SET {column} = m.new FROM (VALUES %s) AS m(old, new)"
+                    f" WHERE u.{column} = m.old",
+                    pairs,
+                )
+                updated += cur.rowcount
+            olds = [old for f, old, _, _ in changes if f == field]
+            if olds:
+                cur.execute("DELETE FROM pii_vault WHERE field = %s AND token = ANY(%s)", (field, olds))
+    return updated
+
+
+def add_data_key(conn: Connection, wrapped: bytes) -> int:
+    """A new active data key version; older ones stay (for decryption) but inactive."""
+    with transaction(conn, "vault key") as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.vault_keys'))")
+        cur.execute("SELECT coalesce(max(version), 0) + 1 FROM vault_keys")
+        version = int(cur.fetchone()[0])
+        cur.execute("UPDATE vault_keys SET active = false")
+        cur.execute("INSERT INTO vault_keys (version, wrapped_key) VALUES (%s, %s)", (version, wrapped))
+    return version
+
+
+def reencrypt(conn: Connection, changes: Sequence[tuple[str, str, str]]) -> None:
+    """Replace ciphertexts: (field, token, new ciphertext), one transaction."""
+    with transaction(conn, "re-encrypt") as cur:
+        execute_values(
+            cur,
+            "UPDATE pii_vault v SET ciphertext = m.c FROM (VALUES %s) AS m(f, t, c)"
+            " WHERE v.field = m.f AND v.token = m.t",
+            list(changes),
+        )

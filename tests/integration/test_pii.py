@@ -145,3 +145,81 @@ def test_audit_chain_detects_an_edited_row(loaded: Pipeline, conn: db.Connection
         cur.execute("ALTER TABLE pii_audit ENABLE TRIGGER pii_audit_append_only")
     broken = etl(loaded.env, "audit", "verify")
     assert broken.returncode == 1 and "BROKEN at row 2" in broken.stdout
+
+
+def groups(conn: db.Connection, column: str) -> set[frozenset[str]]:
+    """The partition of users that GROUP BY <column> produces."""
+    rows = db.query(conn, f"SELECT array_agg(user_id ORDER BY user_id) FROM user_logins GROUP BY {column}")
+    return {frozenset(r[0]) for r in rows}
+
+
+def test_masking_key_rotation_keeps_duplicates_findable(
+    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+) -> None:
+    queue.send([ev("old-1", "198.51.100.1", "dev-A"), ev("old-2", "198.51.100.2", "dev-B")])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 2), 60, "the first events")
+    pipeline.stop()
+
+    new_key = {"ETL_MASKING_KEY": "a-brand-new-masking-key-0123456789abcdef", "ETL_MASKING_KEY_VERSION": "2"}
+    pipeline.env.update(new_key)
+    queue.send([ev("new-1", "198.51.100.1", "dev-A"), ev("new-2", "198.51.100.3", "dev-C")])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 4), 60, "the events after the key change")
+    # before rotation the key boundary splits the same device into two groups
+    assert frozenset({"old-1", "new-1"}) not in groups(conn, "masked_device_id")
+
+    out = etl(pipeline.env, "rotate-masking-key", "--reason", "yearly")
+    assert out.returncode == 0, out.stderr
+    expected = {frozenset({"old-1", "new-1"}), frozenset({"old-2"}), frozenset({"new-2"})}
+    assert groups(conn, "masked_device_id") == expected
+    assert groups(conn, "masked_ip") == expected
+    assert db.query(conn, "SELECT count(*) FROM user_logins WHERE masked_ip NOT LIKE 'k2:%'") == [(0,)]
+    again = etl(pipeline.env, "rotate-masking-key")  # resumable / idempotent: nothing left to do
+    assert "re-tokenized 0 tokens" in again.stdout
+    revealed = etl(
+        pipeline.env,
+        "reveal",
+        "--field",
+        "device_id",
+        "--token",
+        token_of(conn, "masked_device_id", "old-1"),
+        "--reason",
+        "after rotation",
+    )
+    assert revealed.stdout.strip().endswith("\tdev-A")
+
+
+def test_vault_key_rotation_reencrypts_everything(loaded: Pipeline, conn: db.Connection) -> None:
+    out = etl(loaded.env, "rotate-vault-key", "--reason", "yearly")
+    assert out.returncode == 0, out.stderr
+    assert db.query(conn, "SELECT count(*) FROM pii_vault WHERE ciphertext NOT LIKE 'v2:%'") == [(0,)]
+    assert db.query(conn, "SELECT version, active FROM vault_keys ORDER BY version") == [(1, False), (2, True)]
+    revealed = etl(
+        loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "cy"), "--reason", "check"
+    )
+    assert revealed.stdout.strip().endswith("\t2001:db8::1")
+
+
+def test_no_raw_value_anywhere_after_every_pii_command(loaded: Pipeline, conn: db.Connection) -> None:
+    import redis as redis_lib
+
+    from tests.integration.test_pipeline import assert_absent, dump_redis
+    from tests.support import BROKER_URL
+
+    env = loaded.env
+    for args in (
+        ["reveal", "--field", "ip", "--query", "SELECT masked_ip FROM user_logins", "--reason", "sweep"],
+        ["erase", "--user-id", "ann", "--reason", "request"],
+        ["rotate-vault-key"],
+        ["audit", "verify"],
+        ["report"],
+        ["stats"],
+    ):
+        assert etl(env, *args).returncode == 0, args
+    raw = ["203.0.113.50", "ann-phone", "bob-phone", "cy-phone", "2001:db8::1", "2001:DB8::1"]
+    dump = subprocess.run(["pg_dump", DATABASE_URL], capture_output=True, check=True).stdout
+    assert_absent(raw, dump, "pg_dump after the PII commands")
+    assert_absent(raw, dump_redis(redis_lib.Redis.from_url(BROKER_URL)), "Redis")
+    for name in ("worker", "beat"):
+        assert_absent(raw, loaded.log(name).encode(), f"the {name} log")
