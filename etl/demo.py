@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from etl import db, samples, sealing, settings, sqs
+from etl import db, samples, sealing, settings, sqs, vault
 from etl.cli import send_with_progress
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_logins.json.gz"
@@ -79,6 +79,9 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
     if not env.get("ETL_PAYLOAD_KEY"):
         env["ETL_PAYLOAD_KEY"] = sealing.new_key()
         notes.append("ETL_PAYLOAD_KEY not set: using a throwaway key for this demo")
+    if not env.get("ETL_VAULT_KEY") and not env.get("ETL_VAULT_KEY_FILE"):
+        env["ETL_VAULT_KEY"] = vault.new_master_key()
+        notes.append("ETL_VAULT_KEY not set: using a throwaway vault master key for this demo")
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"demo:{secrets.token_urlsafe(12)}"
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")

@@ -63,7 +63,13 @@ def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedP
 
 @needs_compose
 def test_compose_file_validates(tmp_path: Path) -> None:
-    env = {**os.environ, "ETL_MASKING_KEY": "k" * 40, "ETL_PAYLOAD_KEY": "p", "FLOWER_BASIC_AUTH": "a:b"}
+    env = {
+        **os.environ,
+        "ETL_MASKING_KEY": "k" * 40,
+        "ETL_PAYLOAD_KEY": "p",
+        "ETL_VAULT_KEY": "v",
+        "FLOWER_BASIC_AUTH": "a:b",
+    }
     result = compose_config(tmp_path, env)
     assert result.returncode == 0, result.stderr
 
