@@ -163,6 +163,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_vault(s: settings.Settings, conn: db.Connection) -> tuple[bytes, dict[int, vault.Vault]]:
+    if not s.vault_key:
+        raise EtlError("ETL_VAULT_KEY is not set: the vault cannot be opened")
+    master = vault.parse_master_key(s.vault_key)
+    return master, {v: vault.Vault(v, vault.unwrap(master, w)) for v, w in db.data_keys(conn).items()}
+
+
 def cmd_reveal(args: argparse.Namespace) -> int:
     """Recover original values for a pii_officer holding the master key; every attempt is audited."""
     s = settings.load()
@@ -179,15 +186,13 @@ def cmd_reveal(args: argparse.Namespace) -> int:
             print(f"etl reveal: {refusal} (recorded in the audit log)", file=sys.stderr)
             return 1
         found = db.reveal_lookup(conn, args.field, tokens, args.reason)
-        master = vault.parse_master_key(s.vault_key)
-        keys = {v: vault.unwrap(master, w) for v, w in db.data_keys(conn).items()}
+        _, vaults = _open_vault(s, conn)
     for token in tokens:
         stored = found.get(token)
         if stored is None:
             print(f"{token}\t<not found: erased, or never stored>")
             continue
-        version = vault.version_of(stored)
-        print(f"{token}\t{vault.Vault(version, keys[version]).decrypt(args.field, token, stored)}")
+        print(f"{token}\t{vault.decrypt(vaults, args.field, token, stored)}")
     return 0
 
 
@@ -223,13 +228,6 @@ def cmd_erase(args: argparse.Namespace) -> int:
 ROTATE_BATCH = 500
 
 
-def _open_vault(s: settings.Settings, conn: db.Connection) -> tuple[bytes, dict[int, vault.Vault]]:
-    if not s.vault_key:
-        raise EtlError("ETL_VAULT_KEY is not set: rotation reads the originals from the vault")
-    master = vault.parse_master_key(s.vault_key)
-    return master, {v: vault.Vault(v, vault.unwrap(master, w)) for v, w in db.data_keys(conn).items()}
-
-
 def cmd_rotate_masking_key(args: argparse.Namespace) -> int:
     """Re-tokenize every row whose token predates the active masking key, from the vault."""
     from tqdm import tqdm
@@ -247,7 +245,7 @@ def cmd_rotate_masking_key(args: argparse.Namespace) -> int:
             while batch := db.vault_entries(conn, "token NOT LIKE %s", (prefix,), ROTATE_BATCH):
                 changes = []
                 for field, token, stored in batch:
-                    value = vaults[vault.version_of(stored)].decrypt(field, token, stored)
+                    value = vault.decrypt(vaults, field, token, stored)
                     new = masker.token(field, value)
                     changes.append((field, token, new, vaults[active].encrypt(field, new, value)))
                 rows += db.retokenize(conn, changes)
@@ -274,10 +272,7 @@ def cmd_rotate_vault_key(args: argparse.Namespace) -> int:
             while batch := db.vault_entries(conn, "ciphertext NOT LIKE %s", (prefix,), ROTATE_BATCH):
                 db.reencrypt(
                     conn,
-                    [
-                        (f, t, vaults[new_version].encrypt(f, t, vaults[vault.version_of(c)].decrypt(f, t, c)))
-                        for f, t, c in batch
-                    ],
+                    [(f, t, vaults[new_version].encrypt(f, t, vault.decrypt(vaults, f, t, c))) for f, t, c in batch],
                 )
                 bar.update(len(batch))
         db.audit(conn, "rotate-vault-key", None, None, None, args.reason, f"{left} entries to v{new_version}")

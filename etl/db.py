@@ -508,13 +508,6 @@ def active_data_key(conn: Connection, make_wrapped: Callable[[], bytes]) -> tupl
         return 1, wrapped
 
 
-def vault_lookup(conn: Connection, field: str, tokens: Sequence[str]) -> dict[str, str]:
-    rows = query(
-        conn, "SELECT token, ciphertext FROM pii_vault WHERE field = %s AND token = ANY(%s)", (field, list(tokens))
-    )
-    return {str(t): str(c) for t, c in rows}
-
-
 def audit(
     conn: Connection, action: str, field: str | None, token: str | None, subject: str | None, reason: str, outcome: str
 ) -> None:

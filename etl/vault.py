@@ -10,6 +10,7 @@ Stored form: ``v<data key version>:<urlsafe base64 of nonce || ciphertext || tag
 
 import base64
 import os
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -72,3 +73,8 @@ class Vault:
 
 def version_of(stored: str) -> int:
     return int(stored.split(":", 1)[0][1:])
+
+
+def decrypt(vaults: Mapping[int, Vault], field: str, token: str, stored: str) -> str:
+    """Decrypt a stored value with whichever data key version it names."""
+    return vaults[version_of(stored)].decrypt(field, token, stored)

@@ -21,6 +21,10 @@ def etl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "etl.cli", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
+def reveal(env: dict[str, str], field: str, token: str, reason: str = "check") -> subprocess.CompletedProcess[str]:
+    return etl(env, "reveal", "--field", field, "--token", token, "--reason", reason)
+
+
 def token_of(conn: db.Connection, column: str, user: str) -> str:
     return str(db.query(conn, f"SELECT {column} FROM user_logins WHERE user_id = %s", (user,))[0][0])
 
@@ -50,9 +54,7 @@ def test_vault_holds_one_encrypted_entry_per_distinct_token(loaded: Pipeline, co
 
 
 def test_recovery_round_trips_exactly_and_is_audited(loaded: Pipeline, conn: db.Connection) -> None:
-    out = etl(
-        loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "cy"), "--reason", "case 42"
-    )
+    out = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "case 42")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("\t2001:db8::1")  # canonical form
     batch = etl(
@@ -105,37 +107,17 @@ def test_erasure_shreds_only_what_no_one_else_shares(loaded: Pipeline, conn: db.
     out = etl(loaded.env, "erase", "--user-id", "ann", "--reason", "GDPR art. 17 request 7")
     assert out.returncode == 0, out.stderr
     assert "1 vault entries erased" in out.stdout and "1 kept" in out.stdout
-    ann_device = etl(
-        loaded.env,
-        "reveal",
-        "--field",
-        "device_id",
-        "--token",
-        token_of(conn, "masked_device_id", "ann"),
-        "--reason",
-        "check",
-    )
+    ann_device = reveal(loaded.env, "device_id", token_of(conn, "masked_device_id", "ann"), "check")
     assert "<not found" in ann_device.stdout
-    shared_ip = etl(
-        loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "bob"), "--reason", "check"
-    )
+    shared_ip = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "bob"), "check")
     assert shared_ip.stdout.strip().endswith("\t203.0.113.50")  # bob still owns it
-    bob_device = etl(
-        loaded.env,
-        "reveal",
-        "--field",
-        "device_id",
-        "--token",
-        token_of(conn, "masked_device_id", "bob"),
-        "--reason",
-        "check",
-    )
+    bob_device = reveal(loaded.env, "device_id", token_of(conn, "masked_device_id", "bob"), "check")
     assert bob_device.stdout.strip().endswith("\tbob-phone")
 
 
 def test_audit_chain_detects_an_edited_row(loaded: Pipeline, conn: db.Connection) -> None:
     for reason in ("one", "two", "three"):
-        etl(loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "cy"), "--reason", reason)
+        reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), reason)
     assert etl(loaded.env, "audit", "verify").stdout.startswith("audit chain intact: 3 rows")
     with conn, conn.cursor() as cur, pytest.raises(psycopg2.errors.RaiseException):
         cur.execute("UPDATE pii_audit SET reason = 'nothing to see' WHERE reason = 'two'")
@@ -177,16 +159,7 @@ def test_masking_key_rotation_keeps_duplicates_findable(
     assert db.query(conn, "SELECT count(*) FROM user_logins WHERE masked_ip NOT LIKE 'k2:%'") == [(0,)]
     again = etl(pipeline.env, "rotate-masking-key")  # resumable / idempotent: nothing left to do
     assert "re-tokenized 0 tokens" in again.stdout
-    revealed = etl(
-        pipeline.env,
-        "reveal",
-        "--field",
-        "device_id",
-        "--token",
-        token_of(conn, "masked_device_id", "old-1"),
-        "--reason",
-        "after rotation",
-    )
+    revealed = reveal(pipeline.env, "device_id", token_of(conn, "masked_device_id", "old-1"), "after rotation")
     assert revealed.stdout.strip().endswith("\tdev-A")
 
 
@@ -195,9 +168,7 @@ def test_vault_key_rotation_reencrypts_everything(loaded: Pipeline, conn: db.Con
     assert out.returncode == 0, out.stderr
     assert db.query(conn, "SELECT count(*) FROM pii_vault WHERE ciphertext NOT LIKE 'v2:%'") == [(0,)]
     assert db.query(conn, "SELECT version, active FROM vault_keys ORDER BY version") == [(1, False), (2, True)]
-    revealed = etl(
-        loaded.env, "reveal", "--field", "ip", "--token", token_of(conn, "masked_ip", "cy"), "--reason", "check"
-    )
+    revealed = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "check")
     assert revealed.stdout.strip().endswith("\t2001:db8::1")
 
 
