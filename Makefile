@@ -19,8 +19,8 @@ demo: install
 	$(BIN)/etl demo
 
 lint: install
-	$(BIN)/ruff check etl tests bench
-	$(BIN)/ruff format --check etl tests bench
+	$(BIN)/ruff check etl tests bench chaos celeryconfig.py
+	$(BIN)/ruff format --check etl tests bench chaos celeryconfig.py
 
 typecheck: install
 	$(BIN)/mypy
@@ -36,7 +36,7 @@ test: lint typecheck
 
 # All seven fault-injection scenarios (restarts this machine's Postgres and Redis; see README).
 chaos: install
-	$(BIN)/python -m tests.chaos.harness --messages $(or $(MESSAGES),300) --json .chaos-results.json
+	$(BIN)/python -m chaos.harness --messages $(or $(MESSAGES),300) --json .chaos-results.json
 
 # Throughput, cost and memory against limits measured in the same run (see README Performance).
 # Installs LocalStack into /tmp/localstack-venv with Python 3.13 the first time (skipped without it).

@@ -32,11 +32,14 @@ from typing import Any
 
 import redis
 
-from tests.support import AWS_ENV, BROKER_URL, DATABASE_URL, reset_schema
+from bench.standin import CALLS, StandInClient
+from etl import processes, records, samples, sealing, settings, sqs, store
+from etl.masking import Masker
+from etl.store import ingest
 
-from etl import db, demo, records, samples, sealing, settings, sqs  # isort: skip  (after tests.support)
-from etl.masking import Masker  # isort: skip
-from bench.standin import CALLS, StandInClient  # isort: skip
+DATABASE_URL = os.environ.get("ETL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BROKER_URL = os.environ.get("ETL_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+AWS_ENV = processes.LOCAL_AWS
 
 HERE = Path(__file__).parent
 LOCALSTACK_VENV = Path(os.environ.get("BENCH_LOCALSTACK_VENV", "/tmp/localstack-venv"))
@@ -69,15 +72,19 @@ def base_env(**extra: str) -> dict[str, str]:
     }
 
 
-def fresh() -> db.Connection:
+def fresh() -> store.Connection:
     redis.Redis.from_url(BROKER_URL).flushdb()
-    return reset_schema()
+    conn = store.connect(DATABASE_URL)
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+    store.migrate(conn)
+    return conn
 
 
-def rows(conn: db.Connection) -> int:
+def rows(conn: store.Connection) -> int:
     """Messages processed so far: rows plus rejections."""
     return int(
-        db.query(conn, "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM rejected_messages)")[0][0]
+        store.query(conn, "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM rejected_messages)")[0][0]
     )
 
 
@@ -104,7 +111,7 @@ class Processes:
         self.logdir.mkdir(exist_ok=True)
 
     def worker(self, env: dict[str, str], concurrency: int, standin: bool) -> subprocess.Popen[bytes]:
-        cmd = demo.celery_command("worker")
+        cmd = processes.celery_command("worker")
         cmd = [a if not a.startswith("--concurrency") else f"--concurrency={concurrency}" for a in cmd]
         cmd = [a if not a.startswith("--loglevel") else "--loglevel=WARNING" for a in cmd]
         if standin:
@@ -112,16 +119,16 @@ class Processes:
         return self._spawn(cmd, env, "worker")
 
     def beat(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return self._spawn(demo.celery_command("beat"), env, "beat")
+        return self._spawn(processes.celery_command("beat"), env, "beat")
 
     def _spawn(self, cmd: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        proc = demo.spawn(cmd, env, self.logdir / f"{name}-{len(self.procs)}.log")
+        proc = processes.spawn(cmd, env, self.logdir / f"{name}-{len(self.procs)}.log")
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
         for proc in self.procs:
-            demo.stop(proc, grace=20)
+            processes.stop(proc, grace=20)
         self.procs = []
 
 
@@ -218,9 +225,9 @@ def naive(seconds: float) -> dict[str, Any]:
         messages = queue.receive(10)
         result = records.transform(messages, masker, sealer)
         for row in result.rows:
-            db.write_chunk(conn, records.ChunkResult([row], []))
+            store.write_chunk(conn, records.ChunkResult([row], []))
         for rej in result.rejected:
-            db.write_chunk(conn, records.ChunkResult([], [rej]))
+            store.write_chunk(conn, records.ChunkResult([], [rej]))
         queue.delete(messages)
         done += len(messages)
     elapsed = time.monotonic() - started
@@ -244,14 +251,14 @@ def write_stage(total: int, chunk: int) -> dict[str, Any]:
     ours = make_rows("ours")
     started = time.monotonic()
     for i in range(0, len(ours), chunk):
-        db.write_chunk(conn, records.ChunkResult(ours[i : i + chunk], []))
+        store.write_chunk(conn, records.ChunkResult(ours[i : i + chunk], []))
     ours_rate = len(ours) / (time.monotonic() - started)
 
     raw = make_rows("raw")
     cols = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date"
     started = time.monotonic()
     for i in range(0, len(raw), 10_000):
-        buf = db.copy_text(raw[i : i + 10_000])  # the same COPY text our path sends
+        buf = ingest.copy_text(raw[i : i + 10_000])  # the same COPY text our path sends
         with conn, conn.cursor() as cur:
             cur.execute(f"CREATE TEMP TABLE stage ({cols.replace(',', ' text,')} text) ON COMMIT DROP")
             cur.copy_expert(f"COPY stage ({cols}) FROM STDIN", buf)
@@ -302,7 +309,7 @@ def ensure_localstack() -> str | None:
 
 
 def start_localstack(python: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = 4566 if not demo.port_in_use(4566) else demo.free_port()
+    port = 4566 if not processes.port_in_use(4566) else processes.free_port()
     env = {
         **os.environ,
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
@@ -316,7 +323,7 @@ def start_localstack(python: str) -> tuple[subprocess.Popen[bytes], str]:
         "SKIP_SSL_CERT_DOWNLOAD": "1",
         "FILESYSTEM_ROOT": f"/tmp/localstack-fs-{os.getpid()}",
     }
-    proc = demo.spawn([python, "-m", "localstack.runtime.main"], env, Path(f"/tmp/localstack-{os.getpid()}.log"))
+    proc = processes.spawn([python, "-m", "localstack.runtime.main"], env, Path(f"/tmp/localstack-{os.getpid()}.log"))
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -424,7 +431,7 @@ def localstack(messages: int, receivers: int) -> dict[str, Any] | None:
             "ratio": round(pipeline_rate / raw, 3),
         }
     finally:
-        demo.stop(proc, grace=20)
+        processes.stop(proc, grace=20)
 
 
 # ---- report ----------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""The ``etl`` command: init, seed, stats, demo, keygen."""
+"""The ``etl`` command: parses arguments, calls one service or store function, prints.
+
+Subcommands: init, seed, stats, demo, health, rejected, report, reveal, audit, erase,
+rotate-masking-key, rotate-vault-key, keygen (``etl --help`` lists them).
+"""
 
 import argparse
 import json
@@ -7,23 +11,21 @@ import sys
 import time
 from pathlib import Path
 
-from etl import db, health, report, samples, settings, sqs, vault
-from etl.broker import Broker
+from etl import health, pii, report, seeding, settings, sqs, store, vault
+from etl.coordination import Coordinator
 from etl.errors import EtlError
-from etl.masking import Masker
+from etl.progress import Bar
 from etl.sealing import Sealer, new_key
-
-SEND_STEP = 100  # messages per progress-bar step
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        applied = db.migrate(conn)
+    with store.connection(s.database_url) as conn:
+        applied = store.migrate(conn)
     print("schema: " + ("applied " + "; ".join(applied) if applied else "up to date"))
     if args.roles:
-        with db.connection(s.database_url) as conn:
-            db.create_roles(conn)
+        with store.connection(s.database_url) as conn:
+            store.create_roles(conn)
         print("roles: etl_writer, analyst, pii_officer (grant them to login users)")
     if args.create_queue:
         url = sqs.create_queue(sqs.queue_name(s.sqs_queue_url))
@@ -31,41 +33,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def seed_bodies(args: argparse.Namespace) -> list[str]:
-    if args.file:
-        return samples.read_bodies(Path(args.file))
-    return samples.generate(args.count, seed=args.seed)
-
-
-def send_with_progress(queue: sqs.Queue, bodies: list[str], quiet: bool = False) -> list[str]:
-    """Send bodies, showing a progress bar on stderr; return the MessageIds."""
-    from tqdm import tqdm
-
-    ids: list[str] = []
-    with tqdm(total=len(bodies), unit="msg", desc="seeding", disable=quiet, file=sys.stderr) as bar:
-        for start in range(0, len(bodies), SEND_STEP):
-            step = bodies[start : start + SEND_STEP]
-            ids += queue.send(step)
-            bar.update(len(step))
-    return ids
-
-
 def cmd_seed(args: argparse.Namespace) -> int:
     s = settings.load()
     try:
-        bodies = seed_bodies(args)
+        bodies = seeding.bodies(Path(args.file) if args.file else None, args.count, args.seed)
     except (OSError, ValueError) as exc:
         print(f"etl seed: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    ids = send_with_progress(sqs.Queue(s.sqs_queue_url), bodies)
+    with Bar("msg") as bar:
+        ids = seeding.send(sqs.Queue(s.sqs_queue_url), bodies, bar)
     print(f"sent {len(ids)} messages to {s.sqs_queue_url}")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        result = db.stats(conn)
+    with store.connection(s.database_url) as conn:
+        result = store.stats(conn)
     try:
         result["queue"] = sqs.Queue(s.sqs_queue_url).depth()
     except EtlError as exc:
@@ -92,7 +76,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     s = settings.load()
     try:
         depth = sqs.Queue(s.sqs_queue_url).depth()
-        beats = Broker(s.broker_url).heartbeats()
+        beats = Coordinator(s.broker_url).heartbeats()
     except EtlError as exc:
         print(f"unhealthy: {exc}")
         return 1
@@ -114,8 +98,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_rejected_list(args: argparse.Namespace) -> int:
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        summary = db.rejected_summary(conn)
+    with store.connection(s.database_url) as conn:
+        summary = store.rejected_summary(conn)
     if not summary:
         print("no rejected messages")
         return 0
@@ -133,19 +117,19 @@ def cmd_rejected_replay(args: argparse.Namespace) -> int:
     sealer = Sealer(list(s.payload_keys))
     queue = sqs.Queue(s.sqs_queue_url)
     replayed = 0
-    with db.connection(s.database_url) as conn:
+    with store.connection(s.database_url) as conn:
         if args.dry_run:
-            count = len(db.rejected_to_replay(conn, args.reason, args.limit or 10_000_000))
+            count = len(store.rejected_to_replay(conn, args.reason, args.limit or 10_000_000))
             print(f"would replay {count} rejected messages" + (f" with reason {args.reason}" if args.reason else ""))
             return 0
         while args.limit is None or replayed < args.limit:
-            step = SEND_STEP if args.limit is None else min(SEND_STEP, args.limit - replayed)
-            batch = db.rejected_to_replay(conn, args.reason, step)
+            step = seeding.SEND_STEP if args.limit is None else min(seeding.SEND_STEP, args.limit - replayed)
+            batch = store.rejected_to_replay(conn, args.reason, step)
             if not batch:
                 break
             bodies = [sealer.open(sealed).decode("utf-8", "surrogatepass") for _, sealed in batch]
             new_ids = queue.send(bodies)
-            db.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
+            store.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
             replayed += len(batch)
             print(f"replayed {replayed} messages", file=sys.stderr)
     print(f"replayed {replayed} rejected messages to {s.sqs_queue_url}; each is recorded in rejected_replays")
@@ -154,8 +138,8 @@ def cmd_rejected_replay(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        data = db.report(conn, args.limit)
+    with store.connection(s.database_url) as conn:
+        data = store.report(conn, args.limit)
     print(report.render(data))
     if args.png:
         report.chart(data["per_day"], args.png)
@@ -163,61 +147,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_vault(s: settings.Settings, conn: db.Connection) -> tuple[bytes, dict[int, vault.Vault]]:
-    if not s.vault_key:
-        raise EtlError("ETL_VAULT_KEY is not set: the vault cannot be opened")
-    master = vault.parse_master_key(s.vault_key)
-    return master, {v: vault.Vault(v, vault.unwrap(master, w)) for v, w in db.data_keys(conn).items()}
-
-
 def cmd_reveal(args: argparse.Namespace) -> int:
     """Recover original values for a pii_officer holding the master key; every attempt is audited."""
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        tokens = [args.token] if args.token else [str(r[0]) for r in db.query(conn, args.query) if r[0]]
-        refusal = None
-        if not db.has_role(conn, "pii_officer"):
-            refusal = "refused: the database user is not a pii_officer"
-        elif not s.vault_key:
-            refusal = "refused: ETL_VAULT_KEY is not set"
-        if refusal:
-            for token in tokens:
-                db.audit(conn, "reveal", args.field, token, None, args.reason, refusal)
-            print(f"etl reveal: {refusal} (recorded in the audit log)", file=sys.stderr)
+    with store.connection(s.database_url) as conn:
+        try:
+            revealed = pii.reveal(s, conn, args.field, args.reason, token=args.token, sql=args.query)
+        except pii.Refused as exc:
+            print(f"etl reveal: {exc}", file=sys.stderr)
             return 1
-        found = db.reveal_lookup(conn, args.field, tokens, args.reason)
-        _, vaults = _open_vault(s, conn)
-    for token in tokens:
-        stored = found.get(token)
-        if stored is None:
-            print(f"{token}\t<not found: erased, or never stored>")
-            continue
-        print(f"{token}\t{vault.decrypt(vaults, args.field, token, stored)}")
+    for r in revealed:
+        print(f"{r.token}\t{r.value if r.value is not None else '<not found: erased, or never stored>'}")
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        chain = db.audit_chain(conn)
-    expected_prev = "0" * 64
-    for row_id, prev_hash, stored, recomputed, previous in chain:
-        if stored != recomputed or prev_hash != (previous or expected_prev):
-            print(f"audit chain BROKEN at row {row_id}: a row was edited, inserted or removed by hand")
-            return 1
-    print(f"audit chain intact: {len(chain)} rows")
+    with store.connection(s.database_url) as conn:
+        check = pii.verify_audit(conn)
+    if check.broken_at is not None:
+        print(f"audit chain BROKEN at row {check.broken_at}: a row was edited, inserted or removed by hand")
+        return 1
+    print(f"audit chain intact: {check.rows} rows")
     return 0
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        try:
-            result = db.erase_user(conn, args.user_id)
-        except EtlError:
-            db.audit(conn, "erase", None, None, args.user_id, args.reason, "refused")
-            raise
-        db.audit(conn, "erase", None, None, args.user_id, args.reason, f"erased {result['erased']} vault entries")
+    with store.connection(s.database_url) as conn:
+        result = pii.erase(conn, args.user_id, args.reason)
     print(
         f"user {args.user_id}: {result['tokens']} tokens, {result['erased']} vault entries erased "
         f"(their tokens can no longer be revealed), {result['kept_shared']} kept because other users share them"
@@ -225,58 +183,21 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-ROTATE_BATCH = 500
-
-
 def cmd_rotate_masking_key(args: argparse.Namespace) -> int:
     """Re-tokenize every row whose token predates the active masking key, from the vault."""
-    from tqdm import tqdm
-
     s = settings.load()
-    s.require_keys()
-    masker = Masker(s.masking_key, s.masking_key_version)
-    prefix = f"k{s.masking_key_version}:%"
-    with db.connection(s.database_url) as conn:
-        _, vaults = _open_vault(s, conn)
-        active = max(vaults)
-        left = db.count_vault_entries(conn, "token NOT LIKE %s", (prefix,))
-        rows = 0
-        with tqdm(total=left, unit="token", desc=f"re-tokenizing to k{s.masking_key_version}", file=sys.stderr) as bar:
-            while batch := db.vault_entries(conn, "token NOT LIKE %s", (prefix,), ROTATE_BATCH):
-                changes = []
-                for field, token, stored in batch:
-                    value = vault.decrypt(vaults, field, token, stored)
-                    new = masker.token(field, value)
-                    changes.append((field, token, new, vaults[active].encrypt(field, new, value)))
-                rows += db.retokenize(conn, changes)
-                bar.update(len(batch))
-        db.audit(conn, "rotate-masking-key", None, None, None, args.reason, f"{left} tokens, {rows} rows")
-    print(f"re-tokenized {left} tokens in {rows} rows to masking key version {s.masking_key_version}")
+    with store.connection(s.database_url) as conn, Bar("token") as bar:
+        tokens, rows = pii.rotate_masking_key(s, conn, args.reason, bar)
+    print(f"re-tokenized {tokens} tokens in {rows} rows to masking key version {s.masking_key_version}")
     return 0
 
 
 def cmd_rotate_vault_key(args: argparse.Namespace) -> int:
     """Make a new data key the active one and re-encrypt every vault entry with it."""
-    from tqdm import tqdm
-
     s = settings.load()
-    with db.connection(s.database_url) as conn:
-        master, vaults = _open_vault(s, conn)
-        if not args.resume:
-            db.add_data_key(conn, vault.wrap(master, vault.new_data_key()))
-            master, vaults = _open_vault(s, conn)
-        new_version = max(vaults)
-        prefix = f"v{new_version}:%"
-        left = db.count_vault_entries(conn, "ciphertext NOT LIKE %s", (prefix,))
-        with tqdm(total=left, unit="entry", desc=f"re-encrypting to data key v{new_version}", file=sys.stderr) as bar:
-            while batch := db.vault_entries(conn, "ciphertext NOT LIKE %s", (prefix,), ROTATE_BATCH):
-                db.reencrypt(
-                    conn,
-                    [(f, t, vaults[new_version].encrypt(f, t, vault.decrypt(vaults, f, t, c))) for f, t, c in batch],
-                )
-                bar.update(len(batch))
-        db.audit(conn, "rotate-vault-key", None, None, None, args.reason, f"{left} entries to v{new_version}")
-    print(f"re-encrypted {left} vault entries with data key version {new_version}; restart workers to use it")
+    with store.connection(s.database_url) as conn, Bar("entry") as bar:
+        entries, version = pii.rotate_vault_key(s, conn, args.reason, args.resume, bar)
+    print(f"re-encrypted {entries} vault entries with data key version {version}; restart workers to use it")
     return 0
 
 
@@ -366,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     rotv.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
     rotv.set_defaults(func=cmd_rotate_vault_key)
 
-    keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY and ETL_PAYLOAD_KEY values")
+    keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY, ETL_PAYLOAD_KEY and ETL_VAULT_KEY values")
     keygen.set_defaults(func=cmd_keygen)
     return p
 
@@ -375,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (EtlError, ValueError) as exc:
+    except EtlError as exc:
         print(f"etl {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

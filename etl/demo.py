@@ -5,68 +5,18 @@ worker, beat and Flower as separate processes until every seeded message is a ro
 rejection and the queue is empty, prints a summary and stops everything it started.
 """
 
-import logging
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from etl import db, samples, sealing, settings, sqs, vault
-from etl.cli import send_with_progress
+from etl import processes, sealing, seeding, settings, sqs, store, vault
+from etl.progress import Bar
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_logins.json.gz"
 LOG_DIR = Path(".demo")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-# The one definition of how each process is started. docker-compose.yml runs the same argument
-# lists (a unit test holds them equal); what differs between places is only the environment
-# (ETL_BEAT_SCHEDULE_FILE, FLOWER_ADDRESS, FLOWER_PORT, ...).
-COMMANDS = {
-    "worker": ["celery", "-A", "etl", "worker", "--loglevel=INFO", "--concurrency=2"],
-    "beat": ["celery", "-A", "etl", "beat", "--loglevel=INFO"],
-    "flower": ["celery", "-A", "etl", "flower", "--max_tasks=10000"],
-}
-
-
-def celery_command(kind: str) -> list[str]:
-    """COMMANDS[kind], run with this interpreter (so the .venv need not be on PATH)."""
-    return [sys.executable, "-m", *COMMANDS[kind]]
-
-
-def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a process with its output in ``log_path``, in its own process group."""
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
-    """SIGTERM (a warm shutdown for Celery), then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def demo_env() -> tuple[dict[str, str], list[str]]:
@@ -91,15 +41,11 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     env.setdefault("ETL_FETCH_INTERVAL", "2")
     env.setdefault("ETL_FETCH_SECONDS", "2")  # short fetch runs, so the demo stops quickly
-    env.setdefault("ETL_BEAT_SCHEDULE_FILE", str(LOG_DIR / "celerybeat-schedule"))
     env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
     return env, notes
 
 
 def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555) -> int:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     env, notes = demo_env()
     env["FLOWER_PORT"] = str(flower_port)
     for note in notes:
@@ -107,11 +53,9 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
     LOG_DIR.mkdir(exist_ok=True)
 
     with ExitStack() as stack:
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
+        server = processes.MotoServer()
         stack.callback(server.stop)
-        env["AWS_ENDPOINT_URL_SQS"] = f"http://127.0.0.1:{port}"
+        env["AWS_ENDPOINT_URL_SQS"] = server.endpoint
         os.environ.update(
             {
                 k: env[k]
@@ -123,9 +67,8 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         print(f"sqs: embedded moto server at {env['AWS_ENDPOINT_URL_SQS']}, queue {queue_url}")
 
         config = settings.load(env)
-        conn = db.connect(config.database_url)
-        stack.callback(conn.close)
-        applied = db.migrate(conn)
+        conn = stack.enter_context(store.connection(config.database_url))
+        applied = store.migrate(conn)
         print(
             "postgres: schema "
             + ("migrated" if applied else "up to date")
@@ -134,30 +77,33 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
 
         if file is None and SHARED_SAMPLES.exists():
             file = SHARED_SAMPLES
-        bodies = samples.read_bodies(file) if file else samples.generate(100, seed=1)
+        bodies = seeding.bodies(file, 100, seed=1)
         print(f"seeding {len(bodies)} events from {file or 'the generator (seed 1)'}")
         queue = sqs.Queue(queue_url)
-        ids = send_with_progress(queue, bodies)
+        with Bar("msg") as bar:
+            ids = seeding.send(queue, bodies, bar)
 
         started = time.monotonic()
-        procs = {}
+        group = processes.ProcessGroup(env, LOG_DIR)
+        stack.callback(group.stop)
+        for old in LOG_DIR.glob("*.log"):
+            old.unlink()  # this run's logs only
         for kind in ("worker", "beat") + (("flower",) if flower_port else ()):
-            if kind == "flower" and port_in_use(flower_port):
+            if kind == "flower" and processes.port_in_use(flower_port):
                 print(f"flower: port {flower_port} is busy, skipping Flower (use --flower-port)")
                 continue
-            procs[kind] = spawn(celery_command(kind), env, LOG_DIR / f"{kind}.log")
-            stack.callback(stop, procs[kind])
-        flower = f", flower at http://127.0.0.1:{flower_port}" if "flower" in procs else ""
+            group.start(kind)
+        flower = f", flower at http://127.0.0.1:{flower_port}" if "flower" in group.procs else ""
         print(f"celery: worker, beat{flower}; logs in {LOG_DIR}/")
 
         done = 0
         depth = {"visible": len(ids), "in_flight": 0}
         while time.monotonic() - started < timeout:
-            for kind, proc in procs.items():
-                if proc.poll() is not None and kind != "flower":
-                    print(f"\n{kind} exited with code {proc.returncode}; see {LOG_DIR / (kind + '.log')}")
+            for kind, code in group.exited().items():
+                if kind != "flower":
+                    print(f"\n{kind} exited with code {code}; see {group.log_path(kind)}")
                     return 1
-            result = db.stats(conn, ids)
+            result = store.stats(conn, ids)
             done = result["rows"] + result["rejected"]
             depth = queue.depth()
             print(
@@ -175,7 +121,7 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         elapsed = time.monotonic() - started
         print()
         counts = scrape_metrics(int(env.get("ETL_METRICS_PORT") or 9808), result["rows"])
-        details = db.query(
+        details = store.query(
             conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
         )
         print_summary(result, details, len(ids), elapsed, depth)

@@ -24,7 +24,7 @@ TOO_LONG = "too_long"
 NUL_CHARACTER = "nul_character"
 INVALID_UNICODE = "invalid_unicode"
 BAD_APP_VERSION = "bad_app_version"
-REASONS = (
+PARSE_REASONS = (
     INVALID_JSON,
     NOT_AN_OBJECT,
     DUPLICATE_KEY,
@@ -36,6 +36,9 @@ REASONS = (
     INVALID_UNICODE,
     BAD_APP_VERSION,
 )
+# Not from parsing: a message that validated but that Postgres still would not store.
+DB_REFUSED = "db_refused"
+REASONS = (*PARSE_REASONS, DB_REFUSED)
 
 # Longest accepted value per field, in characters. user_id, device_type and locale are stored
 # as they are, so their limit is their column's width; ip and device_id are stored as tokens,

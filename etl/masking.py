@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import ipaddress
 
+from etl.errors import ConfigError
+
 MIN_KEY_LENGTH = 32
 
 
@@ -25,9 +27,9 @@ class Masker:
 
     def __init__(self, key: str, version: int = 1) -> None:
         if len(key) < MIN_KEY_LENGTH:
-            raise ValueError(f"masking key must be at least {MIN_KEY_LENGTH} characters")
+            raise ConfigError(f"masking key must be at least {MIN_KEY_LENGTH} characters")
         if version < 1:
-            raise ValueError("masking key version must be a positive integer")
+            raise ConfigError("masking key version must be a positive integer")
         self._key = key.encode("utf-8")
         self._prefix = f"k{version}:"
 

@@ -1,34 +1,32 @@
 """The only module that uses prometheus_client: the pipeline's metrics and their endpoint.
 
 Celery's prefork pool runs tasks in several processes, so metrics use prometheus_client's
-multiprocess mode: each process writes its samples to files in PROMETHEUS_MULTIPROC_DIR and the
-worker's main process serves them all on ETL_METRICS_PORT. prometheus_client picks its value
-class when first imported - and the `celery` command imports it (through Flower's CLI plugin)
-before our code runs - so after choosing the directory we let it pick again, before any of our
-metrics exist. Queue depths are read at scrape time (cached for a few seconds), not counted.
+multiprocess mode: each process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (one
+directory per worker, set in the worker's environment) and the worker's main process serves them
+all on ETL_METRICS_PORT. Without that directory the worker runs unmeasured and says so. Queue
+depths are read at scrape time (cached for a few seconds), not counted.
 
 No label ever holds a message value: reasons are the fixed rejection codes.
 """
 
+import glob
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-# One fresh directory per worker, inherited by its forked pool. A directory the operator set is
-# respected; one we chose in another program (a parent that started this worker) is not.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or os.environ.get("ETL_METRICS_DIR_OWNER", str(os.getpid())) != str(
-    os.getpid()
-):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="etl-metrics-")
-    os.environ["ETL_METRICS_DIR_OWNER"] = str(os.getpid())
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # see the module docstring
+from etl import settings
+
+# prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, when it is imported; the process that
+# starts a worker sets it (the image, compose, k8s, etl.processes). It must exist before the
+# first metric below is created.
+DIRECTORY = settings.load().metrics_dir
+if DIRECTORY:
+    os.makedirs(DIRECTORY, exist_ok=True)
 
 RECEIVED = Counter("etl_messages_received", "Messages received from SQS by fetch runs")
 ROWS = Counter("etl_rows_written", "New user_logins rows committed")
@@ -70,6 +68,16 @@ class QueueCollector(Collector):
             sqs.add_metric([state], depth.get(state, 0))
         yield sqs
         yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
+
+
+def clear_stale() -> None:
+    """Remove samples other processes left in the directory (a restarted worker starts at zero).
+
+    Called in the worker's main process before it forks its pool: every other file is stale.
+    """
+    for path in glob.glob(os.path.join(DIRECTORY, "*.db")) if DIRECTORY else []:
+        if not path.endswith(f"_{os.getpid()}.db"):
+            os.unlink(path)
 
 
 def serve(port: int, address: str, depth: Callable[[], dict[str, int]], queued: Callable[[], int]) -> None:

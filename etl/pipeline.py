@@ -13,13 +13,12 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from etl import db, records
+from etl import records, store
 from etl.errors import TerminalError
 from etl.masking import Masker
 from etl.records import ChunkResult, Message
@@ -179,7 +178,7 @@ def process_chunk(
     *,
     masker: Masker,
     sealer: Sealer,
-    conn: db.Connection,
+    conn: store.Connection,
     source: MessageSource,
     visibility_timeout: int = 120,
     label: str = "",
@@ -194,7 +193,7 @@ def process_chunk(
     with kept_invisible(source, messages, visibility_timeout):
         result = records.transform(messages, masker, sealer, vault)
         try:
-            written = db.write_chunk(conn, result)
+            written = store.write_chunk(conn, result)
         except TerminalError as exc:
             log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
             written = write_one_by_one(conn, messages, result, sealer)
@@ -239,30 +238,19 @@ def process_chunk(
 
 
 def write_one_by_one(
-    conn: db.Connection, messages: list[Message], result: ChunkResult, sealer: Sealer
-) -> db.WriteResult:
+    conn: store.Connection, messages: list[Message], result: ChunkResult, sealer: Sealer
+) -> store.WriteResult:
     """The safety net for a chunk Postgres refused: isolate the row(s) it will not take.
 
     Each message is written in its own transaction; one that Postgres still refuses becomes a
     ``db_refused`` rejection, so the good messages beside it are never held back.
     """
     by_id = {m.message_id: m for m in messages}
-    secrets = {(v.field, v.token): v for v in result.vault}
-    inserted = duplicates = rejected = 0
-    reasons: Counter[str] = Counter()
-
-    def own_secrets(row: records.LoginRow) -> list[records.VaultEntry]:
-        keys = (("ip", row.masked_ip), ("device_id", row.masked_device_id))
-        return [secrets[k] for k in keys if k in secrets]
-
-    singles = [ChunkResult([row], [], own_secrets(row)) for row in result.rows]
-    singles += [ChunkResult([], [r]) for r in result.rejected]
-    for single in singles:
-        message_id = single.rows[0].message_id if single.rows else single.rejected[0].message_id
+    results = []
+    for message_id, single in result.singles():
         try:
-            w = db.write_chunk(conn, single)
+            results.append(store.write_chunk(conn, single))
         except TerminalError as exc:
-            w = db.write_chunk(conn, ChunkResult([], [records.refused(by_id[message_id], str(exc), sealer)]))
-        inserted, duplicates, rejected = inserted + w.inserted, duplicates + w.duplicates, rejected + w.rejected
-        reasons.update(w.rejected_by_reason)
-    return db.WriteResult(inserted, duplicates, rejected, dict(reasons))
+            refused = records.refused(by_id[message_id], str(exc), sealer)
+            results.append(store.write_chunk(conn, ChunkResult([], [refused])))
+    return store.WriteResult.total(results)

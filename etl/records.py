@@ -72,6 +72,16 @@ class ChunkResult:
     rejected: list[RejectedRow]
     vault: list[VaultEntry] = field(default_factory=list)
 
+    def singles(self) -> list[tuple[str, "ChunkResult"]]:
+        """One (message_id, result) per message, each row with its own vault entries."""
+        secrets = {(v.field, v.token): v for v in self.vault}
+        out = []
+        for row in self.rows:
+            keys = (("ip", row.masked_ip), ("device_id", row.masked_device_id))
+            out.append((row.message_id, ChunkResult([row], [], [secrets[k] for k in keys if k in secrets])))
+        out += [(r.message_id, ChunkResult([], [r])) for r in self.rejected]
+        return out
+
 
 def sent_at(sent_timestamp_ms: int) -> datetime:
     """SQS SentTimestamp (epoch milliseconds) as an aware UTC datetime."""
@@ -103,12 +113,9 @@ def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer) -
     )
 
 
-DB_REFUSED = "db_refused"
-
-
 def refused(message: Message, detail: str, sealer: Sealer) -> RejectedRow:
     """A message that validated but that Postgres still would not store (a safety net)."""
-    return to_rejected(message, events.Rejection(DB_REFUSED, detail), sealer)
+    return to_rejected(message, events.Rejection(events.DB_REFUSED, detail), sealer)
 
 
 def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Vault | None = None) -> ChunkResult:

@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Any
 
+from etl.errors import ConfigError
+
 TITLES = {
     "shared_devices": ("Devices shared by several users", ["device token", "users", "logins", "first", "last"]),
     "shared_ips": ("IPs shared by several users", ["ip token", "users", "logins", "first", "last"]),
@@ -43,7 +45,7 @@ def chart(per_day: list[tuple[Any, ...]], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--png needs matplotlib: pip install matplotlib==3.10.7") from None
+        raise ConfigError("--png needs matplotlib: pip install matplotlib==3.10.7") from None
     days = sorted(per_day)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar([str(d[0]) for d in days], [d[1] for d in days])

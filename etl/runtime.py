@@ -1,4 +1,4 @@
-"""Per-process wiring: settings -> Masker, Sealer, SQS queue, Postgres connection.
+"""Per-process wiring: settings -> Masker, Sealer, SQS queue, Postgres connection, vault.
 
 Built lazily in the process that uses them (after Celery's prefork), once per process, and
 rebuilt only when a connection breaks.
@@ -9,9 +9,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from etl import db, settings, sqs, vault
-from etl.broker import Broker
-from etl.errors import ConfigError
+from etl import pii, settings, sqs, store, vault
+from etl.coordination import Coordinator
 from etl.masking import Masker
 from etl.sealing import Sealer
 from etl.vault import Vault
@@ -23,24 +22,20 @@ class Runtime:
     masker: Masker
     sealer: Sealer
     queue: sqs.Queue
-    broker: Broker
-    _conn: db.Connection | None = field(default=None, repr=False)
+    coordinator: Coordinator
+    _conn: store.Connection | None = field(default=None, repr=False)
     _vault: Vault | None = field(default=None, repr=False)
 
     def vault(self) -> Vault | None:
         """The PII vault's active data key (None when ETL_VAULT_KEY is not set)."""
-        if not self.settings.vault_key:
-            return None
         if self._vault is None:
-            master = vault.parse_master_key(self.settings.vault_key)
-            version, wrapped = db.active_data_key(self.conn(), lambda: vault.wrap(master, vault.new_data_key()))
-            self._vault = Vault(version, vault.unwrap(master, wrapped))
+            self._vault = pii.writer_vault(self.settings, self.conn())
         return self._vault
 
-    def conn(self) -> db.Connection:
+    def conn(self) -> store.Connection:
         """The process's Postgres connection, reconnecting if the last one broke."""
         if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.settings.database_url)
+            self._conn = store.connect(self.settings.database_url)
         return self._conn
 
     def drop_conn(self) -> None:
@@ -65,19 +60,14 @@ queue_factory: Callable[[settings.Settings], sqs.Queue] = make_queue
 def build(config: settings.Settings) -> Runtime:
     """Validate secrets and build the runtime; raises ConfigError with what to do."""
     config.require_keys()
-    try:
-        masker = Masker(config.masking_key, config.masking_key_version)
-        sealer = Sealer(list(config.payload_keys))
-        if config.vault_key:
-            vault.parse_master_key(config.vault_key)
-    except ValueError as exc:
-        raise ConfigError(f"{exc}; {settings.KEYGEN_HINT}") from None
+    if config.vault_key:
+        vault.parse_master_key(config.vault_key)  # a malformed key stops the worker at start
     return Runtime(
         settings=config,
-        masker=masker,
-        sealer=sealer,
+        masker=Masker(config.masking_key, config.masking_key_version),
+        sealer=Sealer(list(config.payload_keys)),
         queue=queue_factory(config),
-        broker=Broker(config.broker_url),
+        coordinator=Coordinator(config.broker_url),
     )
 
 

@@ -8,6 +8,8 @@ the first seals, all of them open, so keys can be rotated without losing queued 
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from etl.errors import ConfigError, TerminalError
+
 
 class Sealer:
     """Seals and opens byte strings with one or more Fernet keys."""
@@ -16,11 +18,11 @@ class Sealer:
 
     def __init__(self, keys: list[str]) -> None:
         if not keys:
-            raise ValueError("at least one payload key is required")
+            raise ConfigError("at least one payload key is required")
         try:
             self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in keys])
         except (ValueError, UnicodeEncodeError):
-            raise ValueError("a payload key is not a valid Fernet key (32 url-safe base64 bytes)") from None
+            raise ConfigError("a payload key is not a valid Fernet key (32 url-safe base64 bytes)") from None
 
     def __repr__(self) -> str:
         return "Sealer(<keys redacted>)"
@@ -32,7 +34,7 @@ class Sealer:
         try:
             return self._fernet.decrypt(token.encode("ascii"))
         except (InvalidToken, UnicodeEncodeError):
-            raise ValueError("sealed payload cannot be opened with the configured payload keys") from None
+            raise TerminalError("sealed payload cannot be opened with the configured payload keys") from None
 
 
 def new_key() -> str:

@@ -10,18 +10,14 @@ from dataclasses import dataclass
 
 from etl.errors import ConfigError
 
-DEFAULT_QUEUE_URL = "http://localhost:4566/000000000000/login-queue"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-
 KEYGEN_HINT = "run `etl keygen` to make fresh keys, and set them in the environment or .env"
 
 
 @dataclass(frozen=True)
 class Settings:
-    sqs_queue_url: str = DEFAULT_QUEUE_URL
-    database_url: str = DEFAULT_DATABASE_URL
-    broker_url: str = DEFAULT_BROKER_URL
+    sqs_queue_url: str = "http://localhost:4566/000000000000/login-queue"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    broker_url: str = "redis://127.0.0.1:6379/0"
     masking_key: str = ""
     masking_key_version: int = 1
     payload_keys: tuple[str, ...] = ()
@@ -38,6 +34,7 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     sqs_threads: int = 32
     health_max_idle: float = 300.0
+    metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; empty: the worker serves no metrics
 
     def __repr__(self) -> str:  # never print the keys
         return (
@@ -66,10 +63,38 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
+# Every plain setting: (field, environment variable, minimum for numbers). The default is the
+# field's default in Settings, written once.
+_TEXT = (
+    ("sqs_queue_url", "SQS_QUEUE_URL"),
+    ("database_url", "DATABASE_URL"),
+    ("broker_url", "CELERY_BROKER_URL"),
+    ("masking_key", "ETL_MASKING_KEY"),
+    ("beat_schedule_file", "ETL_BEAT_SCHEDULE_FILE"),
+    ("log_format", "ETL_LOG_FORMAT"),
+    ("metrics_address", "ETL_METRICS_ADDRESS"),
+    ("metrics_dir", "PROMETHEUS_MULTIPROC_DIR"),
+)
+_NUMBERS = (
+    ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
+    ("chunk_size", "ETL_CHUNK_SIZE", 1),
+    ("fetch_interval", "ETL_FETCH_INTERVAL", 0.5),
+    ("fetch_seconds", "ETL_FETCH_SECONDS", 0.5),
+    ("fetch_max_messages", "ETL_FETCH_MAX_MESSAGES", 10),
+    ("visibility_timeout", "SQS_VISIBILITY_TIMEOUT", 10),
+    ("max_queued_chunks", "ETL_MAX_QUEUED_CHUNKS", 1),
+    ("metrics_port", "ETL_METRICS_PORT", 0),
+    ("sqs_threads", "ETL_SQS_THREADS", 1),
+    ("health_max_idle", "ETL_HEALTH_MAX_IDLE", 10),
+)
+_DEFAULTS = Settings()
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    kind = type(default)
     try:
         value: float = kind(raw)
     except ValueError:
@@ -96,28 +121,12 @@ def _vault_key(env: Mapping[str, str]) -> str:
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: the process environment). Raises ConfigError."""
     env = os.environ if env is None else env
-    fetch_interval = _number(env, "ETL_FETCH_INTERVAL", 5.0, float, 0.5)
-    settings = Settings(
-        sqs_queue_url=env.get("SQS_QUEUE_URL") or DEFAULT_QUEUE_URL,
-        database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-        broker_url=env.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL,
-        masking_key=env.get("ETL_MASKING_KEY", ""),
-        masking_key_version=int(_number(env, "ETL_MASKING_KEY_VERSION", 1, int, 1)),
-        payload_keys=tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip()),
-        chunk_size=int(_number(env, "ETL_CHUNK_SIZE", 500, int, 1)),
-        fetch_interval=fetch_interval,
-        fetch_seconds=_number(env, "ETL_FETCH_SECONDS", 20.0, float, 0.5),
-        fetch_max_messages=int(_number(env, "ETL_FETCH_MAX_MESSAGES", 10_000, int, 10)),
-        visibility_timeout=int(_number(env, "SQS_VISIBILITY_TIMEOUT", 120, int, 10)),
-        beat_schedule_file=env.get("ETL_BEAT_SCHEDULE_FILE") or "celerybeat-schedule",
-        max_queued_chunks=int(_number(env, "ETL_MAX_QUEUED_CHUNKS", 20, int, 1)),
-        metrics_port=int(_number(env, "ETL_METRICS_PORT", 9808, int, 0)),
-        log_format=(env.get("ETL_LOG_FORMAT") or "text").lower(),
-        vault_key=_vault_key(env),
-        metrics_address=env.get("ETL_METRICS_ADDRESS") or "127.0.0.1",
-        sqs_threads=int(_number(env, "ETL_SQS_THREADS", 32, int, 1)),
-        health_max_idle=_number(env, "ETL_HEALTH_MAX_IDLE", 300.0, float, 10),
-    )
+    values: dict[str, object] = {f: env.get(name) or getattr(_DEFAULTS, f) for f, name in _TEXT}
+    values.update({f: _number(env, name, getattr(_DEFAULTS, f), low) for f, name, low in _NUMBERS})
+    values["log_format"] = str(values["log_format"]).lower()
+    values["payload_keys"] = tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip())
+    values["vault_key"] = _vault_key(env)
+    settings = Settings(**values)  # type: ignore[arg-type]
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"ETL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
     if settings.chunk_size > 1000:

@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -31,6 +32,7 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
     except ConfigError as exc:
         print(f"etl worker: {exc}", file=sys.stderr)
         sys.exit(2)
+    metrics.clear_stale()
 
 
 @after_setup_logger.connect
@@ -43,11 +45,13 @@ def _json_logs(logger: logging.Logger, **_: Any) -> None:
 @worker_ready.connect
 def _record_start_and_serve_metrics(sender: Any = None, **_: Any) -> None:
     rt = runtime.get()
-    rt.broker.beat("start", getattr(sender, "hostname", "?"))
+    rt.coordinator.heartbeat("start", getattr(sender, "hostname", "?"))
     port = rt.settings.metrics_port
-    if port:
+    if port and not rt.settings.metrics_dir:
+        log.warning("metrics off: set PROMETHEUS_MULTIPROC_DIR to a directory of this worker's own")
+    elif port:
         try:
-            metrics.serve(port, rt.settings.metrics_address, rt.queue.depth, lambda: rt.broker.queued(QUEUE))
+            metrics.serve(port, rt.settings.metrics_address, rt.queue.depth, lambda: rt.coordinator.queued(QUEUE))
             log.info("metrics on http://%s:%d/metrics", rt.settings.metrics_address, port)
         except OSError as exc:  # e.g. a second worker on the same host: it still works, unmeasured
             log.warning("metrics port %d unavailable (%s); set ETL_METRICS_PORT per worker", port, exc)
@@ -89,8 +93,8 @@ def request_fetch_if_starving(rt: runtime.Runtime) -> None:
     sure that a burst of finishing chunks sends one request, not one each.
     """
     try:
-        starving = rt.broker.queued(QUEUE) < max(1, rt.settings.max_queued_chunks // 2)
-        if starving and rt.broker.flag("etl:fetch-requested", seconds=1):
+        starving = rt.coordinator.queued(QUEUE) < max(1, rt.settings.max_queued_chunks // 2)
+        if starving and rt.coordinator.flag("etl:fetch-requested", seconds=1):
             fetch.apply_async(expires=rt.settings.fetch_interval)
     except TransientError:
         pass  # beat will fetch anyway
@@ -105,16 +109,21 @@ def fetch(self: Any) -> dict[str, Any]:
     def pause() -> str | None:
         if _shutting_down.is_set():
             return "shutdown"
-        if rt.broker.queued(QUEUE) >= s.max_queued_chunks:
+        if rt.coordinator.queued(QUEUE) >= s.max_queued_chunks:
             return "backpressure"
         return None
 
     # The lease outlives a normal run (budget + one last call) but not by much: a fetcher killed
     # mid-run blocks the next one for at most ~10 s.
-    with rt.broker.lease("etl:fetch-lock", s.fetch_seconds + 10) as held:
+    with ExitStack() as stack:
+        try:
+            held = stack.enter_context(rt.coordinator.lease("etl:fetch-lock", s.fetch_seconds + 10))
+        except TransientError as exc:
+            log.warning("fetch skipped: %s (the next beat tries again)", exc)
+            return {"skipped": "redis unavailable"}
         if not held:
             return {"skipped": "another fetch is running"}
-        rt.broker.beat("fetch", self.request.hostname or "?")
+        rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
         report = pipeline.fetch(
             rt.queue,
             lambda chunk: send_chunk(chunk, rt.sealer),
@@ -125,7 +134,7 @@ def fetch(self: Any) -> dict[str, Any]:
             receive_batch=10 * s.sqs_threads,
             pause=pause,
         )
-    rt.broker.beat("fetch", self.request.hostname or "?")
+    rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
     if report.received or report.stopped == "backpressure":
         log.info(
             "fetched %d messages in %d chunks (%d receives, %.2fs, stopped: %s)",
@@ -187,7 +196,7 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
         log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", self.request.id, len(messages))
         pipeline.release(rt.queue, messages)
         raise
-    rt.broker.beat("commit", self.request.hostname or "?")
+    rt.coordinator.heartbeat("commit", self.request.hostname or "?")
     record(report, messages)
     request_fetch_if_starving(rt)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

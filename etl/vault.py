@@ -16,6 +16,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from etl.errors import ConfigError, TerminalError
+
 
 def new_master_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
@@ -27,7 +29,7 @@ def parse_master_key(text: str) -> bytes:
     except (ValueError, UnicodeEncodeError):
         key = b""
     if len(key) != 32:
-        raise ValueError("the vault master key must be 32 bytes, url-safe base64 (etl keygen makes one)")
+        raise ConfigError("the vault master key must be 32 bytes, url-safe base64 (etl keygen makes one)")
     return key
 
 
@@ -43,7 +45,9 @@ def unwrap(master: bytes, wrapped: bytes) -> bytes:
     try:
         return aes_key_unwrap(master, wrapped)
     except InvalidUnwrap:
-        raise ValueError("the vault data key cannot be unwrapped with this master key (wrong ETL_VAULT_KEY?)") from None
+        raise ConfigError(
+            "the vault data key cannot be unwrapped with this master key (wrong ETL_VAULT_KEY?)"
+        ) from None
 
 
 class Vault:
@@ -68,7 +72,7 @@ class Vault:
         try:
             return self._aead.decrypt(raw[:12], raw[12:], f"{field}:{token}".encode()).decode("utf-8")
         except InvalidTag:
-            raise ValueError("vault entry does not authenticate (tampered, or another data key)") from None
+            raise TerminalError("vault entry does not authenticate (tampered, or another data key)") from None
 
 
 def version_of(stored: str) -> int:

@@ -21,16 +21,16 @@ from tests.support import (
     MASKING_KEY,
     PAYLOAD_KEY,
     MotoServer,
-    Pipeline,
+    ProcessGroup,
     drained,
     pipeline_env,
     reset_schema,
     wait_until,
 )
 
-from etl import db, sqs  # isort: skip  (after tests.support, which points Celery at the test broker)
+from etl import store, sqs  # isort: skip  (after tests.support, which points Celery at the test broker)
 
-__all__ = ["DATABASE_URL", "MASKING_KEY", "PAYLOAD_KEY", "Pipeline", "drained", "wait_until"]
+__all__ = ["DATABASE_URL", "MASKING_KEY", "PAYLOAD_KEY", "ProcessGroup", "drained", "wait_until"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,7 +68,7 @@ def queue(sqs_endpoint: str) -> sqs.Queue:
 
 
 @pytest.fixture
-def conn() -> Iterator[db.Connection]:
+def conn() -> Iterator[store.Connection]:
     """A connection to a freshly migrated test database."""
     connection = reset_schema()
     yield connection
@@ -89,8 +89,8 @@ def broker() -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def pipeline(
-    queue: sqs.Queue, conn: db.Connection, broker: redis.Redis, tmp_path: Path, sqs_endpoint: str
-) -> Iterator[Pipeline]:
-    p = Pipeline(env=pipeline_env(queue.url, sqs_endpoint), workdir=tmp_path)
+    queue: sqs.Queue, conn: store.Connection, broker: redis.Redis, tmp_path: Path, sqs_endpoint: str
+) -> Iterator[ProcessGroup]:
+    p = ProcessGroup(env=pipeline_env(queue.url, sqs_endpoint), workdir=tmp_path)
     yield p
     p.stop()

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import db, demo, sqs
-from tests.integration.conftest import Pipeline, drained, wait_until
+from etl import processes, sqs, store
+from tests.support import ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,14 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_a_run_moves_the_counters_by_the_right_amounts(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     good = [
         json.dumps({"user_id": f"u{i}", "device_type": "ios", "ip": "10.0.0.1", "device_id": "d", "app_version": "1.0"})
         for i in range(25)
     ]
     queue.send([*good, "not json", "[]", '{"user_id": "x"}'])
-    port = demo.free_port()
+    port = processes.free_port()
     pipeline.start("worker", "beat", ETL_METRICS_PORT=str(port))
     wait_until(drained(queue, conn, 28), 60, "the queue to drain")
     m = wait_until(lambda: scrape(port), 10, "the metrics endpoint")
@@ -52,7 +52,7 @@ def test_a_run_moves_the_counters_by_the_right_amounts(
     assert ("etl_broker_queued_chunks", ()) in m
 
 
-def test_flower_refuses_an_unauthenticated_request(pipeline: Pipeline) -> None:
+def test_flower_refuses_an_unauthenticated_request(pipeline: ProcessGroup) -> None:
     pipeline.start("flower", FLOWER_BASIC_AUTH="ops:s3cret")
     url = f"http://127.0.0.1:{pipeline.flower_port}/"
 
@@ -71,7 +71,7 @@ def test_flower_refuses_an_unauthenticated_request(pipeline: Pipeline) -> None:
     assert status({"Authorization": "Basic " + base64.b64encode(b"ops:s3cret").decode()}) == 200
 
 
-def test_json_logs_carry_chunk_counts(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+def test_json_logs_carry_chunk_counts(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> None:
     body = json.dumps({"user_id": "j", "device_type": "ios", "ip": "10.7.7.7", "device_id": "d7", "app_version": "1"})
     queue.send([body] * 3)
     pipeline.start("worker", "beat", ETL_LOG_FORMAT="json")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from etl import db, sqs
-from tests.integration.conftest import Pipeline, drained, wait_until
+from etl import sqs, store
+from tests.support import ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -19,28 +19,28 @@ def event(user: str, version: str = "1.0") -> str:
     )
 
 
-def etl(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+def etl(pipeline: ProcessGroup, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "etl.cli", *args], env=pipeline.env, capture_output=True, text=True, timeout=60
     )
 
 
 def test_a_row_postgres_refuses_is_isolated_from_its_chunk(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     with conn, conn.cursor() as cur:  # a rule the validator does not know about
         cur.execute("ALTER TABLE user_logins ADD CONSTRAINT no_evil CHECK (user_id <> 'evil')")
     queue.send([event(f"good-{i}") for i in range(9)] + [event("evil")])
     pipeline.start("worker", "beat")
     wait_until(drained(queue, conn, 10), 60, "the queue to drain")
-    assert db.stats(conn)["rows"] == 9
-    assert db.query(conn, "SELECT reason, detail FROM rejected_messages") == [
+    assert store.stats(conn)["rows"] == 9
+    assert store.query(conn, "SELECT reason, detail FROM rejected_messages") == [
         ("db_refused", "Postgres write chunk refused: 23514 CheckViolation")
     ]
 
 
 def test_rejected_messages_can_be_listed_and_replayed(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     queue.send([event(f"u{i}", version="1.2.3.4") for i in range(3)] + ["not json"])
     pipeline.start("worker", "beat")
@@ -58,12 +58,12 @@ def test_rejected_messages_can_be_listed_and_replayed(
     assert "replayed 3" in replay.stdout
     # the replayed bodies are still bad: they come back as 3 new rejections
     wait_until(drained(queue, conn, 7), 60, "the replayed messages")
-    assert db.query(conn, "SELECT count(*) FROM rejected_replays") == [(3,)]
+    assert store.query(conn, "SELECT count(*) FROM rejected_replays") == [(3,)]
     again = etl(pipeline, "rejected", "replay", "--reason", "bad_app_version", "--dry-run")
     assert "would replay 3" in again.stdout  # only the new rejections, never the replayed ones twice
 
 
-def test_health_reports_progress_and_a_stall(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+def test_health_reports_progress_and_a_stall(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> None:
     queue.send([event(f"h{i}") for i in range(5)])
     pipeline.start("worker", "beat")
     wait_until(drained(queue, conn, 5), 60, "the queue to drain")
@@ -78,9 +78,9 @@ def test_health_reports_progress_and_a_stall(pipeline: Pipeline, queue: sqs.Queu
     assert stalled.returncode == 1 and "messages wait but nothing was committed" in stalled.stdout
 
 
-def test_two_beats_do_not_double_fetch(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+def test_two_beats_do_not_double_fetch(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> None:
     queue.send([event(f"b{i}") for i in range(40)])
     pipeline.start("worker", "beat", "beat2")  # a second beat, started by mistake
     wait_until(drained(queue, conn, 40), 90, "the queue to drain")
-    assert db.query(conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins") == [(40, 40)]
+    assert store.query(conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins") == [(40, 40)]
     assert "Scheduler: Sending due task" in pipeline.log("beat2")  # both beats really were scheduling

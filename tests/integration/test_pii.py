@@ -7,8 +7,8 @@ import sys
 import psycopg2
 import pytest
 
-from etl import db, sqs
-from tests.integration.conftest import DATABASE_URL, Pipeline, drained, wait_until
+from etl import sqs, store
+from tests.support import DATABASE_URL, ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,12 @@ def reveal(env: dict[str, str], field: str, token: str, reason: str = "check") -
     return etl(env, "reveal", "--field", field, "--token", token, "--reason", reason)
 
 
-def token_of(conn: db.Connection, column: str, user: str) -> str:
-    return str(db.query(conn, f"SELECT {column} FROM user_logins WHERE user_id = %s", (user,))[0][0])
+def token_of(conn: store.Connection, column: str, user: str) -> str:
+    return str(store.query(conn, f"SELECT {column} FROM user_logins WHERE user_id = %s", (user,))[0][0])
 
 
 @pytest.fixture
-def loaded(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> Pipeline:
+def loaded(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> ProcessGroup:
     queue.send(
         [
             ev("ann", "203.0.113.50", "ann-phone"),
@@ -45,15 +45,15 @@ def loaded(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> Pipelin
     return pipeline
 
 
-def test_vault_holds_one_encrypted_entry_per_distinct_token(loaded: Pipeline, conn: db.Connection) -> None:
-    counts = dict(db.query(conn, "SELECT field, count(*) FROM pii_vault GROUP BY field"))
+def test_vault_holds_one_encrypted_entry_per_distinct_token(loaded: ProcessGroup, conn: store.Connection) -> None:
+    counts = dict(store.query(conn, "SELECT field, count(*) FROM pii_vault GROUP BY field"))
     assert counts == {"ip": 2, "device_id": 3}
     dump = subprocess.run(["pg_dump", "--data-only", DATABASE_URL], capture_output=True, check=True).stdout
     for raw in (b"203.0.113.50", b"ann-phone", b"2001:db8::1"):
         assert raw not in dump
 
 
-def test_recovery_round_trips_exactly_and_is_audited(loaded: Pipeline, conn: db.Connection) -> None:
+def test_recovery_round_trips_exactly_and_is_audited(loaded: ProcessGroup, conn: store.Connection) -> None:
     out = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "case 42")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("\t2001:db8::1")  # canonical form
@@ -68,11 +68,13 @@ def test_recovery_round_trips_exactly_and_is_audited(loaded: Pipeline, conn: db.
         "audit",
     )
     assert sorted(line.split("\t")[1] for line in batch.stdout.splitlines()) == ["ann-phone", "bob-phone", "cy-phone"]
-    audit = db.query(conn, "SELECT actor, action, reason, outcome FROM pii_audit ORDER BY id")
+    audit = store.query(conn, "SELECT actor, action, reason, outcome FROM pii_audit ORDER BY id")
     assert audit[0] == ("postgres", "reveal", "case 42", "revealed") and len(audit) == 4
 
 
-def test_an_analyst_is_refused_the_vault_and_the_refusal_is_audited(loaded: Pipeline, conn: db.Connection) -> None:
+def test_an_analyst_is_refused_the_vault_and_the_refusal_is_audited(
+    loaded: ProcessGroup, conn: store.Connection
+) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'test_analyst') THEN "
@@ -98,12 +100,12 @@ def test_an_analyst_is_refused_the_vault_and_the_refusal_is_audited(loaded: Pipe
         "curious",
     )
     assert refused.returncode == 1 and "203.0.113.50" not in refused.stdout + refused.stderr
-    assert db.query(conn, "SELECT actor, outcome FROM pii_audit") == [
+    assert store.query(conn, "SELECT actor, outcome FROM pii_audit") == [
         ("test_analyst", "refused: the database user is not a pii_officer")
     ]
 
 
-def test_erasure_shreds_only_what_no_one_else_shares(loaded: Pipeline, conn: db.Connection) -> None:
+def test_erasure_shreds_only_what_no_one_else_shares(loaded: ProcessGroup, conn: store.Connection) -> None:
     out = etl(loaded.env, "erase", "--user-id", "ann", "--reason", "GDPR art. 17 request 7")
     assert out.returncode == 0, out.stderr
     assert "1 vault entries erased" in out.stdout and "1 kept" in out.stdout
@@ -115,7 +117,7 @@ def test_erasure_shreds_only_what_no_one_else_shares(loaded: Pipeline, conn: db.
     assert bob_device.stdout.strip().endswith("\tbob-phone")
 
 
-def test_audit_chain_detects_an_edited_row(loaded: Pipeline, conn: db.Connection) -> None:
+def test_audit_chain_detects_an_edited_row(loaded: ProcessGroup, conn: store.Connection) -> None:
     for reason in ("one", "two", "three"):
         reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), reason)
     assert etl(loaded.env, "audit", "verify").stdout.startswith("audit chain intact: 3 rows")
@@ -129,14 +131,14 @@ def test_audit_chain_detects_an_edited_row(loaded: Pipeline, conn: db.Connection
     assert broken.returncode == 1 and "BROKEN at row 2" in broken.stdout
 
 
-def groups(conn: db.Connection, column: str) -> set[frozenset[str]]:
+def groups(conn: store.Connection, column: str) -> set[frozenset[str]]:
     """The partition of users that GROUP BY <column> produces."""
-    rows = db.query(conn, f"SELECT array_agg(user_id ORDER BY user_id) FROM user_logins GROUP BY {column}")
+    rows = store.query(conn, f"SELECT array_agg(user_id ORDER BY user_id) FROM user_logins GROUP BY {column}")
     return {frozenset(r[0]) for r in rows}
 
 
 def test_masking_key_rotation_keeps_duplicates_findable(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     queue.send([ev("old-1", "198.51.100.1", "dev-A"), ev("old-2", "198.51.100.2", "dev-B")])
     pipeline.start("worker", "beat")
@@ -156,23 +158,23 @@ def test_masking_key_rotation_keeps_duplicates_findable(
     expected = {frozenset({"old-1", "new-1"}), frozenset({"old-2"}), frozenset({"new-2"})}
     assert groups(conn, "masked_device_id") == expected
     assert groups(conn, "masked_ip") == expected
-    assert db.query(conn, "SELECT count(*) FROM user_logins WHERE masked_ip NOT LIKE 'k2:%'") == [(0,)]
+    assert store.query(conn, "SELECT count(*) FROM user_logins WHERE masked_ip NOT LIKE 'k2:%'") == [(0,)]
     again = etl(pipeline.env, "rotate-masking-key")  # resumable / idempotent: nothing left to do
     assert "re-tokenized 0 tokens" in again.stdout
     revealed = reveal(pipeline.env, "device_id", token_of(conn, "masked_device_id", "old-1"), "after rotation")
     assert revealed.stdout.strip().endswith("\tdev-A")
 
 
-def test_vault_key_rotation_reencrypts_everything(loaded: Pipeline, conn: db.Connection) -> None:
+def test_vault_key_rotation_reencrypts_everything(loaded: ProcessGroup, conn: store.Connection) -> None:
     out = etl(loaded.env, "rotate-vault-key", "--reason", "yearly")
     assert out.returncode == 0, out.stderr
-    assert db.query(conn, "SELECT count(*) FROM pii_vault WHERE ciphertext NOT LIKE 'v2:%'") == [(0,)]
-    assert db.query(conn, "SELECT version, active FROM vault_keys ORDER BY version") == [(1, False), (2, True)]
+    assert store.query(conn, "SELECT count(*) FROM pii_vault WHERE ciphertext NOT LIKE 'v2:%'") == [(0,)]
+    assert store.query(conn, "SELECT version, active FROM vault_keys ORDER BY version") == [(1, False), (2, True)]
     revealed = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "check")
     assert revealed.stdout.strip().endswith("\t2001:db8::1")
 
 
-def test_no_raw_value_anywhere_after_every_pii_command(loaded: Pipeline, conn: db.Connection) -> None:
+def test_no_raw_value_anywhere_after_every_pii_command(loaded: ProcessGroup, conn: store.Connection) -> None:
     import redis as redis_lib
 
     from tests.integration.test_pipeline import assert_absent, dump_redis

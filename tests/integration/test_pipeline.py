@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from etl import appversion, db, events, records, samples, sqs
+from etl import appversion, events, records, samples, sqs, store
 from etl.masking import Masker
 from etl.sealing import Sealer
+from etl.store import schema
 from tests.conftest import SHARED_SAMPLES
-from tests.integration.conftest import DATABASE_URL, MASKING_KEY, PAYLOAD_KEY, Pipeline, drained, wait_until
+from tests.support import DATABASE_URL, MASKING_KEY, PAYLOAD_KEY, ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -34,15 +35,17 @@ def event(ip: str, device_id: str, user: str = "u", version: str = "1.2.3") -> s
     )
 
 
-def rows(conn: db.Connection) -> list[tuple]:  # type: ignore[type-arg]
-    return db.query(
+def rows(conn: store.Connection) -> list[tuple]:  # type: ignore[type-arg]
+    return store.query(
         conn,
         "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date "
         "FROM user_logins ORDER BY message_id",
     )
 
 
-def test_every_valid_sample_lands_exactly_once(pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection) -> None:
+def test_every_valid_sample_lands_exactly_once(
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
+) -> None:
     bodies = samples.read_bodies(SHARED_SAMPLES) if SHARED_SAMPLES.exists() else samples.generate(100, seed=1)
     ids = queue.send(bodies)
     pipeline.start("worker", "beat")
@@ -60,16 +63,16 @@ def test_every_valid_sample_lands_exactly_once(pipeline: Pipeline, queue: sqs.Qu
         assert masked_ip == masker.mask_ip(e.ip) and masked_device == masker.mask_device_id(e.device_id)
         assert version == appversion.encode(e.app_version)
         assert created == today
-    assert db.stats(conn)["rejected"] == len(bodies) - len(valid)
+    assert store.stats(conn)["rejected"] == len(bodies) - len(valid)
     if SHARED_SAMPLES.exists():
         assert (len(valid), len(bodies) - len(valid)) == (99, 1)
     # the analysts' way back to the version text agrees with the Python contract
-    texts = db.query(conn, "SELECT app_version, app_version_text FROM user_logins_readable")
+    texts = store.query(conn, "SELECT app_version, app_version_text FROM user_logins_readable")
     assert all(appversion.decode(code) == text for code, text in texts)
 
 
 def test_duplicates_share_a_token_and_different_values_do_not(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     ids = queue.send(
         [
@@ -84,12 +87,12 @@ def test_duplicates_share_a_token_and_different_values_do_not(
     by_user = {r[1]: r for r in rows(conn)}
     assert by_user["a"][3] == by_user["b"][3] != by_user["c"][3] != by_user["d"][3]
     assert by_user["a"][4] == by_user["c"][4] != by_user["b"][4] != by_user["d"][4]
-    stats = db.stats(conn)
+    stats = store.stats(conn)
     assert (stats["shared_ip_tokens"], stats["shared_device_tokens"]) == (1, 1)
 
 
 def test_crash_between_commit_and_delete_writes_no_second_row(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     """A worker that committed and died before deleting: SQS redelivers, nothing is doubled."""
     queue.send([event(f"10.0.0.{i}", f"d-{i}", f"u{i}") for i in range(15)])
@@ -97,7 +100,7 @@ def test_crash_between_commit_and_delete_writes_no_second_row(
     while len(received) < 15:
         received += queue.receive(10, wait_seconds=1, visibility_timeout=2)
     chunk = records.transform(received, Masker(MASKING_KEY), Sealer([PAYLOAD_KEY]))
-    assert db.write_chunk(conn, chunk).inserted == 15  # committed; the "crash" skips the delete
+    assert store.write_chunk(conn, chunk).inserted == 15  # committed; the "crash" skips the delete
 
     pipeline.start("worker", "beat")
     wait_until(drained(queue, conn, 15), 60, "the redelivered messages to be deleted")
@@ -107,7 +110,7 @@ def test_crash_between_commit_and_delete_writes_no_second_row(
 
 
 def test_a_chunk_delivered_twice_by_the_broker_writes_once(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection, broker: redis.Redis
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker: redis.Redis
 ) -> None:
     """Celery redelivery (acks_late after a lost worker) of the same chunk is harmless."""
     from etl import tasks
@@ -123,29 +126,29 @@ def test_a_chunk_delivered_twice_by_the_broker_writes_once(
 
 
 def test_each_rejection_reason_is_recorded_and_deleted(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     cases = [json.loads(line) for line in (FIXTURES / "edge_cases.jsonl").read_text().splitlines()]
     ids = queue.send([c["body"] for c in cases])
     pipeline.start("worker", "beat")
     wait_until(drained(queue, conn, len(cases)), 90, "the queue to drain")
-    reasons = dict(db.query(conn, "SELECT message_id, reason FROM rejected_messages"))
+    reasons = dict(store.query(conn, "SELECT message_id, reason FROM rejected_messages"))
     landed = {r[0] for r in rows(conn)}
     for mid, case in zip(ids, cases, strict=True):
         if case["expect"] == "ok":
             assert mid in landed
         else:
             assert reasons[mid] == case["expect"]
-    assert set(reasons.values()) == set(events.REASONS)
+    assert set(reasons.values()) == set(events.PARSE_REASONS)
     # a rejected body is kept sealed, and opens to exactly what was sent
-    sealed = dict(db.query(conn, "SELECT message_id, sealed_body FROM rejected_messages"))
+    sealed = dict(store.query(conn, "SELECT message_id, sealed_body FROM rejected_messages"))
     body_of = dict(zip(ids, [c["body"] for c in cases], strict=True))
     sealer = Sealer([PAYLOAD_KEY])
     assert all(sealer.open(s).decode("utf-8", "surrogatepass") == body_of[m] for m, s in sealed.items())
 
 
 def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
     queue.send([event(f"10.2.0.{i}", f"d-{i}", f"u{i}") for i in range(12)])
     pipeline.start("worker", "beat", DATABASE_URL="postgresql://postgres@127.0.0.1:1/test", SQS_VISIBILITY_TIMEOUT="10")
@@ -160,7 +163,7 @@ def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
 
 
 def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection, broker, tmp_path: Path
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from etl import tasks
 
@@ -235,7 +238,7 @@ def assert_absent(secrets: list[str], haystack: bytes, where: str) -> None:
     assert not found, f"{len(found)} raw PII values found in {where}"
 
 
-def test_worker_refuses_to_start_without_a_masking_key(pipeline: Pipeline) -> None:
+def test_worker_refuses_to_start_without_a_masking_key(pipeline: ProcessGroup) -> None:
     env = {k: v for k, v in pipeline.env.items() if k != "ETL_MASKING_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "etl", "worker", "--loglevel=INFO"],
@@ -248,21 +251,21 @@ def test_worker_refuses_to_start_without_a_masking_key(pipeline: Pipeline) -> No
     assert "ETL_MASKING_KEY is not set" in result.stderr and "etl keygen" in result.stderr
 
 
-def test_migrations_adopt_a_preexisting_exercise_table(conn: db.Connection) -> None:
+def test_migrations_adopt_a_preexisting_exercise_table(conn: store.Connection) -> None:
     with conn, conn.cursor() as cur:
         cur.execute("DROP TABLE user_logins CASCADE; DELETE FROM etl_schema_migrations")
-        cur.execute(db.USER_LOGINS_DDL)
+        cur.execute(schema.USER_LOGINS_DDL)
         cur.execute("INSERT INTO user_logins (user_id, app_version) VALUES ('legacy', 230)")
-    assert len(db.migrate(conn)) == len(db.MIGRATIONS)
-    assert db.migrate(conn) == []  # idempotent
-    assert db.query(conn, "SELECT user_id, message_id FROM user_logins") == [("legacy", None)]
-    codes = db.query(
+    assert len(store.migrate(conn)) == len(schema.MIGRATIONS)
+    assert store.migrate(conn) == []  # idempotent
+    assert store.query(conn, "SELECT user_id, message_id FROM user_logins") == [("legacy", None)]
+    codes = store.query(
         conn, "SELECT etl_app_version_code('2.3'), etl_app_version_code('6.02'), etl_app_version_code('1.2.3.4')"
     )
     assert codes == [(2_003_000, 6_002_000, None)]
 
 
-def test_cli_seed_and_stats(queue: sqs.Queue, conn: db.Connection) -> None:
+def test_cli_seed_and_stats(queue: sqs.Queue, conn: store.Connection) -> None:
     env = {**os.environ, "SQS_QUEUE_URL": queue.url, "DATABASE_URL": DATABASE_URL}
     etl = [sys.executable, "-m", "etl.cli"]
     seeded = subprocess.run([*etl, "seed", "--count", "25", "--seed", "7"], env=env, capture_output=True, text=True)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from etl import db, sqs
-from tests.integration.conftest import Pipeline, drained, wait_until
+from etl import sqs, store
+from tests.support import ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def test_report_shows_shared_tokens_and_writes_a_chart(
-    pipeline: Pipeline, queue: sqs.Queue, conn: db.Connection, tmp_path: Path
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, tmp_path: Path
 ) -> None:
     def ev(user: str, ip: str, dev: str, version: str, locale: str | None) -> str:
         return json.dumps(

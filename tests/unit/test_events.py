@@ -29,7 +29,7 @@ def test_edge_cases_get_the_expected_outcome(case: dict[str, str]) -> None:
 
 
 def test_every_reason_is_covered_by_a_fixture() -> None:
-    assert {c["expect"] for c in CASES} - {"ok"} == set(events.REASONS)
+    assert {c["expect"] for c in CASES} - {"ok"} == set(events.PARSE_REASONS)
 
 
 def test_valid_event_keeps_its_fields() -> None:

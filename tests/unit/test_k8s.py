@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from etl.demo import COMMANDS
+from etl.processes import COMMANDS
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -2,6 +2,7 @@ import re
 
 import pytest
 
+from etl.errors import ConfigError
 from etl.masking import Masker, canonical_ip
 from tests.conftest import MASKING_KEY
 
@@ -42,7 +43,7 @@ def test_token_is_not_a_plain_hash() -> None:
 
 
 def test_short_key_refused() -> None:
-    with pytest.raises(ValueError, match="at least 32"):
+    with pytest.raises(ConfigError, match="at least 32"):
         Masker("short")
 
 

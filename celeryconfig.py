@@ -1,8 +1,8 @@
 """Celery settings only. Every line says why; values come from etl.settings.
 
-Loaded by etl.celery_app with ``config_from_object``. It lives inside the package (not at the
-top level as in Celery's examples) so that the installed ``etl`` command and ``celery -A etl``
-find it from any working directory.
+Loaded by etl.celery_app with ``app.config_from_object("celeryconfig")``, Celery's own default
+name. It is installed as a top-level module (pyproject ``py-modules``), so the ``etl`` command
+and ``celery -A etl`` find it from any working directory.
 """
 
 from etl import settings as _settings

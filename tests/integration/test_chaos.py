@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import harness
+from chaos import harness
 from tests.support import MotoServer
 
 pytestmark = pytest.mark.integration

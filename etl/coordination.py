@@ -1,4 +1,7 @@
-"""The only module that talks to Redis directly (redis-py): what kombu does not do for us.
+"""The only module that talks to Redis directly (redis-py): coordination kombu does not do for us.
+
+(Celery's broker is kombu's business; this is the state our processes share beside it, in the
+same Redis.)
 
 * a lease lock, so overlapping fetch runs (two beats, a slow run) do not stack;
 * the broker queue's length, for backpressure;
@@ -16,8 +19,8 @@ from etl.errors import TransientError
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
 
 
-class Broker:
-    """Redis-side coordination state next to the Celery broker (one client per process)."""
+class Coordinator:
+    """Leases, queue length and heartbeats in Redis (one client per process)."""
 
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
@@ -27,13 +30,13 @@ class Broker:
         """Hold ``name`` for at most ``seconds`` if nobody else does; yields whether we got it.
 
         The TTL means a crashed holder can never block the lock for longer than ``seconds``.
-        If Redis is unreachable we yield False: fetching without the broker is pointless anyway.
+        Raises TransientError if Redis cannot be asked (that is not "somebody else holds it").
         """
         lock = self._redis.lock(name, timeout=seconds, blocking=False)
         try:
             acquired = bool(lock.acquire())
-        except redis.RedisError:
-            acquired = False
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis lease {name} failed: {type(exc).__name__}") from None
         try:
             yield acquired
         finally:
@@ -55,7 +58,7 @@ class Broker:
         except redis.RedisError as exc:
             raise TransientError(f"Redis SET failed: {type(exc).__name__}") from None
 
-    def beat(self, what: str, node: str) -> None:
+    def heartbeat(self, what: str, node: str) -> None:
         """Record that ``node`` just did ``what`` (best effort: never fail a chunk for this)."""
         with suppress(redis.RedisError):
             self._redis.hset(HEARTBEATS, f"{what}:{node}", f"{time.time():.3f}")

@@ -6,8 +6,8 @@ mid-run, then a wait for the queue to drain and the checks:
 
     rows + rejected == sent,  no duplicate message_id,  nothing left visible or in flight.
 
-    python -m tests.chaos.harness                     # all scenarios, default size
-    python -m tests.chaos.harness --scenarios 1,3,7 --messages 120
+    python -m chaos.harness                     # all scenarios, default size
+    python -m chaos.harness --scenarios 1,3,7 --messages 120
 
 Scenarios 2 and 3 restart this machine's PostgreSQL and Redis (as root, with the commands the
 machine docs give): run them only where those services are yours to restart.
@@ -27,18 +27,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support import AWS_ENV, BROKER_URL, DATABASE_URL, MotoServer, Pipeline, pipeline_env, reset_schema
+DATABASE_URL = os.environ.get("ETL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BROKER_URL = os.environ.get("ETL_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+# Chunks this process parks on the broker (scenario 3) must reach the run's broker.
+os.environ["CELERY_BROKER_URL"] = BROKER_URL
 
-from etl import db, demo, events, samples, sqs  # isort: skip  (after tests.support)
-from tests.chaos import hostile  # isort: skip
-from tests.chaos.proxy import Proxy  # isort: skip
+from chaos import hostile  # noqa: E402
+from chaos.proxy import Proxy  # noqa: E402
+from etl import events, processes, samples, sealing, sqs, store, vault  # noqa: E402
+from etl.processes import MotoServer, ProcessGroup  # noqa: E402
+
+KEYS = {
+    "ETL_MASKING_KEY": "chaos-masking-key-0123456789abcdefghijklmn",
+    "ETL_PAYLOAD_KEY": sealing.new_key(),
+    "ETL_VAULT_KEY": vault.new_master_key(),
+}
+
+
+def reset_schema() -> store.Connection:
+    """A connection to the run's database, emptied and migrated afresh."""
+    conn = store.connect(DATABASE_URL)
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+    store.migrate(conn)
+    return conn
+
+
+def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
+    return processes.local_env(
+        database_url=DATABASE_URL,
+        broker_url=BROKER_URL,
+        queue_url=queue_url,
+        sqs_endpoint=endpoint,
+        **KEYS,
+        ETL_FETCH_INTERVAL="1",
+        ETL_FETCH_SECONDS="2",
+        ETL_CHUNK_SIZE="20",
+        **extra,
+    )
+
 
 VISIBILITY = 10  # seconds: short, so that faults make SQS redeliver within the run
 
 
 @dataclass
 class Ctx:
-    pipeline: Pipeline
+    pipeline: ProcessGroup
     queue: sqs.Queue
     proxy: Proxy
     ids: list[str]
@@ -47,12 +81,12 @@ class Ctx:
     def done(self) -> int:
         """Messages of this run that are rows or rejections (0 while Postgres is unreachable)."""
         try:
-            conn = db.connect(DATABASE_URL)
+            conn = store.connect(DATABASE_URL)
         except Exception:
             return 0
         try:
             return sum(
-                db.query(conn, f"SELECT count(*) FROM {table} WHERE message_id = ANY(%s)", (self.ids,))[0][0]
+                store.query(conn, f"SELECT count(*) FROM {table} WHERE message_id = ANY(%s)", (self.ids,))[0][0]
                 for table in ("user_logins", "rejected_messages")
             )
         except Exception:
@@ -158,7 +192,7 @@ def cut_sqs(ctx: Ctx) -> None:
 def stall_writes(ctx: Ctx) -> None:
     """Hold a lock on user_logins for longer than the visibility timeout."""
     ctx.wait_progress(0.2)
-    conn = db.connect(DATABASE_URL)
+    conn = store.connect(DATABASE_URL)
     try:
         with conn, conn.cursor() as cur:
             cur.execute("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
@@ -247,18 +281,18 @@ def run(scenario: Scenario, messages: int, moto: MotoServer, workdir: Path, time
 
     redis.Redis.from_url(BROKER_URL).flushdb()
     reset_schema().close()
-    for k, v in {**AWS_ENV, "AWS_ENDPOINT_URL_SQS": moto.endpoint}.items():
+    for k, v in {**processes.LOCAL_AWS, "AWS_ENDPOINT_URL_SQS": moto.endpoint}.items():
         os.environ[k] = v
     queue = sqs.Queue(sqs.create_queue(f"chaos-{scenario.number}-{uuid.uuid4().hex[:6]}"))
     dlq = sqs.Queue(queue.url + "-dlq")
-    proxy = Proxy(moto.port, demo.free_port())
+    proxy = Proxy(moto.port, processes.free_port())
     proxy.up()
     bodies = scenario.bodies(messages)
     ids = queue.send(bodies)
     expected_rows = sum(isinstance(events.parse_event(b), events.LoginEvent) for b in bodies)
 
     env = pipeline_env(queue.url, proxy.endpoint, SQS_VISIBILITY_TIMEOUT=str(VISIBILITY))
-    pipeline = Pipeline(env=env, workdir=workdir)
+    pipeline = ProcessGroup(env=env, workdir=workdir)
     ctx = Ctx(pipeline, queue, proxy, ids)
     started = time.monotonic()
     try:
@@ -277,13 +311,13 @@ def run(scenario: Scenario, messages: int, moto: MotoServer, workdir: Path, time
     finally:
         pipeline.stop()
         proxy.down()
-    conn = db.connect(DATABASE_URL)
+    conn = store.connect(DATABASE_URL)
     try:
-        ((rows, distinct_rows),) = db.query(
+        ((rows, distinct_rows),) = store.query(
             conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins WHERE message_id = ANY(%s)", (ids,)
         )
-        ((rejected,),) = db.query(conn, "SELECT count(*) FROM rejected_messages WHERE message_id = ANY(%s)", (ids,))
-        ((both,),) = db.query(
+        ((rejected,),) = store.query(conn, "SELECT count(*) FROM rejected_messages WHERE message_id = ANY(%s)", (ids,))
+        ((both,),) = store.query(
             conn,
             "SELECT count(*) FROM user_logins u JOIN rejected_messages r USING (message_id) WHERE message_id = ANY(%s)",
             (ids,),

@@ -1,0 +1,135 @@
+"""Starting and stopping the pipeline's processes: the one place the demo, the tests, the
+benchmark and the fault-injection runner share.
+
+``COMMANDS`` is the one definition of how each process is started; docker-compose.yml and the
+k8s manifests run the same argument lists (a unit test holds them equal). What differs between
+places is only the environment.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMMANDS = {
+    "worker": ["celery", "-A", "etl", "worker", "--loglevel=INFO", "--concurrency=2"],
+    "beat": ["celery", "-A", "etl", "beat", "--loglevel=INFO"],
+    "flower": ["celery", "-A", "etl", "flower", "--max_tasks=10000"],
+}
+
+
+# Credentials for local SQS servers (moto, LocalStack, the benchmark's stand-in): any value works.
+LOCAL_AWS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def local_env(*, database_url: str, broker_url: str, queue_url: str, sqs_endpoint: str, **extra: str) -> dict[str, str]:
+    """This process's environment pointed at local servers (plus ``extra``), for spawned processes."""
+    return {
+        **os.environ,
+        **LOCAL_AWS,
+        "AWS_ENDPOINT_URL_SQS": sqs_endpoint,
+        "SQS_QUEUE_URL": queue_url,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        **extra,
+    }
+
+
+def celery_command(kind: str) -> list[str]:
+    """COMMANDS[kind], run with this interpreter (so the .venv need not be on PATH)."""
+    return [sys.executable, "-m", *COMMANDS[kind]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a process with its output appended to ``log_path``, in its own process group."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM (a warm shutdown for Celery), then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class ProcessGroup:
+    """Celery processes started from COMMANDS with one environment; ``stop()`` ends them all.
+
+    Each process logs to ``<workdir>/<name>.log`` (appended across restarts), keeps its beat
+    schedule in the workdir, and each worker gets a metrics directory of its own.
+    """
+
+    env: dict[str, str]
+    workdir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    flower_port: int = 0
+
+    def start(self, *names: str, **env: str) -> None:
+        """Start processes by name: "worker", "beat", "flower", or e.g. "beat2" for a second beat."""
+        for name in names:
+            kind = name.rstrip("0123456789")
+            self.flower_port = self.flower_port or int(self.env.get("FLOWER_PORT") or free_port())
+            metrics_dir = self.workdir / f"{name}-metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            own = {
+                "FLOWER_PORT": str(self.flower_port),
+                "FLOWER_ADDRESS": self.env.get("FLOWER_ADDRESS", "127.0.0.1"),
+                "ETL_BEAT_SCHEDULE_FILE": str(self.workdir / f"{name}-schedule"),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            }
+            self.procs[name] = spawn(celery_command(kind), {**self.env, **own, **env}, self.log_path(name))
+
+    def stop(self, *names: str) -> None:
+        for name in names or list(self.procs):
+            stop(self.procs.pop(name))
+
+    def exited(self) -> dict[str, int]:
+        """Processes that have ended, with their exit codes."""
+        return {name: code for name, proc in self.procs.items() if (code := proc.poll()) is not None}
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def log(self, name: str) -> str:
+        return self.log_path(name).read_text(errors="replace")
+
+
+class MotoServer:
+    """moto's SQS server (a dev dependency) in a thread of this process, on a free loopback port."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+        self.port = free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.stop()

@@ -1,0 +1,32 @@
+"""Postgres: the only package that imports psycopg2. One module per concern:
+
+* ``connection``: connect, transactions, driver errors -> etl.errors kinds, ``query``;
+* ``schema``: migrations and the database roles with their grants;
+* ``ingest``: the chunk write (rows, rejections, vault entries in one transaction);
+* ``reports``: stats, rejections and their replays, the analysts' report;
+* ``pii``: vault entries, data keys and the audit log (used by etl.pii only).
+
+The names most callers need are re-exported here: ``from etl import store``.
+"""
+
+from etl.store.connection import Connection, connect, connection, query, transaction
+from etl.store.ingest import WriteResult, write_chunk
+from etl.store.reports import record_replays, rejected_summary, rejected_to_replay, report, stats
+from etl.store.schema import create_roles, migrate
+
+__all__ = [
+    "Connection",
+    "WriteResult",
+    "connect",
+    "connection",
+    "create_roles",
+    "migrate",
+    "query",
+    "record_replays",
+    "rejected_summary",
+    "rejected_to_replay",
+    "report",
+    "stats",
+    "transaction",
+    "write_chunk",
+]

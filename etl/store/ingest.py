@@ -1,0 +1,126 @@
+"""The write path: one chunk's rows, rejections and vault entries in one transaction."""
+
+import io
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from psycopg2.extras import execute_values
+
+from etl.records import ChunkResult, LoginRow
+from etl.store.connection import Connection, transaction
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted: int  # new user_logins rows
+    duplicates: int  # rows already written by an earlier delivery of the same message
+    rejected: int  # new rejected_messages rows
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # the new ones, by reason
+
+    @staticmethod
+    def total(results: Iterable["WriteResult"]) -> "WriteResult":
+        """The sum of several results (the one-by-one fallback writes one message at a time)."""
+        inserted = duplicates = rejected = 0
+        reasons: Counter[str] = Counter()
+        for r in results:
+            inserted, duplicates, rejected = inserted + r.inserted, duplicates + r.duplicates, rejected + r.rejected
+            reasons.update(r.rejected_by_reason)
+        return WriteResult(inserted, duplicates, rejected, dict(reasons))
+
+
+_COLUMNS = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date"
+# Rows are COPYed into a per-session staging table, then moved in one INSERT ... SELECT: about
+# twice as fast as a multi-row VALUES insert at 500 rows (bench/: write stage).
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS etl_stage_logins
+    (LIKE user_logins INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+_COPY_ROWS = f"COPY etl_stage_logins ({_COLUMNS}) FROM STDIN"
+_MOVE_ROWS = f"""
+INSERT INTO user_logins ({_COLUMNS}) SELECT {_COLUMNS} FROM etl_stage_logins ORDER BY message_id
+ON CONFLICT (message_id) DO NOTHING
+"""
+_staged: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+_INSERT_REJECTED = """
+INSERT INTO rejected_messages (message_id, reason, detail, sealed_body, body_chars, sent_at,
+                               receive_count)
+VALUES %s
+ON CONFLICT (message_id) DO NOTHING
+RETURNING reason
+"""
+INSERT_VAULT = "INSERT INTO pii_vault (field, token, ciphertext) VALUES %s ON CONFLICT (field, token) DO NOTHING"
+
+
+def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
+    """Write a chunk's rows, rejections and vault entries in ONE transaction, idempotently.
+
+    Rows are sorted by message id so two chunks sharing ids (a redelivery racing the original)
+    take their index locks in the same order and cannot deadlock.
+    """
+    rows = sorted(chunk.rows, key=lambda r: r.message_id)
+    rejected = sorted(chunk.rejected, key=lambda r: r.message_id)
+    inserted = 0
+    new_reasons: Counter[str] = Counter()
+    with transaction(conn, "write chunk") as cur:
+        if rows:
+            if conn not in _staged:
+                cur.execute(_STAGE)  # once per session (remembered only after the commit)
+            cur.copy_expert(_COPY_ROWS, copy_text(rows))
+            cur.execute(_MOVE_ROWS)
+            inserted = cur.rowcount
+        if rejected:
+            values = [
+                (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
+                for r in rejected
+            ]
+            new_reasons = Counter(
+                r[0] for r in execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True)
+            )
+        if chunk.vault:
+            entries = [(v.field, v.token, v.ciphertext) for v in sorted(chunk.vault, key=lambda v: (v.field, v.token))]
+            execute_values(cur, INSERT_VAULT, entries, page_size=len(entries))
+    if rows:
+        _staged.add(conn)
+    return WriteResult(
+        inserted=inserted,
+        duplicates=len(rows) - inserted,
+        rejected=sum(new_reasons.values()),
+        rejected_by_reason=dict(new_reasons),
+    )
+
+
+def _copy_field(value: object) -> str:
+    if value is None:
+        return "\\N"
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def copy_text(rows: Sequence[LoginRow]) -> io.StringIO:
+    """Rows in COPY's text format (validation already refused NUL and unpaired surrogates)."""
+    buf = io.StringIO()
+    buf.writelines(
+        "\t".join(
+            map(
+                _copy_field,
+                (
+                    r.message_id,
+                    r.user_id,
+                    r.device_type,
+                    r.masked_ip,
+                    r.masked_device_id,
+                    r.locale,
+                    r.app_version,
+                    r.create_date,
+                ),
+            )
+        )
+        + "\n"
+        for r in rows
+    )
+    buf.seek(0)
+    return buf
