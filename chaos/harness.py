@@ -40,7 +40,7 @@ from etl.processes import MotoServer, ProcessGroup  # noqa: E402
 KEYS = {
     "ETL_MASKING_KEY": "chaos-masking-key-0123456789abcdefghijklmn",
     "ETL_PAYLOAD_KEY": sealing.new_key(),
-    "ETL_VAULT_KEY": vault.new_master_key(),
+    "ETL_VAULT_PUBLIC_KEY": vault.new_keypair()[1],
 }
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from etl import health, pii, report, seeding, settings, sqs, store, vault
+from etl import health, logs, pii, report, seeding, settings, sqs, store, vault
 from etl.coordination import Coordinator
 from etl.errors import EtlError
 from etl.progress import Bar
@@ -148,37 +148,63 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reveal(args: argparse.Namespace) -> int:
-    """Recover original values for a pii_officer holding the master key; every attempt is audited."""
+    """Original values for a pii_officer holding the private key, as JSON lines; every attempt audited."""
     s = settings.load()
-    with store.connection(s.database_url) as conn:
+    listed: list[str] = []
+    if args.tokens_file:
         try:
-            revealed = pii.reveal(s, conn, args.field, args.reason, token=args.token, sql=args.query)
+            listed = [line.strip() for line in Path(args.tokens_file).read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            print(f"etl reveal: cannot read {args.tokens_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    with store.connection(s.database_url) as conn:
+        tokens = pii.select_tokens(conn, args.field, args.token, listed, args.user_id)
+        try:
+            revealed = pii.reveal(s, conn, args.field, tokens, args.reason)
         except pii.Refused as exc:
             print(f"etl reveal: {exc}", file=sys.stderr)
             return 1
     for r in revealed:
-        print(f"{r.token}\t{r.value if r.value is not None else '<not found: erased, or never stored>'}")
-    return 0
+        print(r.json())
+    counts = {o: sum(r.outcome == o for r in revealed) for o in ("revealed", "not found", "failed")}
+    print(", ".join(f"{n} {o}" for o, n in counts.items()) + " (each recorded in the audit log)", file=sys.stderr)
+    return 0 if not counts["failed"] else 1
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     s = settings.load()
     with store.connection(s.database_url) as conn:
-        check = pii.verify_audit(conn)
-    if check.broken_at is not None:
-        print(f"audit chain BROKEN at row {check.broken_at}: a row was edited, inserted or removed by hand")
+        check = pii.verify_audit(conn, s.audit_anchor)
+    if check.problems:
+        print("audit chain BROKEN:\n  " + "\n  ".join(check.problems))
         return 1
-    print(f"audit chain intact: {check.rows} rows")
+    anchored = (
+        " and consistent with its anchors" if s.audit_anchor else " (no ETL_AUDIT_ANCHOR: not checked outside Postgres)"
+    )
+    print(f"audit chain intact: {check.rows} rows{anchored}")
+    return 0
+
+
+def cmd_audit_anchor(args: argparse.Namespace) -> int:
+    s = settings.load()
+    with store.connection(s.database_url) as conn:
+        head, where = pii.anchor_head(conn, s.audit_anchor)
+    print(f"anchored audit row {head.id} ({head.hash[:16]}…) at {where}")
     return 0
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     s = settings.load()
     with store.connection(s.database_url) as conn:
-        result = pii.erase(conn, args.user_id, args.reason)
+        try:
+            result = pii.erase(s, conn, args.user_id, args.reason)
+        except pii.Refused as exc:
+            print(f"etl erase: {exc}", file=sys.stderr)
+            return 1
     print(
-        f"user {args.user_id}: {result['tokens']} tokens, {result['erased']} vault entries erased "
-        f"(their tokens can no longer be revealed), {result['kept_shared']} kept because other users share them"
+        f"user {args.user_id}: {result['tokens']} tokens, {result['erased']} vault entries erased, "
+        f"{result['kept_shared']} kept because other users share them; {result['rows']} rows re-tokenized "
+        f"with random stand-ins; {result['rejected']} rejected bodies deleted (one transaction, audited)"
     )
     return 0
 
@@ -193,11 +219,11 @@ def cmd_rotate_masking_key(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_vault_key(args: argparse.Namespace) -> int:
-    """Make a new data key the active one and re-encrypt every vault entry with it."""
+    """Re-seal every vault entry to the current public key (new key pair, or legacy migration)."""
     s = settings.load()
     with store.connection(s.database_url) as conn, Bar("entry") as bar:
-        entries, version = pii.rotate_vault_key(s, conn, args.reason, args.resume, bar)
-    print(f"re-encrypted {entries} vault entries with data key version {version}; restart workers to use it")
+        entries, recipient = pii.rotate_vault_key(s, conn, args.reason, bar)
+    print(f"re-sealed {entries} vault entries to public key {recipient}")
     return 0
 
 
@@ -205,7 +231,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print("# fresh secrets for .env; keep them out of version control and logs")
     print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
     print(f"ETL_PAYLOAD_KEY={new_key()}")
-    print(f"ETL_VAULT_KEY={vault.new_master_key()}")
+    private, public = vault.new_keypair()
+    print("# workers get only the public key; the private key belongs to the PII officers' tooling")
+    print(f"ETL_VAULT_PUBLIC_KEY={public}")
+    print(f"ETL_VAULT_PRIVATE_KEY={private}")
     return 0
 
 
@@ -261,20 +290,25 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--png", help="also write a bar chart of logins per day to this PNG file")
     rep.set_defaults(func=cmd_report)
 
-    reveal = sub.add_parser("reveal", help="recover original values (pii_officer + master key; audited)")
-    reveal.add_argument("--field", required=True, choices=["ip", "device_id"])
+    reveal = sub.add_parser(
+        "reveal", help="recover original values as JSON lines (pii_officer + private key; every attempt audited)"
+    )
+    reveal.add_argument("--field", required=True, choices=list(pii.FIELDS))
     which = reveal.add_mutually_exclusive_group(required=True)
     which.add_argument("--token", help="one token")
-    which.add_argument("--query", help="SQL returning tokens in its first column (batch form)")
+    which.add_argument("--tokens-file", help="a file with one token per line")
+    which.add_argument("--user-id", help="every token of this user's rows")
     reveal.add_argument("--reason", required=True, help="why: recorded in the audit log")
     reveal.set_defaults(func=cmd_reveal)
 
     audit = sub.add_parser("audit", help="the PII audit log")
     asub = audit.add_subparsers(dest="action", required=True)
-    verify = asub.add_parser("verify", help="check the hash chain: exit 1 if any row was tampered with")
+    verify = asub.add_parser("verify", help="check the hash chain (and its anchors): exit 1 if tampered with")
     verify.set_defaults(func=cmd_audit_verify)
+    anchor = asub.add_parser("anchor", help="write the chain's head outside Postgres (ETL_AUDIT_ANCHOR)")
+    anchor.set_defaults(func=cmd_audit_anchor)
 
-    erase = sub.add_parser("erase", help="crypto-shred a user's vault entries (right to erasure; audited)")
+    erase = sub.add_parser("erase", help="erase a user's personal data (right to erasure; atomic, audited)")
     erase.add_argument("--user-id", required=True)
     erase.add_argument("--reason", required=True)
     erase.set_defaults(func=cmd_erase)
@@ -282,18 +316,20 @@ def parser() -> argparse.ArgumentParser:
     rot = sub.add_parser("rotate-masking-key", help="re-tokenize old rows to the active ETL_MASKING_KEY (resumable)")
     rot.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
     rot.set_defaults(func=cmd_rotate_masking_key)
-    rotv = sub.add_parser("rotate-vault-key", help="new vault data key; re-encrypt every entry (resumable)")
-    rotv.add_argument("--resume", action="store_true", help="finish an interrupted rotation without a new key")
+    rotv = sub.add_parser(
+        "rotate-vault-key", help="re-seal every vault entry to ETL_VAULT_PUBLIC_KEY (new key pair, legacy migration)"
+    )
     rotv.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
     rotv.set_defaults(func=cmd_rotate_vault_key)
 
-    keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY, ETL_PAYLOAD_KEY and ETL_VAULT_KEY values")
+    keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY, ETL_PAYLOAD_KEY and the vault key pair")
     keygen.set_defaults(func=cmd_keygen)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    logs.quiet_drivers()  # botocore at DEBUG would print raw SQS bodies
     try:
         return int(args.func(args))
     except EtlError as exc:

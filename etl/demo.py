@@ -5,6 +5,7 @@ worker, beat and Flower as separate processes until every seeded message is a ro
 rejection and the queue is empty, prints a summary and stops everything it started.
 """
 
+import json
 import os
 import secrets
 import time
@@ -19,19 +20,38 @@ SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "samp
 LOG_DIR = Path(".demo")
 
 
+KEYS_FILE = LOG_DIR / "keys.json"
+
+
+def demo_keys() -> dict[str, str]:
+    """The demo's throwaway keys, made on the first run and kept (mode 0600) with its data in
+    .demo/, so that a second run can still read what the first one wrote."""
+    if KEYS_FILE.exists():
+        return dict(json.loads(KEYS_FILE.read_text()))
+    private, public = vault.new_keypair()
+    kept = {
+        "ETL_MASKING_KEY": secrets.token_urlsafe(48),
+        "ETL_PAYLOAD_KEY": sealing.new_key(),
+        "ETL_VAULT_PUBLIC_KEY": public,
+        "ETL_VAULT_PRIVATE_KEY": private,
+    }
+    LOG_DIR.mkdir(exist_ok=True)
+    KEYS_FILE.touch(mode=0o600)
+    KEYS_FILE.write_text(json.dumps(kept, indent=2))
+    return kept
+
+
 def demo_env() -> tuple[dict[str, str], list[str]]:
     """The environment for the demo's processes, with throwaway keys where none are set."""
     env = dict(os.environ)
     notes = []
-    if not env.get("ETL_MASKING_KEY"):
-        env["ETL_MASKING_KEY"] = secrets.token_urlsafe(48)
-        notes.append("ETL_MASKING_KEY not set: using a throwaway key for this demo (tokens will differ next run)")
-    if not env.get("ETL_PAYLOAD_KEY"):
-        env["ETL_PAYLOAD_KEY"] = sealing.new_key()
-        notes.append("ETL_PAYLOAD_KEY not set: using a throwaway key for this demo")
-    if not env.get("ETL_VAULT_KEY") and not env.get("ETL_VAULT_KEY_FILE"):
-        env["ETL_VAULT_KEY"] = vault.new_master_key()
-        notes.append("ETL_VAULT_KEY not set: using a throwaway vault master key for this demo")
+    kept = demo_keys()
+    for name in ("ETL_MASKING_KEY", "ETL_PAYLOAD_KEY", "ETL_VAULT_PUBLIC_KEY"):
+        if not env.get(name) and not env.get(f"{name}_FILE"):
+            env[name] = kept[name]
+            notes.append(f"{name} not set: using the demo's own key, kept with its data in {KEYS_FILE}")
+    if "ETL_VAULT_PUBLIC_KEY" in env and env["ETL_VAULT_PUBLIC_KEY"] == kept["ETL_VAULT_PUBLIC_KEY"]:
+        notes.append(f"to try `etl reveal`: ETL_VAULT_PRIVATE_KEY from {KEYS_FILE} (workers never get it)")
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"demo:{secrets.token_urlsafe(12)}"
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")

@@ -7,8 +7,9 @@ Everything else becomes a Rejection with a stable ``reason`` code and a ``detail
 fields and limits but never repeats a value, so it is safe to log and to store.
 """
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from etl import appversion
@@ -75,6 +76,9 @@ class Rejection:
 
     reason: str
     detail: str
+    # The body's user_id when it is a valid one (erasure finds the user's rejected bodies by its
+    # token); never part of ``detail``.
+    user_id: str | None = dataclasses.field(default=None, repr=False)
 
 
 class _DuplicateKey(ValueError):
@@ -136,7 +140,14 @@ def parse_event(body: str) -> LoginEvent | Rejection:
         return Rejection(INVALID_JSON, f"body is not valid JSON{where}")
     if not isinstance(data, dict):
         return Rejection(NOT_AN_OBJECT, f"body is {_json_type(data)}, not a JSON object")
+    checked = _validate(data)
+    user_id = data.get("user_id")
+    if isinstance(checked, Rejection) and _check_text("user_id", user_id) is None:
+        return replace(checked, user_id=user_id)
+    return checked
 
+
+def _validate(data: dict[str, Any]) -> LoginEvent | Rejection:
     missing = [f for f in REQUIRED if f not in data]
     if missing:
         return Rejection(MISSING_FIELD, "missing field(s): " + ", ".join(missing))

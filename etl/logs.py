@@ -1,7 +1,13 @@
-"""Structured JSON logs (stdlib only): one object per line, with the chunk's counts as fields.
+"""Log hygiene (stdlib only): quiet drivers, and structured JSON logs.
 
-Enabled with ETL_LOG_FORMAT=json; Celery's own lines are converted too. Log calls in etl pass
-counts, ids and timings as ``extra``; message bodies and raw values are never logged at all.
+``quiet_drivers`` keeps the AWS and HTTP drivers at WARNING or above whatever a process's log
+level: at DEBUG botocore logs whole SQS requests and responses, and a ReceiveMessage response
+holds the raw bodies (plaintext ip and device_id). Workers and beat call it from their logging
+signals, the ``etl`` command at start.
+
+JSON logs are enabled with ETL_LOG_FORMAT=json: one object per line, with the chunk's counts as
+fields; Celery's own lines are converted too. Log calls in etl pass counts, ids and timings as
+``extra``; message bodies and raw values are never logged at all.
 """
 
 import json
@@ -23,6 +29,22 @@ FIELDS = (
     "stopped",
     "attempt",
 )
+
+
+# Loggers that print request/response bodies at DEBUG (or, for urllib3, URLs and headers).
+# Celery's and kombu's own DEBUG lines carry only sealed chunks and PII-free argsrepr.
+DRIVERS = ("botocore", "boto3", "urllib3", "s3transfer")
+
+
+def quiet_drivers() -> None:
+    """Pin the DRIVERS loggers to WARNING, or to the root logger's level when that is higher.
+
+    Their children (``botocore.parsers``, ``botocore.endpoint``, ...) inherit it. Call it after
+    the process's logging is configured (a later ``logging.basicConfig`` does not undo it).
+    """
+    level = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+    for name in DRIVERS:
+        logging.getLogger(name).setLevel(level)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,81 +1,138 @@
-"""The PII service: reveal, erase, both key rotations and the audit check.
+"""The PII service: reveal, erase, both key rotations and the audit checks.
 
-The one place that opens the vault for reading, and the only caller of the store functions
-that write audit rows. The CLI parses arguments and prints; workers only encrypt new entries
-(``writer_vault``).
+The one place that opens the vault for reading (with the officer's private key) and the only
+caller of the store functions that write audit rows. Workers only seal new entries
+(``writer_vault``: the public key, never the private one). The CLI parses and prints.
 """
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from etl import vault
-from etl.errors import ConfigError, EtlError
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from etl import anchor, vault
+from etl.errors import ConfigError, EtlError, TerminalError
 from etl.masking import Masker
 from etl.progress import Progress
-from etl.settings import KEYGEN_HINT, Settings
-from etl.store import Connection, query
+from etl.settings import Settings
+from etl.store import Connection
 from etl.store import pii as tables
 
-OFFICER_ROLE = "pii_officer"
 ROTATE_BATCH = 500  # vault entries per transaction in a rotation
+FIELDS = ("ip", "device_id")
 
 
 class Refused(EtlError):
-    """A PII operation the caller may not do; it is recorded in the audit log."""
-
-
-def _master_key(config: Settings) -> bytes:
-    if not config.vault_key:
-        raise ConfigError(f"ETL_VAULT_KEY is not set: the vault cannot be opened; {KEYGEN_HINT}")
-    return vault.parse_master_key(config.vault_key)
+    """A PII operation the caller may not do; the refusal is recorded in the audit log."""
 
 
 def writer_vault(config: Settings, conn: Connection) -> vault.Vault | None:
-    """The active data key for encrypting new entries (None when the vault is off)."""
-    if not config.vault_key:
+    """A fresh data key for this process, its sealed copy stored (None when the vault is off)."""
+    if not config.vault_public_key:
         return None
-    master = _master_key(config)
-    version, wrapped = tables.active_data_key(conn, lambda: vault.wrap(master, vault.new_data_key()))
-    return vault.Vault(version, vault.unwrap(master, wrapped))
+    public = vault.parse_public_key(config.vault_public_key)
+    writer, sealed = vault.new_writer(public)
+    tables.add_sealed_key(conn, writer.key_id, sealed, vault.fingerprint(public))
+    return writer
 
 
-def _reader_vaults(master: bytes, conn: Connection) -> dict[int, vault.Vault]:
-    return {v: vault.Vault(v, vault.unwrap(master, w)) for v, w in tables.data_keys(conn).items()}
+def _privates(config: Settings) -> list[X25519PrivateKey]:
+    if not config.vault_private_key:
+        raise ConfigError("ETL_VAULT_PRIVATE_KEY is not set: the vault cannot be opened (officers' tooling only)")
+    return vault.parse_private_keys(config.vault_private_key)
+
+
+def _open(config: Settings, key_id: str, material: bytes, recipient: str | None) -> vault.Vault:
+    if recipient is not None:
+        return vault.open_sealed(_privates(config), key_id, material, recipient)
+    if not config.vault_key:  # a legacy entry: its data key is wrapped by the old master key
+        raise TerminalError(f"data key {key_id} is a legacy key: set ETL_VAULT_KEY to open it")
+    return vault.Vault(key_id, vault.unwrap(vault.parse_master_key(config.vault_key), material))
 
 
 @dataclass(frozen=True)
 class Revealed:
     token: str
-    value: str | None  # None: erased, or never stored
+    value: str | None
+    outcome: str  # revealed | not found | failed
+
+    def json(self) -> str:
+        """One JSON line: control characters in a value come out escaped, never raw."""
+        return json.dumps({"token": self.token, "value": self.value, "outcome": self.outcome})
 
 
-def reveal(
-    config: Settings, conn: Connection, field: str, reason: str, token: str | None = None, sql: str | None = None
-) -> list[Revealed]:
-    """Original values behind one token, or behind the tokens ``sql`` selects; every attempt audited.
+def select_tokens(
+    conn: Connection, field: str, token: str | None, tokens: Sequence[str], user_id: str | None
+) -> list[str]:
+    """The tokens a reveal names: one, a list, or every token of one user (never free SQL)."""
+    if field not in FIELDS:
+        raise ConfigError(f"field must be one of {', '.join(FIELDS)}")
+    if user_id is not None:
+        return tables.user_tokens(conn, field, user_id)
+    return list(dict.fromkeys([*([token] if token else []), *tokens]))
 
-    Raises Refused (after auditing the refusal) when the caller is not a pii_officer or holds
-    no master key.
+
+def reveal(config: Settings, conn: Connection, field: str, tokens: Sequence[str], reason: str) -> list[Revealed]:
+    """Original values behind ``tokens``. Every attempt is audited, with its outcome.
+
+    1. the request and one audit row per token commit (refused ones too: then Refused is raised);
+    2. the database releases the ciphertexts of that committed request, once;
+    3. each is decrypted here with the private key, and its outcome audited.
+    A caller who stops after step 2 has still left the step-1 rows behind.
     """
-    tokens = [token] if token else [str(r[0]) for r in query(conn, sql or "") if r[0]]
-    refusal = None
-    if not tables.is_member(conn, OFFICER_ROLE):
-        refusal = f"refused: the database user is not a {OFFICER_ROLE}"
-    elif not config.vault_key:
-        refusal = "refused: ETL_VAULT_KEY is not set"
-    if refusal:
+    if not reason.strip():
+        raise ConfigError("a reason is required: it is recorded in the audit log")
+    request = tables.reveal_request(conn, field, tokens, reason)
+    if request is None:
+        raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
+    if not config.vault_private_key:
         for t in tokens:
-            tables.audit(conn, "reveal", field, t, None, reason, refusal)
-        raise Refused(f"{refusal} (recorded in the audit log)")
-    master = _master_key(config)
-    found = tables.reveal_lookup(conn, field, tokens, reason)
-    vaults = _reader_vaults(master, conn)
-    return [Revealed(t, vault.decrypt(vaults, field, t, found[t]) if t in found else None) for t in tokens]
+            tables.audit(conn, "reveal", field, t, f"request {request}", reason, "refused: no private key")
+        raise Refused("refused: ETL_VAULT_PRIVATE_KEY is not set (recorded in the audit log)")
+    released = {t: (c, k, m, r) for t, c, k, m, r in tables.reveal_release(conn, request)}
+    vaults: dict[str, vault.Vault] = {}
+    results = []
+    for t in tokens:
+        if t not in released:
+            results.append(Revealed(t, None, "not found"))
+            continue
+        stored, key_id, material, recipient = released[t]
+        try:
+            if key_id not in vaults:
+                vaults[key_id] = _open(config, key_id, material, recipient)
+            results.append(Revealed(t, vault.decrypt(vaults, field, t, stored), "revealed"))
+        except (TerminalError, ConfigError):
+            results.append(Revealed(t, None, "failed"))
+    for r in results:
+        tables.audit(conn, "reveal", field, r.token, f"request {request}", reason, r.outcome)
+    return results
 
 
-def erase(conn: Connection, user_id: str, reason: str) -> dict[str, int]:
-    """Crypto-shred the vault entries only ``user_id`` has, in one transaction with its audit row."""
-    return tables.erase_user(conn, user_id, reason)
+def erase(config: Settings, conn: Connection, user_id: str, reason: str) -> dict[str, int]:
+    """Erase a user: unshared vault entries, rejected bodies, and tokens, with the audit, in one transaction."""
+    config.require_keys()
+    user_key = Masker(config.masking_key, config.masking_key_version).token("user_id", user_id)
+    result = tables.erase(conn, user_id, user_key, reason)
+    if result is None:
+        raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
+    return result
+
+
+def _all_vaults(config: Settings, conn: Connection) -> dict[str, vault.Vault]:
+    """Every data key opened (rotations: the admin login, with the private key(s))."""
+    sealed, legacy = tables.data_keys(conn)
+    opened = {}
+    for key_id, (material, recipient) in sealed.items():
+        try:
+            opened[key_id] = _open(config, key_id, material, recipient)
+        except TerminalError:
+            continue  # sealed to a key not given: its entries will fail loudly if touched
+    for key_id, wrapped in legacy.items():
+        if config.vault_key:
+            opened[key_id] = _open(config, key_id, wrapped, None)
+    return opened
 
 
 def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress: Progress) -> tuple[int, int]:
@@ -86,8 +143,10 @@ def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress
     """
     config.require_keys()
     masker = Masker(config.masking_key, config.masking_key_version)
-    vaults = _reader_vaults(_master_key(config), conn)
-    active = vaults[max(vaults)]
+    vaults = _all_vaults(config, conn)
+    writer = writer_vault(config, conn)
+    if writer is None:
+        raise ConfigError("ETL_VAULT_PUBLIC_KEY is not set: re-tokenized entries could not be sealed")
     version = config.masking_key_version
     left = tables.count_old_tokens(conn, version)
     progress.start(left, f"re-tokenizing to k{version}")
@@ -97,50 +156,62 @@ def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress
         for field, token, stored in batch:
             value = vault.decrypt(vaults, field, token, stored)
             new = masker.token(field, value)
-            changes.append((field, token, new, active.encrypt(field, new, value)))
+            changes.append((field, token, new, writer.encrypt(field, new, value)))
         rows += tables.retokenize(conn, changes)
         progress.advance(len(batch))
     tables.audit(conn, "rotate-masking-key", None, None, None, reason, f"{left} tokens, {rows} rows")
     return left, rows
 
 
-def rotate_vault_key(
-    config: Settings, conn: Connection, reason: str, resume: bool, progress: Progress
-) -> tuple[int, int]:
-    """Make a new data key active (unless ``resume``) and re-encrypt every entry with it.
+def rotate_vault_key(config: Settings, conn: Connection, reason: str, progress: Progress) -> tuple[int, str]:
+    """Re-seal every entry not yet under a data key sealed to the current public key.
 
-    Returns (entries re-encrypted, the new data key version).
+    Covers a new key pair (old private keys listed after the new one in ETL_VAULT_PRIVATE_KEY)
+    and the migration of legacy entries (ETL_VAULT_KEY set). Resumable: sealed entries are skipped.
+    Returns (entries re-sealed, the public key's fingerprint).
     """
-    master = _master_key(config)
-    if not resume:
-        tables.add_data_key(conn, vault.wrap(master, vault.new_data_key()))
-    vaults = _reader_vaults(master, conn)
-    version = max(vaults)
-    left = tables.count_old_ciphertexts(conn, version)
-    progress.start(left, f"re-encrypting to data key v{version}")
-    while batch := tables.old_ciphertexts(conn, version, ROTATE_BATCH):
-        new = vaults[version]
-        tables.reencrypt(conn, [(f, t, new.encrypt(f, t, vault.decrypt(vaults, f, t, c))) for f, t, c in batch])
+    vaults = _all_vaults(config, conn)
+    writer = writer_vault(config, conn)
+    if writer is None:
+        raise ConfigError("ETL_VAULT_PUBLIC_KEY is not set: nothing to re-seal to")
+    recipient = vault.fingerprint(vault.parse_public_key(config.vault_public_key))
+    left = tables.count_not_sealed_to(conn, recipient)
+    progress.start(left, f"re-sealing to public key {recipient}")
+    while batch := tables.not_sealed_to(conn, recipient, ROTATE_BATCH):
+        tables.reencrypt(conn, [(f, t, writer.encrypt(f, t, vault.decrypt(vaults, f, t, c))) for f, t, c in batch])
         progress.advance(len(batch))
-    tables.audit(conn, "rotate-vault-key", None, None, None, reason, f"{left} entries to v{version}")
-    return left, version
+    tables.audit(conn, "rotate-vault-key", None, None, None, reason, f"{left} entries re-sealed to {recipient}")
+    return left, recipient
 
 
 @dataclass(frozen=True)
 class ChainCheck:
     rows: int
-    broken_at: int | None  # the first row that does not chain, or None when intact
+    problems: list[str]  # empty when the chain and its anchors agree
 
 
-def verify_audit(conn: Connection) -> ChainCheck:
-    """Recompute the audit log's hash chain: an edited, inserted or removed row breaks it."""
+def verify_audit(conn: Connection, anchor_url: str = "") -> ChainCheck:
+    """Recompute the hash chain, and hold it against the anchors written outside Postgres."""
     chain = tables.audit_chain(conn)
-    return ChainCheck(len(chain), _first_break(chain))
-
-
-def _first_break(chain: Sequence[tuple[object, ...]]) -> int | None:
+    problems = []
     genesis = "0" * 64
     for row_id, prev_hash, stored, recomputed, previous in chain:
         if stored != recomputed or prev_hash != (previous or genesis):
-            return int(str(row_id))
-    return None
+            problems.append(f"row {row_id} does not chain: a row was edited, inserted or removed by hand")
+            break
+    if anchor_url:
+        heads = {int(r[0]): str(r[2]) for r in chain}
+        problems += anchor.check(heads, max(heads, default=None), anchor.read_all(anchor_url))
+    return ChainCheck(len(chain), problems)
+
+
+def anchor_head(conn: Connection, anchor_url: str) -> tuple[anchor.Anchor, str]:
+    """Write the chain's newest (id, hash) outside Postgres; returns it and where it went."""
+    if not anchor_url:
+        raise ConfigError("ETL_AUDIT_ANCHOR is not set (file:///dir or s3://bucket/prefix)")
+    chain = tables.audit_chain(conn)
+    if not chain:
+        raise ConfigError("the audit log is empty: nothing to anchor yet")
+    last = chain[-1]
+    head = anchor.Anchor(id=int(last[0]), hash=str(last[2]), at=datetime.now(UTC).isoformat())
+    return head, anchor.write(anchor_url, head)

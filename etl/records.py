@@ -55,6 +55,7 @@ class RejectedRow:
     body_chars: int
     sent_at: datetime
     receive_count: int
+    user_key: str | None = None  # the body's user_id as a masking token, for erasure; never the raw id
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ def to_row(message: Message, event: events.LoginEvent, masker: Masker) -> LoginR
     )
 
 
-def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer) -> RejectedRow:
+def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer, masker: Masker) -> RejectedRow:
     return RejectedRow(
         message_id=message.message_id,
         reason=rejection.reason,
@@ -110,12 +111,13 @@ def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer) -
         body_chars=len(message.body),
         sent_at=sent_at(message.sent_timestamp_ms),
         receive_count=message.receive_count,
+        user_key=masker.token("user_id", rejection.user_id) if rejection.user_id else None,
     )
 
 
-def refused(message: Message, detail: str, sealer: Sealer) -> RejectedRow:
+def refused(message: Message, detail: str, sealer: Sealer, masker: Masker) -> RejectedRow:
     """A message that validated but that Postgres still would not store (a safety net)."""
-    return to_rejected(message, events.Rejection(events.DB_REFUSED, detail), sealer)
+    return to_rejected(message, events.Rejection(events.DB_REFUSED, detail), sealer, masker)
 
 
 def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Vault | None = None) -> ChunkResult:
@@ -130,7 +132,7 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
     for message in messages:
         parsed = events.parse_event(message.body)
         if isinstance(parsed, events.Rejection):
-            rejected.append(to_rejected(message, parsed, sealer))
+            rejected.append(to_rejected(message, parsed, sealer, masker))
             continue
         row = to_row(message, parsed, masker)
         rows.append(row)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from etl import pii, settings, sqs, store, vault
 from etl.coordination import Coordinator
+from etl.errors import ConfigError
 from etl.masking import Masker
 from etl.sealing import Sealer
 from etl.vault import Vault
@@ -27,7 +28,7 @@ class Runtime:
     _vault: Vault | None = field(default=None, repr=False)
 
     def vault(self) -> Vault | None:
-        """The PII vault's active data key (None when ETL_VAULT_KEY is not set)."""
+        """This process's vault data key, sealed to the public key (None when the vault is off)."""
         if self._vault is None:
             self._vault = pii.writer_vault(self.settings, self.conn())
         return self._vault
@@ -60,8 +61,18 @@ queue_factory: Callable[[settings.Settings], sqs.Queue] = make_queue
 def build(config: settings.Settings) -> Runtime:
     """Validate secrets and build the runtime; raises ConfigError with what to do."""
     config.require_keys()
-    if config.vault_key:
-        vault.parse_master_key(config.vault_key)  # a malformed key stops the worker at start
+    if config.vault_private_key:
+        raise ConfigError(
+            "ETL_VAULT_PRIVATE_KEY is set for a worker: workers seal with ETL_VAULT_PUBLIC_KEY only; "
+            "remove the private key from the worker's environment (it belongs to the officers' tooling)"
+        )
+    if config.vault_public_key:
+        vault.parse_public_key(config.vault_public_key)  # a malformed key stops the worker at start
+    elif config.vault_key:
+        raise ConfigError(
+            "ETL_VAULT_KEY alone no longer turns the vault on: set ETL_VAULT_PUBLIC_KEY (etl keygen), "
+            "then run `etl rotate-vault-key` once with ETL_VAULT_KEY and ETL_VAULT_PRIVATE_KEY to re-seal old entries"
+        )
     return Runtime(
         settings=config,
         masker=Masker(config.masking_key, config.masking_key_version),

@@ -4,11 +4,20 @@ Raw bodies hold plaintext ip and device_id. Wherever they leave SQS - chunks on 
 broker, rejected bodies kept in Postgres for replay - they travel sealed with Fernet
 (AES-128-CBC + HMAC-SHA256) under ETL_PAYLOAD_KEY. Several comma-separated keys may be given:
 the first seals, all of them open, so keys can be rotated without losing queued work.
+
+Each key is checked strictly (etl.keys.decode) before Fernet sees it: Fernet's own decoding
+skips characters outside the base64 alphabet, so a key with junk in it would silently be a
+different key from the one written down.
 """
+
+import base64
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from etl import keys as keycheck
 from etl.errors import ConfigError, TerminalError
+
+KEY_BYTES = 32  # a Fernet key: 16 bytes of HMAC-SHA256 key, 16 of AES-128 key
 
 
 class Sealer:
@@ -19,10 +28,9 @@ class Sealer:
     def __init__(self, keys: list[str]) -> None:
         if not keys:
             raise ConfigError("at least one payload key is required")
-        try:
-            self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in keys])
-        except (ValueError, UnicodeEncodeError):
-            raise ConfigError("a payload key is not a valid Fernet key (32 url-safe base64 bytes)") from None
+        raw = [keycheck.decode(k, _name(i, len(keys)), length=KEY_BYTES) for i, k in enumerate(keys, 1)]
+        # Fernet gets the canonical encoding of exactly the bytes that were checked.
+        self._fernet = MultiFernet([Fernet(base64.urlsafe_b64encode(k)) for k in raw])
 
     def __repr__(self) -> str:
         return "Sealer(<keys redacted>)"
@@ -35,6 +43,10 @@ class Sealer:
             return self._fernet.decrypt(token.encode("ascii"))
         except (InvalidToken, UnicodeEncodeError):
             raise TerminalError("sealed payload cannot be opened with the configured payload keys") from None
+
+
+def _name(index: int, count: int) -> str:
+    return "ETL_PAYLOAD_KEY" if count == 1 else f"ETL_PAYLOAD_KEY (key {index} of {count})"
 
 
 def new_key() -> str:

@@ -8,9 +8,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from etl import keys
 from etl.errors import ConfigError
+from etl.keys import KEYGEN_HINT
 
-KEYGEN_HINT = "run `etl keygen` to make fresh keys, and set them in the environment or .env"
+__all__ = ["KEYGEN_HINT", "Settings", "load"]
 
 
 @dataclass(frozen=True)
@@ -28,20 +30,29 @@ class Settings:
     visibility_timeout: int = 120
     beat_schedule_file: str = "celerybeat-schedule"
     max_queued_chunks: int = 20
-    vault_key: str = ""
+    vault_key: str = ""  # legacy symmetric master key: only to migrate vaults made before the key pair
+    vault_public_key: str = ""  # what workers hold: they can seal vault entries, never open them
+    vault_private_key: str = ""  # officers' tooling only; comma-separated, the first is current
     log_format: str = "text"
     metrics_port: int = 9808
     metrics_address: str = "127.0.0.1"
     sqs_threads: int = 32
     health_max_idle: float = 300.0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; empty: the worker serves no metrics
+    audit_anchor: str = ""  # ETL_AUDIT_ANCHOR: file:///dir or s3://bucket/prefix for audit chain heads
 
     def __repr__(self) -> str:  # never print the keys
         return (
             f"Settings(sqs_queue_url={self.sqs_queue_url!r}, broker_url={_redact(self.broker_url)!r}, "
             f"database_url={_redact(self.database_url)!r}, chunk_size={self.chunk_size}, "
-            f"vault={'on' if self.vault_key else 'off'})"
+            f"vault={'on' if self.vault_public_key or self.vault_key else 'off'}, "
+            f"vault_private_keys={len(self.vault_private_keys)})"
         )
+
+    @property
+    def vault_private_keys(self) -> tuple[str, ...]:
+        """ETL_VAULT_PRIVATE_KEY split into its keys, the current one first (empty when unset)."""
+        return tuple(k for k in self.vault_private_key.split(",") if k)
 
     def require_keys(self) -> None:
         """Raise ConfigError unless both secrets a worker needs are present."""
@@ -74,6 +85,7 @@ _TEXT = (
     ("log_format", "ETL_LOG_FORMAT"),
     ("metrics_address", "ETL_METRICS_ADDRESS"),
     ("metrics_dir", "PROMETHEUS_MULTIPROC_DIR"),
+    ("audit_anchor", "ETL_AUDIT_ANCHOR"),
 )
 _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
@@ -104,18 +116,45 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     return value
 
 
-def _vault_key(env: Mapping[str, str]) -> str:
-    """ETL_VAULT_KEY, or the contents of the file ETL_VAULT_KEY_FILE names (a mounted secret)."""
-    if env.get("ETL_VAULT_KEY"):
-        return env["ETL_VAULT_KEY"].strip()
-    path = env.get("ETL_VAULT_KEY_FILE", "")
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """``name``, or the contents of the file ``<name>_FILE`` names (a mounted secret); trimmed."""
+    if env.get(name):
+        return env[name].strip()
+    path = env.get(f"{name}_FILE", "")
     if not path:
         return ""
     try:
         with open(path, encoding="ascii") as f:
             return f.read().strip()
     except OSError as exc:
-        raise ConfigError(f"ETL_VAULT_KEY_FILE cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"{name}_FILE cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE does not hold ASCII text; {KEYGEN_HINT}") from None
+
+
+def _key_list(text: str) -> tuple[str, ...]:
+    """Comma-separated keys (a file may also put one per line); blanks dropped."""
+    return tuple(k for k in text.replace(",", " ").split() if k)
+
+
+def _numbered(name: str, values: tuple[str, ...]) -> dict[str, str]:
+    """``{name: value}`` for one key, ``{"name (key i of n)": value}`` for several."""
+    if len(values) == 1:
+        return {name: values[0]}
+    return {f"{name} (key {i} of {len(values)})": v for i, v in enumerate(values, 1)}
+
+
+def _require_distinct_keys(s: Settings) -> None:
+    """One key never serves two purposes (nor twice in one rotation list)."""
+    keys.require_distinct(
+        {
+            "ETL_MASKING_KEY": s.masking_key,
+            **_numbered("ETL_PAYLOAD_KEY", s.payload_keys),
+            "ETL_VAULT_KEY": s.vault_key,
+            "ETL_VAULT_PUBLIC_KEY": s.vault_public_key,
+            **_numbered("ETL_VAULT_PRIVATE_KEY", s.vault_private_keys),
+        }
+    )
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -125,10 +164,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values.update({f: _number(env, name, getattr(_DEFAULTS, f), low) for f, name, low in _NUMBERS})
     values["log_format"] = str(values["log_format"]).lower()
     values["payload_keys"] = tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip())
-    values["vault_key"] = _vault_key(env)
+    values["vault_key"] = _secret(env, "ETL_VAULT_KEY")
+    values["vault_public_key"] = _secret(env, "ETL_VAULT_PUBLIC_KEY")
+    values["vault_private_key"] = ",".join(_key_list(_secret(env, "ETL_VAULT_PRIVATE_KEY")))
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"ETL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
+    _require_distinct_keys(settings)
     return settings

@@ -4,6 +4,7 @@ Task names are explicit and stable: queued work must survive a refactor.
 """
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -11,7 +12,14 @@ from contextlib import ExitStack
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    before_task_publish,
+    worker_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
 from etl import logs, metrics, pipeline, records, runtime, settings
 from etl.celery_app import app
@@ -21,6 +29,9 @@ from etl.sealing import Sealer
 
 log = logging.getLogger("etl.tasks")
 QUEUE = "etl"  # celeryconfig.task_default_queue
+MASK_AND_WRITE = "etl.mask_and_write"
+SEALED = "<sealed chunk>"  # argsrepr of a chunk whose size is not known where it is published
+_OURS = re.compile(r"<sealed chunk( of \d+ messages)?>")
 _shutting_down = threading.Event()
 
 
@@ -38,8 +49,30 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _json_logs(logger: logging.Logger, **_: Any) -> None:
+    logs.quiet_drivers()  # at --loglevel=DEBUG botocore would log raw SQS bodies
     if settings.load().log_format == "json":
         logs.use_json(logger)
+
+
+def chunk_argsrepr(count: int) -> str:
+    return f"<sealed chunk of {count} messages>"
+
+
+@before_task_publish.connect
+def _pii_free_argsrepr(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every publish of a chunk shows a PII-free argsrepr, whoever publishes it.
+
+    ``send_chunk`` passes its own and ChunkTask carries it over to retries; anything else
+    (``apply_async`` without one, ``send_task`` by name, a canvas) would put Celery's repr of the
+    arguments - the sealed ciphertext - into the message headers, which workers report in their
+    task events and Flower shows. (The publisher's own task-sent event is built before this
+    signal and cannot be changed here.)
+    """
+    if headers is None or headers.get("task") != MASK_AND_WRITE:
+        return
+    if not _OURS.fullmatch(str(headers.get("argsrepr") or "")):
+        headers["argsrepr"] = SEALED
+    headers["kwargsrepr"] = "{}"
 
 
 @worker_ready.connect
@@ -67,7 +100,7 @@ def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     """Queue one chunk for etl.mask_and_write: sealed, with a PII-free argsrepr for Flower."""
     mask_and_write.apply_async(
         args=[records.pack_chunk(chunk, sealer)],
-        argsrepr=f"<sealed chunk of {len(chunk)} messages>",
+        argsrepr=chunk_argsrepr(len(chunk)),
         kwargsrepr="{}",
     )
     metrics.RECEIVED.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
@@ -154,8 +187,26 @@ def fetch(self: Any) -> dict[str, Any]:
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 
 
+class ChunkTask(app.Task):  # type: ignore[misc]
+    """etl.mask_and_write's class: a retry is published with the argsrepr of the try it repeats.
+
+    Celery re-publishes a retry without the original argsrepr, so it would show the ciphertext
+    (in the message, and in the task-sent event that before_task_publish cannot reach).
+    """
+
+    def signature_from_request(
+        self, request: Any = None, args: Any = None, kwargs: Any = None, queue: Any = None, **extra: Any
+    ) -> Any:
+        request = self.request if request is None else request
+        previous = str(getattr(request, "argsrepr", None) or "")
+        extra.setdefault("argsrepr", previous if _OURS.fullmatch(previous) else SEALED)
+        extra.setdefault("kwargsrepr", "{}")
+        return super().signature_from_request(request, args, kwargs, queue, **extra)
+
+
 @app.task(
-    name="etl.mask_and_write",
+    base=ChunkTask,
+    name=MASK_AND_WRITE,
     bind=True,
     acks_late=True,
     autoretry_for=(TransientError,),

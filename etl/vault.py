@@ -1,36 +1,105 @@
-"""The PII vault's cryptography (pure): envelope encryption of original ip/device_id values.
+"""The PII vault's cryptography (pure): workers can seal original values, only officers can open them.
 
-A random 256-bit *data key* encrypts values with AES-GCM (a fresh 96-bit nonce per value; the
-field and token are authenticated as associated data, so a ciphertext cannot be moved to
-another token). The data key is stored only *wrapped* (AES key wrap, RFC 3394) by the *master
-key* (ETL_VAULT_KEY): in production the master key can live in a KMS that does the wrapping.
+Values are encrypted with AES-256-GCM under a random *data key* (a fresh 96-bit nonce per value;
+the field and token are authenticated as associated data, so a ciphertext cannot be moved to
+another token). Each worker process makes its own data key and stores it only **sealed to the
+vault's public key** (X25519 key agreement with an ephemeral key, HKDF-SHA256, AES-256-GCM: the
+HPKE base-mode construction, built from `cryptography`, which the project already uses, rather
+than adding libsodium). A worker therefore holds the public key and the masking key, never
+anything that opens the vault; the private key lives with the PII officer's tooling (an
+environment variable or a mounted file; a KMS can hold it and unseal data keys instead). One
+key exchange per process, not per value: sealing each value would cost more than the rest of
+the pipeline.
 
-Stored form: ``v<data key version>:<urlsafe base64 of nonce || ciphertext || tag>``.
+Stored forms:
+* ``s<16 hex key id>:<urlsafe base64 of nonce || ciphertext || tag>`` (sealed data keys);
+* ``v<version>:...`` (legacy, before sealing: data keys wrapped by the symmetric ETL_VAULT_KEY;
+  read only, to re-seal them with ``etl rotate-vault-key``).
 """
 
 import base64
+import hashlib
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from etl import keys
 from etl.errors import ConfigError, TerminalError
 
+_RAW = serialization.Encoding.Raw
+_SEAL_INFO = b"etl vault data key v1"
 
-def new_master_key() -> str:
-    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii")
+
+
+def new_keypair() -> tuple[str, str]:
+    """A fresh (private, public) vault key pair, url-safe base64 (``etl keygen`` prints them)."""
+    private = X25519PrivateKey.generate()
+    return (
+        _b64(private.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())),
+        _b64(private.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)),
+    )
+
+
+def parse_public_key(text: str) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(keys.decode(text, "ETL_VAULT_PUBLIC_KEY", length=32))
+
+
+def parse_private_keys(text: str) -> list[X25519PrivateKey]:
+    """Comma-separated private keys: the current one first, older ones after (to re-seal)."""
+    return [
+        X25519PrivateKey.from_private_bytes(keys.decode(k, "ETL_VAULT_PRIVATE_KEY", length=32))
+        for k in text.split(",")
+        if k.strip()
+    ]
+
+
+def fingerprint(public: X25519PublicKey) -> str:
+    """A short public name for a public key (stored beside each sealed data key)."""
+    return hashlib.sha256(public.public_bytes(_RAW, serialization.PublicFormat.Raw)).hexdigest()[:16]
+
+
+def _kek(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient, info=_SEAL_INFO).derive(shared)
+
+
+def seal_data_key(public: X25519PublicKey, data_key: bytes) -> bytes:
+    """``data_key`` sealed to ``public``: ephemeral public key || nonce || AES-GCM(KEK, data key)."""
+    ephemeral = X25519PrivateKey.generate()
+    eph = ephemeral.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+    recipient = public.public_bytes(_RAW, serialization.PublicFormat.Raw)
+    nonce = os.urandom(12)
+    return eph + nonce + AESGCM(_kek(ephemeral.exchange(public), eph, recipient)).encrypt(nonce, data_key, None)
+
+
+def open_data_key(private: X25519PrivateKey, sealed: bytes) -> bytes:
+    eph, nonce, body = sealed[:32], sealed[32:44], sealed[44:]
+    recipient = private.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+    shared = private.exchange(X25519PublicKey.from_public_bytes(eph))
+    try:
+        return AESGCM(_kek(shared, eph, recipient)).decrypt(nonce, body, None)
+    except InvalidTag:
+        raise TerminalError("a sealed data key does not open with this private key") from None
+
+
+# ---- legacy: data keys wrapped by a symmetric master key (read only, for migration) --------------
 
 
 def parse_master_key(text: str) -> bytes:
-    try:
-        key = base64.urlsafe_b64decode(text.strip().encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        key = b""
-    if len(key) != 32:
-        raise ConfigError("the vault master key must be 32 bytes, url-safe base64 (etl keygen makes one)")
-    return key
+    return keys.decode(text, "ETL_VAULT_KEY", length=32)
+
+
+def new_master_key() -> str:
+    return _b64(os.urandom(32))
 
 
 def new_data_key() -> bytes:
@@ -43,42 +112,63 @@ def wrap(master: bytes, data_key: bytes) -> bytes:
 
 def unwrap(master: bytes, wrapped: bytes) -> bytes:
     try:
-        return aes_key_unwrap(master, wrapped)
+        data_key: bytes = aes_key_unwrap(master, wrapped)
     except InvalidUnwrap:
         raise ConfigError(
             "the vault data key cannot be unwrapped with this master key (wrong ETL_VAULT_KEY?)"
         ) from None
+    return data_key
+
+
+# ---- values ---------------------------------------------------------------------------------------
 
 
 class Vault:
-    """Encrypts and decrypts vault values with one data key version."""
+    """Encrypts and decrypts vault values with one data key, named ``key_id`` (e.g. ``s1f..`` or ``v1``)."""
 
-    __slots__ = ("_aead", "version")
+    __slots__ = ("_aead", "key_id")
 
-    def __init__(self, version: int, data_key: bytes) -> None:
-        self.version = version
+    def __init__(self, key_id: str, data_key: bytes) -> None:
+        self.key_id = key_id
         self._aead = AESGCM(data_key)
 
     def __repr__(self) -> str:
-        return f"Vault(version={self.version})"
+        return f"Vault(key_id={self.key_id})"
 
     def encrypt(self, field: str, token: str, value: str) -> str:
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, value.encode("utf-8"), f"{field}:{token}".encode())
-        return f"v{self.version}:" + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+        return f"{self.key_id}:" + _b64(nonce + sealed)
 
     def decrypt(self, field: str, token: str, stored: str) -> str:
-        raw = base64.urlsafe_b64decode(stored.split(":", 1)[1])
         try:
+            raw = base64.urlsafe_b64decode(stored.split(":", 1)[1])
             return self._aead.decrypt(raw[:12], raw[12:], f"{field}:{token}".encode()).decode("utf-8")
-        except InvalidTag:
-            raise TerminalError("vault entry does not authenticate (tampered, or another data key)") from None
+        except (InvalidTag, IndexError, ValueError):
+            raise TerminalError("vault entry does not authenticate (tampered, moved, or another data key)") from None
 
 
-def version_of(stored: str) -> int:
-    return int(stored.split(":", 1)[0][1:])
+def new_writer(public: X25519PublicKey) -> tuple[Vault, bytes]:
+    """A fresh data key for one process: (its Vault, the key sealed to ``public``)."""
+    data_key = new_data_key()
+    return Vault("s" + secrets.token_hex(8), data_key), seal_data_key(public, data_key)
 
 
-def decrypt(vaults: Mapping[int, Vault], field: str, token: str, stored: str) -> str:
-    """Decrypt a stored value with whichever data key version it names."""
-    return vaults[version_of(stored)].decrypt(field, token, stored)
+def key_id_of(stored: str) -> str:
+    return stored.split(":", 1)[0]
+
+
+def decrypt(vaults: Mapping[str, Vault], field: str, token: str, stored: str) -> str:
+    """Decrypt a stored value with whichever data key it names."""
+    found = vaults.get(key_id_of(stored))
+    if found is None:
+        raise TerminalError("vault entry names a data key that cannot be opened with the keys given")
+    return found.decrypt(field, token, stored)
+
+
+def open_sealed(privates: Sequence[X25519PrivateKey], key_id: str, sealed: bytes, recipient: str) -> Vault:
+    """The Vault of a sealed data key, opened with whichever private key it was sealed to."""
+    for private in privates:
+        if fingerprint(private.public_key()) == recipient:
+            return Vault(key_id, open_data_key(private, sealed))
+    raise TerminalError(f"data key {key_id} was sealed to public key {recipient}, whose private key is not given")

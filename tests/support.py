@@ -19,7 +19,7 @@ from etl.processes import MotoServer, ProcessGroup  # noqa: E402
 
 MASKING_KEY = "integration-test-masking-key-0123456789"
 PAYLOAD_KEY = sealing.new_key()
-VAULT_KEY = vault.new_master_key()
+VAULT_PRIVATE_KEY, VAULT_PUBLIC_KEY = vault.new_keypair()
 AWS_ENV = processes.LOCAL_AWS
 __all__ = ["MotoServer", "ProcessGroup", "processes"]
 
@@ -51,12 +51,17 @@ def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
         sqs_endpoint=endpoint,
         ETL_MASKING_KEY=MASKING_KEY,
         ETL_PAYLOAD_KEY=PAYLOAD_KEY,
-        ETL_VAULT_KEY=VAULT_KEY,
+        ETL_VAULT_PUBLIC_KEY=VAULT_PUBLIC_KEY,  # workers: seal only
         ETL_FETCH_INTERVAL="1",
         ETL_FETCH_SECONDS="2",  # short runs: processes stop fast between tests
         ETL_CHUNK_SIZE="20",
         **extra,
     )
+
+
+def officer_env(env: dict[str, str]) -> dict[str, str]:
+    """A worker's environment plus what only the PII officers' tooling holds: the private key."""
+    return {**env, "ETL_VAULT_PRIVATE_KEY": VAULT_PRIVATE_KEY}
 
 
 def drained(queue: sqs.Queue, conn: store.Connection, expected: int) -> Callable[[], bool]:

@@ -45,7 +45,7 @@ ON CONFLICT (message_id) DO NOTHING
 _staged: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 _INSERT_REJECTED = """
 INSERT INTO rejected_messages (message_id, reason, detail, sealed_body, body_chars, sent_at,
-                               receive_count)
+                               receive_count, user_key)
 VALUES %s
 ON CONFLICT (message_id) DO NOTHING
 RETURNING reason
@@ -72,7 +72,7 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
             inserted = cur.rowcount
         if rejected:
             values = [
-                (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count)
+                (r.message_id, r.reason, r.detail, r.sealed_body, r.body_chars, r.sent_at, r.receive_count, r.user_key)
                 for r in rejected
             ]
             new_reasons = Counter(

@@ -1,10 +1,11 @@
-"""The PII tables: vault entries, the vault's wrapped data keys and the audit log.
+"""The PII tables: vault entries, sealed data keys, reveal requests and the audit log.
 
-Only etl.pii calls the functions here that read vault ciphertext or append audit rows; the
-chunk write (etl.store.ingest) only ever inserts vault entries.
+Only etl.pii calls these. Officers reach ciphertext only through the auditing SECURITY DEFINER
+functions of migration 8 (reveal request, then release; erase); the selections used by the
+rotations read the tables directly and so need the tables' owner (the admin login).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg2.extras import execute_values
@@ -15,33 +16,23 @@ from etl.store.ingest import INSERT_VAULT
 _AUDIT = "SELECT etl_audit(%s, %s, %s, %s, %s, %s)"
 
 
-def data_keys(conn: Connection) -> dict[int, bytes]:
-    """Every wrapped data key by version."""
-    return {int(v): bytes(w) for v, w in query(conn, "SELECT version, wrapped_key FROM vault_keys")}
-
-
-def active_data_key(conn: Connection, make_wrapped: Callable[[], bytes]) -> tuple[int, bytes]:
-    """The active (version, wrapped key); the first caller creates version 1."""
+def add_sealed_key(conn: Connection, key_id: str, sealed: bytes, recipient: str) -> None:
+    """Record a worker process's data key, sealed to the vault's public key (INSERT only)."""
     with transaction(conn, "vault key") as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.vault_keys'))")
-        cur.execute("SELECT version, wrapped_key FROM vault_keys WHERE active ORDER BY version DESC LIMIT 1")
-        found = cur.fetchone()
-        if found:
-            return int(found[0]), bytes(found[1])
-        wrapped = make_wrapped()
-        cur.execute("INSERT INTO vault_keys (version, wrapped_key) VALUES (1, %s)", (wrapped,))
-        return 1, wrapped
+        cur.execute(
+            "INSERT INTO vault_data_keys (key_id, sealed_key, recipient) VALUES (%s, %s, %s)",
+            (key_id, sealed, recipient),
+        )
 
 
-def add_data_key(conn: Connection, wrapped: bytes) -> int:
-    """A new active data key version; older ones stay (for decryption) but inactive."""
-    with transaction(conn, "vault key") as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('etl.vault_keys'))")
-        cur.execute("SELECT coalesce(max(version), 0) + 1 FROM vault_keys")
-        version = int(cur.fetchone()[0])
-        cur.execute("UPDATE vault_keys SET active = false")
-        cur.execute("INSERT INTO vault_keys (version, wrapped_key) VALUES (%s, %s)", (version, wrapped))
-    return version
+def data_keys(conn: Connection) -> tuple[dict[str, tuple[bytes, str]], dict[str, bytes]]:
+    """Every data key (table owner only): sealed ones {key_id: (sealed, recipient)}, legacy {"v<n>": wrapped}."""
+    sealed = {
+        str(k): (bytes(s), str(r))
+        for k, s, r in query(conn, "SELECT key_id, sealed_key, recipient FROM vault_data_keys")
+    }
+    legacy = {f"v{v}": bytes(w) for v, w in query(conn, "SELECT version, wrapped_key FROM vault_keys")}
+    return sealed, legacy
 
 
 def audit(
@@ -52,75 +43,54 @@ def audit(
         cur.execute(_AUDIT, (action, field, token, subject, reason, outcome))
 
 
-def is_member(conn: Connection, role: str) -> bool:
-    """Whether the session's user exists in ``role`` (directly or through another role)."""
-    return bool(
-        query(
-            conn,
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, 'MEMBER')",
-            (role, role),
-        )[0][0]
-    )
-
-
 def audit_chain(conn: Connection) -> list[tuple[Any, ...]]:
     """(id, prev_hash, hash, recomputed hash, previous row's hash) for every audit row."""
     return query(
         conn,
         "SELECT id, prev_hash, hash,"
-        " etl_audit_hash(prev_hash, at, actor, action, field, token, subject, reason, outcome),"
+        " CASE scheme WHEN 1 THEN etl_audit_hash(prev_hash, at, actor, action, field, token, subject, reason, outcome)"
+        " ELSE etl_audit_hash_v2(prev_hash, at, actor, action, field, token, subject, reason, outcome) END,"
         " lag(hash) OVER (ORDER BY id) FROM pii_audit ORDER BY id",
     )
 
 
-def erase_user(conn: Connection, user_id: str, reason: str) -> dict[str, int]:
-    """Delete the vault entries of ``user_id``'s tokens that no other user shares, and audit it.
+def user_tokens(conn: Connection, field: str, user_id: str) -> list[str]:
+    """The distinct tokens of ``field`` in ``user_id``'s rows."""
+    column = {"ip": "masked_ip", "device_id": "masked_device_id"}[field]
+    rows = query(conn, f"SELECT DISTINCT {column} FROM user_logins WHERE user_id = %s ORDER BY 1", (user_id,))
+    return [str(r[0]) for r in rows if r[0] and not str(r[0]).startswith("erased:")]
 
-    The deletion and its audit row are one transaction: neither happens without the other.
+
+def reveal_request(conn: Connection, field: str, tokens: Sequence[str], reason: str) -> int | None:
+    """Ask to reveal ``tokens``: the request and its audit rows are committed before anything leaves.
+
+    None when the database refused (not a pii_officer): that refusal is committed in the audit too.
     """
+    with transaction(conn, "reveal request") as cur:
+        cur.execute("SELECT etl_reveal_request(%s, %s, %s)", (field, list(tokens), reason))
+        request = cur.fetchone()[0]
+    return None if request is None else int(request)
+
+
+def reveal_release(conn: Connection, request: int) -> list[tuple[str, str, str, bytes, str | None]]:
+    """(token, ciphertext, key id, sealed or wrapped data key, recipient) for a committed request, once."""
+    with transaction(conn, "reveal release") as cur:
+        cur.execute("SELECT * FROM etl_reveal_release(%s)", (request,))
+        return [(str(t), str(c), str(k), bytes(m), None if r is None else str(r)) for t, c, k, m, r in cur.fetchall()]
+
+
+def erase(conn: Connection, user_id: str, user_key: str, reason: str) -> dict[str, int] | None:
+    """Erase a user in one transaction with its audit row (None: refused, and that refusal audited)."""
     with transaction(conn, "erase") as cur:
-        cur.execute(
-            """
-            WITH mine AS (
-                SELECT 'ip' AS field, masked_ip AS token FROM user_logins WHERE user_id = %(u)s
-                UNION SELECT 'device_id', masked_device_id FROM user_logins WHERE user_id = %(u)s),
-            shared AS (
-                SELECT m.field, m.token FROM mine m JOIN user_logins l
-                  ON (m.field = 'ip' AND l.masked_ip = m.token
-                      OR m.field = 'device_id' AND l.masked_device_id = m.token)
-                 AND l.user_id <> %(u)s),
-            gone AS (
-                DELETE FROM pii_vault v USING mine m
-                WHERE v.field = m.field AND v.token = m.token
-                  AND NOT EXISTS (SELECT 1 FROM shared s WHERE s.field = m.field AND s.token = m.token)
-                RETURNING 1)
-            SELECT (SELECT count(*) FROM mine), (SELECT count(DISTINCT (field, token)) FROM shared),
-                   (SELECT count(*) FROM gone)
-            """,
-            {"u": user_id},
-        )
-        tokens, shared, erased = (int(n) for n in cur.fetchone())
-        cur.execute(_AUDIT, ("erase", None, None, user_id, reason, f"erased {erased} vault entries"))
-    return {"tokens": tokens, "kept_shared": shared, "erased": erased}
+        cur.execute("SELECT * FROM etl_erase(%s, %s, %s)", (user_id, user_key, reason))
+        found = cur.fetchone()
+    if found is None:
+        return None
+    return dict(zip(("tokens", "kept_shared", "erased", "rejected", "rows"), (int(n) for n in found), strict=True))
 
 
-def reveal_lookup(conn: Connection, field: str, tokens: Sequence[str], reason: str) -> dict[str, str]:
-    """Ciphertexts of ``tokens``, with one audit row per token written in the same transaction."""
-    with transaction(conn, "reveal") as cur:
-        cur.execute(
-            "SELECT token, ciphertext FROM pii_vault WHERE field = %s AND token = ANY(%s)", (field, list(tokens))
-        )
-        found = {str(t): str(c) for t, c in cur.fetchall()}
-        for token in tokens:
-            outcome = "revealed" if token in found else "not found (erased, or never stored)"
-            cur.execute(_AUDIT, ("reveal", field, token, None, reason, outcome))
-    return found
-
-
-# Entries still to move in a rotation: tokens made with an older masking key ("k<version>:..."),
-# ciphertexts sealed with an older data key ("v<version>:...").
+# Entries still to move in a masking-key rotation: tokens made with an older key ("k<version>:...").
 _OLD_TOKEN = "token NOT LIKE 'k' || %s || ':%%'"  # noqa: S105 - SQL, not a password
-_OLD_CIPHERTEXT = "ciphertext NOT LIKE 'v' || %s || ':%%'"
 
 
 def count_old_tokens(conn: Connection, masking_key_version: int) -> int:
@@ -132,13 +102,17 @@ def old_tokens(conn: Connection, masking_key_version: int, limit: int) -> list[t
     return _entries(conn, _OLD_TOKEN, str(masking_key_version), limit)
 
 
-def count_old_ciphertexts(conn: Connection, data_key_version: int) -> int:
-    return int(query(conn, f"SELECT count(*) FROM pii_vault WHERE {_OLD_CIPHERTEXT}", (str(data_key_version),))[0][0])
+# Entries whose data key is not sealed to the current public key (or is a legacy wrapped key).
+_NOT_SEALED_TO = "split_part(ciphertext, ':', 1) NOT IN (SELECT key_id FROM vault_data_keys WHERE recipient = %s)"
 
 
-def old_ciphertexts(conn: Connection, data_key_version: int, limit: int) -> list[tuple[str, str, str]]:
-    """(field, token, ciphertext) of up to ``limit`` entries sealed with an older data key."""
-    return _entries(conn, _OLD_CIPHERTEXT, str(data_key_version), limit)
+def count_not_sealed_to(conn: Connection, recipient: str) -> int:
+    return int(query(conn, f"SELECT count(*) FROM pii_vault WHERE {_NOT_SEALED_TO}", (recipient,))[0][0])
+
+
+def not_sealed_to(conn: Connection, recipient: str, limit: int) -> list[tuple[str, str, str]]:
+    """(field, token, ciphertext) of up to ``limit`` entries to re-seal to ``recipient``."""
+    return _entries(conn, _NOT_SEALED_TO, recipient, limit)
 
 
 def _entries(conn: Connection, condition: str, version: str, limit: int) -> list[tuple[str, str, str]]:

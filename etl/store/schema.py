@@ -161,6 +161,192 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         REVOKE ALL ON pii_audit, pii_vault, vault_keys FROM PUBLIC;
         """,
     ),
+    (
+        8,
+        "PII against insiders: sealed data keys, officer-only audited reveal/erase functions owned by a"
+        " NOLOGIN non-superuser, canonical audit hashing, truncate guard, rejected_messages.user_key",
+        """
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'etl_owner') THEN
+                CREATE ROLE etl_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pii_officer') THEN
+                CREATE ROLE pii_officer NOLOGIN;
+            END IF;
+        END $$;
+        -- data keys of worker processes, each sealed to the vault's public key (workers insert only)
+        CREATE TABLE IF NOT EXISTS public.vault_data_keys(
+            key_id varchar(40) PRIMARY KEY,
+            sealed_key bytea NOT NULL,
+            recipient varchar(64) NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now());
+        COMMENT ON TABLE public.vault_data_keys IS
+            'per-process vault data keys, sealed (X25519+HKDF+AES-GCM) to ETL_VAULT_PUBLIC_KEY';
+        CREATE TABLE IF NOT EXISTS public.pii_reveal_requests(
+            id bigserial PRIMARY KEY,
+            actor text NOT NULL,
+            field text NOT NULL,
+            tokens text[] NOT NULL,
+            reason text NOT NULL,
+            at timestamptz NOT NULL DEFAULT clock_timestamp());
+        CREATE TABLE IF NOT EXISTS public.pii_reveal_releases(
+            request_id bigint PRIMARY KEY REFERENCES public.pii_reveal_requests (id),
+            at timestamptz NOT NULL DEFAULT clock_timestamp());
+        ALTER TABLE public.rejected_messages ADD COLUMN IF NOT EXISTS user_key varchar(80);
+        CREATE INDEX IF NOT EXISTS rejected_messages_user_key_idx ON public.rejected_messages (user_key);
+        COMMENT ON COLUMN public.rejected_messages.user_key IS
+            'HMAC token of the body''s user_id when it has one (for erasure); never the raw id';
+        ALTER TABLE public.pii_audit ADD COLUMN IF NOT EXISTS scheme smallint NOT NULL DEFAULT 1;
+
+        -- Hash scheme 2: canonical JSON of every field (no separator ambiguity; NULL is not '').
+        CREATE OR REPLACE FUNCTION public.etl_audit_hash_v2(prev text, at timestamptz, actor text,
+                action text, field text, token text, subject text, reason text, outcome text) RETURNS text
+            LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
+            SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+                prev, pg_catalog.to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), actor, action,
+                field, token, subject, reason, outcome)::text, 'UTF8')), 'hex') $f$;
+
+        CREATE OR REPLACE FUNCTION public.etl_audit(p_action text, p_field text, p_token text,
+                p_subject text, p_reason text, p_outcome text) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+            DECLARE prev text; ts timestamptz := pg_catalog.date_trunc('microseconds', pg_catalog.clock_timestamp());
+                    new_id bigint;
+            BEGIN
+                PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('etl.audit'));
+                SELECT a.hash INTO prev FROM public.pii_audit a ORDER BY a.id DESC LIMIT 1;
+                prev := coalesce(prev, pg_catalog.repeat('0', 64));
+                INSERT INTO public.pii_audit (at, actor, action, field, token, subject, reason, outcome,
+                                              prev_hash, hash, scheme)
+                VALUES (ts, session_user, p_action, p_field, p_token, p_subject, p_reason, p_outcome, prev,
+                        public.etl_audit_hash_v2(prev, ts, session_user, p_action, p_field, p_token, p_subject,
+                                                 p_reason, p_outcome), 2)
+                RETURNING id INTO new_id;
+                RETURN new_id;
+            END $f$;
+
+        -- Step 1 of a reveal: the request and its audit rows commit before any ciphertext leaves.
+        CREATE OR REPLACE FUNCTION public.etl_reveal_request(p_field text, p_tokens text[], p_reason text)
+                RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+            DECLARE t text; request bigint;
+            BEGIN
+                IF NOT pg_catalog.pg_has_role(session_user, 'pii_officer', 'MEMBER') THEN
+                    FOREACH t IN ARRAY coalesce(p_tokens, '{}') LOOP
+                        PERFORM public.etl_audit('reveal', p_field, t, NULL, p_reason,
+                                                 'refused: not a pii_officer');
+                    END LOOP;
+                    IF coalesce(pg_catalog.cardinality(p_tokens), 0) = 0 THEN
+                        PERFORM public.etl_audit('reveal', p_field, NULL, NULL, p_reason,
+                                                 'refused: not a pii_officer (no tokens)');
+                    END IF;
+                    RETURN NULL;
+                END IF;
+                INSERT INTO public.pii_reveal_requests (actor, field, tokens, reason)
+                VALUES (session_user, p_field, coalesce(p_tokens, '{}'), p_reason) RETURNING id INTO request;
+                FOREACH t IN ARRAY coalesce(p_tokens, '{}') LOOP
+                    PERFORM public.etl_audit('reveal', p_field, t, 'request ' || request, p_reason, 'requested');
+                END LOOP;
+                IF coalesce(pg_catalog.cardinality(p_tokens), 0) = 0 THEN
+                    PERFORM public.etl_audit('reveal', p_field, NULL, 'request ' || request, p_reason,
+                                             'requested: no tokens selected');
+                END IF;
+                RETURN request;
+            END $f$;
+
+        -- Step 2: the ciphertexts (and their sealed data keys) of a committed request, once, by its actor.
+        CREATE OR REPLACE FUNCTION public.etl_reveal_release(p_request bigint)
+                RETURNS TABLE (token text, ciphertext text, key_id text, sealed_key bytea, recipient text)
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+            DECLARE r public.pii_reveal_requests;
+            BEGIN
+                SELECT * INTO r FROM public.pii_reveal_requests q WHERE q.id = p_request;
+                IF NOT FOUND OR r.actor <> session_user
+                        OR r.at < pg_catalog.clock_timestamp() - interval '10 minutes' THEN
+                    RAISE EXCEPTION 'no such reveal request for this user (or it expired)'
+                        USING ERRCODE = 'insufficient_privilege';
+                END IF;
+                INSERT INTO public.pii_reveal_releases (request_id) VALUES (p_request);
+                RETURN QUERY
+                    SELECT v.token::text, v.ciphertext, pg_catalog.split_part(v.ciphertext, ':', 1),
+                           coalesce(k.sealed_key, o.wrapped_key), k.recipient::text
+                    FROM public.pii_vault v
+                    LEFT JOIN public.vault_data_keys k ON k.key_id = pg_catalog.split_part(v.ciphertext, ':', 1)
+                    LEFT JOIN public.vault_keys o
+                        ON 'v' || o.version::text = pg_catalog.split_part(v.ciphertext, ':', 1)
+                    WHERE v.field = r.field AND v.token = ANY (r.tokens);
+            END $f$;
+
+        -- Erasure, whole and atomic: the user's unshared vault entries, rejected bodies and tokens.
+        CREATE OR REPLACE FUNCTION public.etl_erase(p_user_id text, p_user_key text, p_reason text)
+                RETURNS TABLE (tokens bigint, kept_shared bigint, erased bigint, rejected bigint, rows bigint)
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+            DECLARE n_tokens bigint; n_shared bigint; n_erased bigint; n_rejected bigint; n_rows bigint;
+            BEGIN
+                IF NOT pg_catalog.pg_has_role(session_user, 'pii_officer', 'MEMBER') THEN
+                    PERFORM public.etl_audit('erase', NULL, NULL, p_user_id, p_reason, 'refused: not a pii_officer');
+                    RETURN;
+                END IF;
+                WITH mine AS (
+                    SELECT m.field, m.token, EXISTS (
+                        SELECT 1 FROM public.user_logins l
+                        WHERE l.user_id IS DISTINCT FROM p_user_id
+                          AND ((m.field = 'ip' AND l.masked_ip = m.token)
+                               OR (m.field = 'device_id' AND l.masked_device_id = m.token))) AS shared
+                    FROM (SELECT 'ip' AS field, u.masked_ip AS token FROM public.user_logins u
+                          WHERE u.user_id = p_user_id
+                          UNION SELECT 'device_id', u.masked_device_id FROM public.user_logins u
+                          WHERE u.user_id = p_user_id) m
+                    WHERE m.token NOT LIKE 'erased:%'),
+                gone AS (
+                    DELETE FROM public.pii_vault v USING mine m
+                    WHERE v.field = m.field AND v.token = m.token AND NOT m.shared RETURNING 1)
+                SELECT (SELECT count(*) FROM mine), (SELECT count(*) FROM mine WHERE shared),
+                       (SELECT count(*) FROM gone)
+                INTO n_tokens, n_shared, n_erased;
+                -- random stand-ins, unrelated to the values: nothing left to brute-force
+                UPDATE public.user_logins u
+                    SET masked_ip = 'erased:' || pg_catalog.gen_random_uuid(),
+                        masked_device_id = 'erased:' || pg_catalog.gen_random_uuid()
+                    WHERE u.user_id = p_user_id AND u.masked_ip NOT LIKE 'erased:%';
+                GET DIAGNOSTICS n_rows = ROW_COUNT;
+                DELETE FROM public.rejected_replays p USING public.rejected_messages j
+                    WHERE p.message_id = j.message_id AND j.user_key = p_user_key;
+                DELETE FROM public.rejected_messages j WHERE j.user_key = p_user_key;
+                GET DIAGNOSTICS n_rejected = ROW_COUNT;
+                PERFORM public.etl_audit('erase', NULL, NULL, p_user_id, p_reason,
+                    pg_catalog.format('erased %s vault entries, %s rows re-tokenized, %s rejected bodies deleted',
+                                      n_erased, n_rows, n_rejected));
+                RETURN QUERY SELECT n_tokens, n_shared, n_erased, n_rejected, n_rows;
+            END $f$;
+
+        CREATE OR REPLACE FUNCTION public.etl_audit_append_only() RETURNS trigger
+            LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+            BEGIN RAISE EXCEPTION 'pii_audit is append-only'; END $f$;
+        DROP TRIGGER IF EXISTS pii_audit_no_truncate ON public.pii_audit;
+        CREATE TRIGGER pii_audit_no_truncate BEFORE TRUNCATE ON public.pii_audit
+            FOR EACH STATEMENT EXECUTE FUNCTION public.etl_audit_append_only();
+
+        -- Everything PII belongs to a NOLOGIN role that is not a superuser; logins get functions.
+        GRANT USAGE ON SCHEMA public TO etl_owner;
+        ALTER TABLE public.pii_vault OWNER TO etl_owner;
+        ALTER TABLE public.vault_keys OWNER TO etl_owner;
+        ALTER TABLE public.vault_data_keys OWNER TO etl_owner;
+        ALTER TABLE public.pii_audit OWNER TO etl_owner;
+        ALTER TABLE public.pii_reveal_requests OWNER TO etl_owner;
+        ALTER TABLE public.pii_reveal_releases OWNER TO etl_owner;
+        GRANT SELECT, UPDATE ON public.user_logins TO etl_owner;
+        GRANT SELECT, DELETE ON public.rejected_messages, public.rejected_replays TO etl_owner;
+        ALTER FUNCTION public.etl_audit(text, text, text, text, text, text) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_reveal_request(text, text[], text) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_reveal_release(bigint) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_erase(text, text, text) OWNER TO etl_owner;
+        REVOKE ALL ON public.pii_audit, public.pii_vault, public.vault_keys, public.vault_data_keys,
+            public.pii_reveal_requests, public.pii_reveal_releases FROM PUBLIC;
+        REVOKE ALL ON FUNCTION public.etl_audit(text, text, text, text, text, text),
+            public.etl_reveal_request(text, text[], text), public.etl_reveal_release(bigint),
+            public.etl_erase(text, text, text) FROM PUBLIC;
+        """,
+    ),
 ]
 
 ROLES_SQL = """
@@ -170,17 +356,32 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pii_officer') THEN CREATE ROLE pii_officer NOLOGIN; END IF;
 END $$;
 GRANT USAGE ON SCHEMA public TO etl_writer, analyst, pii_officer;
--- the workers: write rows, rejections and vault entries; read the wrapped data keys
-GRANT SELECT, INSERT ON user_logins, rejected_messages, pii_vault TO etl_writer;
-GRANT SELECT, INSERT ON vault_keys TO etl_writer;
+-- the workers: write rows, rejections, vault entries and their own sealed data keys; read no vault
+GRANT SELECT, INSERT ON user_logins, rejected_messages TO etl_writer;
+GRANT INSERT, SELECT (field, token) ON pii_vault TO etl_writer;  -- the columns ON CONFLICT reads
+GRANT INSERT ON vault_data_keys TO etl_writer;
+REVOKE ALL ON vault_keys FROM etl_writer;
+REVOKE SELECT (ciphertext) ON pii_vault FROM etl_writer;
 -- analysts: the rows (tokens only) and their views; no vault, no rejected bodies, no audit
 GRANT SELECT ON user_logins, user_logins_readable, shared_device_tokens, shared_ip_tokens,
     logins_per_day, top_locales TO analyst;
--- PII officers: may read the vault (they also need the master key to decrypt) and the audit log
-GRANT SELECT ON user_logins, pii_vault, vault_keys, pii_audit TO pii_officer;
-GRANT DELETE ON pii_vault TO pii_officer;
-REVOKE ALL ON FUNCTION etl_audit(text, text, text, text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION etl_audit(text, text, text, text, text, text) TO etl_writer, analyst, pii_officer;
+-- PII officers: the rows and the audit log; the vault only through the auditing functions
+GRANT SELECT ON user_logins, pii_audit TO pii_officer;
+REVOKE ALL ON pii_vault, vault_keys, vault_data_keys FROM pii_officer;
+GRANT EXECUTE ON FUNCTION etl_audit(text, text, text, text, text, text), etl_erase(text, text, text),
+    etl_reveal_release(bigint) TO pii_officer;
+-- anyone may ask to reveal: the function refuses non-officers and audits the attempt
+GRANT EXECUTE ON FUNCTION etl_reveal_request(text, text[], text) TO etl_writer, analyst, pii_officer;
+-- temporary objects only for the workers (their COPY staging table); where this login owns the
+-- database, PUBLIC loses TEMP (elsewhere the database owner should revoke it: see README)
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_database WHERE datname = current_database()
+               AND (datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))) THEN
+        EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+        EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO etl_writer', current_database());
+    END IF;
+END $$;
 """
 
 

@@ -1,4 +1,4 @@
-"""The PII vault: recovery with audit, roles, erasure, and a tamper-evident audit log."""
+"""The PII vault as its users meet it: sealed by workers, revealed (audited) by officers, erased."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from etl import sqs, store
-from tests.support import DATABASE_URL, ProcessGroup, drained, wait_until
+from tests.support import DATABASE_URL, ProcessGroup, drained, officer_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,17 @@ def reveal(env: dict[str, str], field: str, token: str, reason: str = "check") -
     return etl(env, "reveal", "--field", field, "--token", token, "--reason", reason)
 
 
+def values(out: subprocess.CompletedProcess[str]) -> list[str | None]:
+    """The values of a reveal's JSON lines, in order."""
+    return [json.loads(line)["value"] for line in out.stdout.splitlines()]
+
+
 def token_of(conn: store.Connection, column: str, user: str) -> str:
     return str(store.query(conn, f"SELECT {column} FROM user_logins WHERE user_id = %s", (user,))[0][0])
+
+
+def audit_rows(conn: store.Connection) -> list[tuple[str, str, str, str]]:
+    return [tuple(r) for r in store.query(conn, "SELECT actor, action, reason, outcome FROM pii_audit ORDER BY id")]  # type: ignore[misc]
 
 
 @pytest.fixture
@@ -45,82 +54,105 @@ def loaded(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> 
     return pipeline
 
 
-def test_vault_holds_one_encrypted_entry_per_distinct_token(loaded: ProcessGroup, conn: store.Connection) -> None:
+def test_vault_holds_one_sealed_entry_per_distinct_token(loaded: ProcessGroup, conn: store.Connection) -> None:
     counts = dict(store.query(conn, "SELECT field, count(*) FROM pii_vault GROUP BY field"))
     assert counts == {"ip": 2, "device_id": 3}
+    # every entry is under a data key the worker sealed to the public key
+    assert store.query(
+        conn,
+        "SELECT count(*) FROM pii_vault"
+        " WHERE split_part(ciphertext, ':', 1) NOT IN (SELECT key_id FROM vault_data_keys)",
+    ) == [(0,)]
     dump = subprocess.run(["pg_dump", "--data-only", DATABASE_URL], capture_output=True, check=True).stdout
     for raw in (b"203.0.113.50", b"ann-phone", b"2001:db8::1"):
         assert raw not in dump
 
 
-def test_recovery_round_trips_exactly_and_is_audited(loaded: ProcessGroup, conn: store.Connection) -> None:
-    out = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "case 42")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("\t2001:db8::1")  # canonical form
-    batch = etl(
-        loaded.env,
-        "reveal",
-        "--field",
-        "device_id",
-        "--query",
-        "SELECT masked_device_id FROM user_logins",
-        "--reason",
-        "audit",
-    )
-    assert sorted(line.split("\t")[1] for line in batch.stdout.splitlines()) == ["ann-phone", "bob-phone", "cy-phone"]
-    audit = store.query(conn, "SELECT actor, action, reason, outcome FROM pii_audit ORDER BY id")
-    assert audit[0] == ("postgres", "reveal", "case 42", "revealed") and len(audit) == 4
-
-
-def test_an_analyst_is_refused_the_vault_and_the_refusal_is_audited(
-    loaded: ProcessGroup, conn: store.Connection
+def test_reveal_by_token_file_and_user_round_trips_and_audits_each_outcome(
+    loaded: ProcessGroup, conn: store.Connection, tmp_path
 ) -> None:
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'test_analyst') THEN "
-            "CREATE ROLE test_analyst LOGIN IN ROLE analyst; END IF; END $$"
-        )
-    analyst_url = DATABASE_URL.replace("postgres@", "test_analyst@")
-    analyst = psycopg2.connect(analyst_url)
-    try:
-        with analyst.cursor() as cur:
-            cur.execute("SELECT count(*) FROM user_logins")  # the rows: yes
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                cur.execute("SELECT * FROM pii_vault")  # the vault: no
-    finally:
-        analyst.close()
-    refused = etl(
-        {**loaded.env, "DATABASE_URL": analyst_url},
-        "reveal",
-        "--field",
-        "ip",
-        "--token",
-        token_of(conn, "masked_ip", "ann"),
-        "--reason",
-        "curious",
-    )
-    assert refused.returncode == 1 and "203.0.113.50" not in refused.stdout + refused.stderr
-    assert store.query(conn, "SELECT actor, outcome FROM pii_audit") == [
-        ("test_analyst", "refused: the database user is not a pii_officer")
+    officer = officer_env(loaded.env)
+    out = reveal(officer, "ip", token_of(conn, "masked_ip", "cy"), "case 42")
+    assert out.returncode == 0, out.stderr
+    assert values(out) == ["2001:db8::1"]  # canonical form
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token_of(conn, "masked_device_id", "ann") + "\nk1:" + "0" * 64 + "\n")
+    batch = etl(officer, "reveal", "--field", "device_id", "--tokens-file", str(tokens), "--reason", "audit")
+    assert [json.loads(line)["outcome"] for line in batch.stdout.splitlines()] == ["revealed", "not found"]
+    by_user = etl(officer, "reveal", "--field", "device_id", "--user-id", "bob", "--reason", "case 43")
+    assert values(by_user) == ["bob-phone"]
+    outcomes = [(r[2], r[3]) for r in audit_rows(conn)]
+    assert outcomes == [
+        ("case 42", "requested"),
+        ("case 42", "revealed"),
+        ("audit", "requested"),
+        ("audit", "requested"),
+        ("audit", "revealed"),
+        ("audit", "not found"),
+        ("case 43", "requested"),
+        ("case 43", "revealed"),
     ]
 
 
-def test_erasure_shreds_only_what_no_one_else_shares(loaded: ProcessGroup, conn: store.Connection) -> None:
-    out = etl(loaded.env, "erase", "--user-id", "ann", "--reason", "GDPR art. 17 request 7")
+def test_reveal_output_escapes_control_characters(
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
+) -> None:
+    spoof = "dev\r\x1b[2Kk1:fake\tREVEALED"
+    queue.send([ev("eve", "192.0.2.7", spoof)])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, 1), 60, "the event")
+    out = reveal(officer_env(pipeline.env), "device_id", token_of(conn, "masked_device_id", "eve"))
+    assert "\r" not in out.stdout and "\x1b" not in out.stdout and "\t" not in out.stdout
+    assert values(out) == [spoof]
+
+
+def test_a_worker_host_decrypts_nothing(loaded: ProcessGroup, conn: store.Connection) -> None:
+    """The worker's whole environment (public key, masking and payload keys, its DB login) opens no entry."""
+    out = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "I am a worker")
+    assert out.returncode == 1 and "2001:db8::1" not in out.stdout + out.stderr
+    assert "ETL_VAULT_PRIVATE_KEY is not set" in out.stderr
+    assert audit_rows(conn)[-1][3] == "refused: no private key"
+    # nor can it start holding the private key
+    wrong = subprocess.run(
+        [sys.executable, "-c", "from etl import runtime, settings; runtime.build(settings.load())"],
+        env=officer_env(loaded.env),
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode != 0 and "workers seal with ETL_VAULT_PUBLIC_KEY only" in wrong.stderr
+
+
+def test_erasure_is_complete_atomic_and_harmless_to_repeat(
+    loaded: ProcessGroup, queue: sqs.Queue, conn: store.Connection
+) -> None:
+    queue.send(['{"user_id": "ann", "ip": "203.0.113.50", "device_id": "ann-tablet"}'])  # rejected: fields missing
+    wait_until(drained(queue, conn, 4), 60, "the rejected message")
+    officer = officer_env(loaded.env)
+    ann_device, shared_ip = token_of(conn, "masked_device_id", "ann"), token_of(conn, "masked_ip", "ann")
+    out = etl(officer, "erase", "--user-id", "ann", "--reason", "GDPR art. 17 request 7")
     assert out.returncode == 0, out.stderr
-    assert "1 vault entries erased" in out.stdout and "1 kept" in out.stdout
-    ann_device = reveal(loaded.env, "device_id", token_of(conn, "masked_device_id", "ann"), "check")
-    assert "<not found" in ann_device.stdout
-    shared_ip = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "bob"), "check")
-    assert shared_ip.stdout.strip().endswith("\t203.0.113.50")  # bob still owns it
-    bob_device = reveal(loaded.env, "device_id", token_of(conn, "masked_device_id", "bob"), "check")
-    assert bob_device.stdout.strip().endswith("\tbob-phone")
+    assert (
+        "1 vault entries erased" in out.stdout and "1 kept" in out.stdout and "1 rejected bodies deleted" in out.stdout
+    )
+    assert store.query(conn, "SELECT count(*) FROM rejected_messages") == [(0,)]
+    assert store.query(
+        conn,
+        "SELECT masked_ip LIKE 'erased:%', masked_device_id LIKE 'erased:%' FROM user_logins WHERE user_id = 'ann'",
+    ) == [(True, True)]
+    assert values(reveal(officer, "device_id", ann_device)) == [None]
+    assert values(reveal(officer, "ip", shared_ip)) == ["203.0.113.50"]  # bob still owns it
+    assert values(reveal(officer, "device_id", token_of(conn, "masked_device_id", "bob"))) == ["bob-phone"]
+    again = etl(officer, "erase", "--user-id", "ann", "--reason", "repeat")
+    assert again.returncode == 0 and "0 vault entries erased" in again.stdout
+    erase_rows = [r for r in audit_rows(conn) if r[1] == "erase"]
+    assert [r[3].split(",")[0] for r in erase_rows] == ["erased 1 vault entries", "erased 0 vault entries"]
 
 
 def test_audit_chain_detects_an_edited_row(loaded: ProcessGroup, conn: store.Connection) -> None:
+    officer = officer_env(loaded.env)
     for reason in ("one", "two", "three"):
-        reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), reason)
-    assert etl(loaded.env, "audit", "verify").stdout.startswith("audit chain intact: 3 rows")
+        reveal(officer, "ip", token_of(conn, "masked_ip", "cy"), reason)
+    assert etl(loaded.env, "audit", "verify").stdout.startswith("audit chain intact: 6 rows")
     with conn, conn.cursor() as cur, pytest.raises(psycopg2.errors.RaiseException):
         cur.execute("UPDATE pii_audit SET reason = 'nothing to see' WHERE reason = 'two'")
     with conn, conn.cursor() as cur:  # an owner can bypass the trigger, but not the chain
@@ -128,7 +160,7 @@ def test_audit_chain_detects_an_edited_row(loaded: ProcessGroup, conn: store.Con
         cur.execute("UPDATE pii_audit SET reason = 'nothing to see' WHERE reason = 'two'")
         cur.execute("ALTER TABLE pii_audit ENABLE TRIGGER pii_audit_append_only")
     broken = etl(loaded.env, "audit", "verify")
-    assert broken.returncode == 1 and "BROKEN at row 2" in broken.stdout
+    assert broken.returncode == 1 and "row 3 does not chain" in broken.stdout
 
 
 def groups(conn: store.Connection, column: str) -> set[frozenset[str]]:
@@ -153,25 +185,69 @@ def test_masking_key_rotation_keeps_duplicates_findable(
     # before rotation the key boundary splits the same device into two groups
     assert frozenset({"old-1", "new-1"}) not in groups(conn, "masked_device_id")
 
-    out = etl(pipeline.env, "rotate-masking-key", "--reason", "yearly")
+    officer = officer_env(pipeline.env)
+    out = etl(officer, "rotate-masking-key", "--reason", "yearly")
     assert out.returncode == 0, out.stderr
     expected = {frozenset({"old-1", "new-1"}), frozenset({"old-2"}), frozenset({"new-2"})}
     assert groups(conn, "masked_device_id") == expected
     assert groups(conn, "masked_ip") == expected
     assert store.query(conn, "SELECT count(*) FROM user_logins WHERE masked_ip NOT LIKE 'k2:%'") == [(0,)]
-    again = etl(pipeline.env, "rotate-masking-key")  # resumable / idempotent: nothing left to do
+    again = etl(officer, "rotate-masking-key")  # resumable / idempotent: nothing left to do
     assert "re-tokenized 0 tokens" in again.stdout
-    revealed = reveal(pipeline.env, "device_id", token_of(conn, "masked_device_id", "old-1"), "after rotation")
-    assert revealed.stdout.strip().endswith("\tdev-A")
+    assert values(reveal(officer, "device_id", token_of(conn, "masked_device_id", "old-1"), "after")) == ["dev-A"]
 
 
-def test_vault_key_rotation_reencrypts_everything(loaded: ProcessGroup, conn: store.Connection) -> None:
-    out = etl(loaded.env, "rotate-vault-key", "--reason", "yearly")
+def test_new_key_pair_reseals_everything(loaded: ProcessGroup, conn: store.Connection) -> None:
+    from etl import vault
+
+    new_private, new_public = vault.new_keypair()
+    old_private = officer_env(loaded.env)["ETL_VAULT_PRIVATE_KEY"]
+    rotated = {
+        **loaded.env,
+        "ETL_VAULT_PUBLIC_KEY": new_public,
+        "ETL_VAULT_PRIVATE_KEY": f"{new_private},{old_private}",
+    }
+    out = etl(rotated, "rotate-vault-key", "--reason", "yearly")
     assert out.returncode == 0, out.stderr
-    assert store.query(conn, "SELECT count(*) FROM pii_vault WHERE ciphertext NOT LIKE 'v2:%'") == [(0,)]
-    assert store.query(conn, "SELECT version, active FROM vault_keys ORDER BY version") == [(1, False), (2, True)]
-    revealed = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "check")
-    assert revealed.stdout.strip().endswith("\t2001:db8::1")
+    assert "re-sealed 5 vault entries" in out.stdout
+    assert "re-sealed 0 vault entries" in etl(rotated, "rotate-vault-key").stdout  # resumable
+    only_new = {**rotated, "ETL_VAULT_PRIVATE_KEY": new_private}
+    assert values(reveal(only_new, "ip", token_of(conn, "masked_ip", "cy"))) == ["2001:db8::1"]
+    old_only = reveal(officer_env(loaded.env), "ip", token_of(conn, "masked_ip", "cy"))
+    assert [json.loads(line)["outcome"] for line in old_only.stdout.splitlines()] == ["failed"]
+
+
+def test_legacy_vault_entries_migrate_to_sealed_keys(conn: store.Connection) -> None:
+    """A vault written before sealing (data key wrapped by ETL_VAULT_KEY) is re-sealed, audited."""
+    from etl import vault
+    from tests.support import VAULT_PRIVATE_KEY, VAULT_PUBLIC_KEY
+
+    master = vault.new_master_key()
+    data_key = vault.new_data_key()
+    legacy = vault.Vault("v1", data_key)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO vault_keys (version, wrapped_key) VALUES (1, %s)",
+            (vault.wrap(vault.parse_master_key(master), data_key),),
+        )
+        cur.execute(
+            "INSERT INTO pii_vault (field, token, ciphertext) VALUES ('ip', 'k1:abc', %s)",
+            (legacy.encrypt("ip", "k1:abc", "198.51.100.9"),),
+        )
+    env = {
+        **__import__("os").environ,
+        "DATABASE_URL": DATABASE_URL,
+        "ETL_VAULT_KEY": master,
+        "ETL_VAULT_PUBLIC_KEY": VAULT_PUBLIC_KEY,
+        "ETL_VAULT_PRIVATE_KEY": VAULT_PRIVATE_KEY,
+    }
+    out = etl(env, "rotate-vault-key", "--reason", "migrate to sealed keys")
+    assert out.returncode == 0, out.stderr
+    assert "re-sealed 1 vault entries" in out.stdout
+    assert store.query(conn, "SELECT ciphertext LIKE 's%' FROM pii_vault") == [(True,)]
+    without_legacy = {k: v for k, v in env.items() if k != "ETL_VAULT_KEY"}
+    assert values(reveal(without_legacy, "ip", "k1:abc")) == ["198.51.100.9"]
+    assert audit_rows(conn)[0][1] == "rotate-vault-key"
 
 
 def test_no_raw_value_anywhere_after_every_pii_command(loaded: ProcessGroup, conn: store.Connection) -> None:
@@ -180,16 +256,16 @@ def test_no_raw_value_anywhere_after_every_pii_command(loaded: ProcessGroup, con
     from tests.integration.test_pipeline import assert_absent, dump_redis
     from tests.support import BROKER_URL
 
-    env = loaded.env
+    officer = officer_env(loaded.env)
     for args in (
-        ["reveal", "--field", "ip", "--query", "SELECT masked_ip FROM user_logins", "--reason", "sweep"],
+        ["reveal", "--field", "ip", "--user-id", "cy", "--reason", "sweep"],
         ["erase", "--user-id", "ann", "--reason", "request"],
         ["rotate-vault-key"],
         ["audit", "verify"],
         ["report"],
         ["stats"],
     ):
-        assert etl(env, *args).returncode == 0, args
+        assert etl(officer, *args).returncode == 0, args
     raw = ["203.0.113.50", "ann-phone", "bob-phone", "cy-phone", "2001:db8::1", "2001:DB8::1"]
     dump = subprocess.run(["pg_dump", DATABASE_URL], capture_output=True, check=True).stdout
     assert_absent(raw, dump, "pg_dump after the PII commands")

@@ -67,7 +67,7 @@ def test_compose_file_validates(tmp_path: Path) -> None:
         **os.environ,
         "ETL_MASKING_KEY": "k" * 40,
         "ETL_PAYLOAD_KEY": "p",
-        "ETL_VAULT_KEY": "v",
+        "ETL_VAULT_PUBLIC_KEY": "v",
         "FLOWER_BASIC_AUTH": "a:b",
     }
     result = compose_config(tmp_path, env)

@@ -1,7 +1,10 @@
 import json
 import logging
+from collections.abc import Iterator
 
-from etl.logs import JsonFormatter
+import pytest
+
+from etl.logs import DRIVERS, JsonFormatter, quiet_drivers
 
 
 def test_json_line_carries_the_chunk_fields_and_nothing_else() -> None:
@@ -12,3 +15,39 @@ def test_json_line_carries_the_chunk_fields_and_nothing_else() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "chunk c1: 5 rows" and line["chunk"] == "c1" and line["inserted"] == 5
     assert line["level"] == "INFO" and "ts" in line and "body" not in line
+
+
+@pytest.fixture
+def levels() -> Iterator[None]:
+    """Restore the levels the test changes."""
+    names = ["", *DRIVERS, "botocore.parsers"]
+    saved = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in saved.items():
+        logging.getLogger(n).setLevel(level)
+
+
+def test_drivers_stay_quiet_at_debug(levels: None) -> None:
+    """At DEBUG, botocore.parsers would log whole SQS responses: raw bodies with ip and device_id."""
+    logging.getLogger().setLevel(logging.DEBUG)
+    quiet_drivers()
+    for name in (*DRIVERS, "botocore.parsers", "botocore.endpoint", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        assert not logger.isEnabledFor(logging.DEBUG) and not logger.isEnabledFor(logging.INFO), name
+        assert logger.isEnabledFor(logging.WARNING), name
+    assert logging.getLogger("etl.pipeline").isEnabledFor(logging.DEBUG)  # etl's own lines are not muted
+
+
+def test_drivers_never_get_louder_than_the_root(levels: None) -> None:
+    logging.getLogger().setLevel(logging.ERROR)
+    quiet_drivers()
+    assert not logging.getLogger("botocore.parsers").isEnabledFor(logging.WARNING)
+
+
+def test_the_worker_logging_signal_quiets_the_drivers(levels: None) -> None:
+    from etl import tasks
+
+    logging.getLogger().setLevel(logging.DEBUG)
+    logging.getLogger("botocore").setLevel(logging.NOTSET)
+    tasks._json_logs(logging.getLogger("celery.task"))
+    assert not logging.getLogger("botocore.parsers").isEnabledFor(logging.DEBUG)

@@ -1,3 +1,6 @@
+import base64
+from pathlib import Path
+
 import pytest
 
 from etl import runtime, settings
@@ -36,3 +39,90 @@ def test_bad_number_is_named() -> None:
 def test_repr_hides_secrets() -> None:
     s = settings.load({"ETL_MASKING_KEY": MASKING_KEY, "DATABASE_URL": "postgresql://u:pw@h/db"})
     assert MASKING_KEY not in repr(s) and "pw" not in repr(s)
+
+
+# --- the vault key pair, and one key per purpose ---
+
+VAULT = base64.urlsafe_b64encode(bytes(range(32))).decode()
+PUBLIC = base64.urlsafe_b64encode(bytes(range(32, 64))).decode()
+PRIVATE = base64.urlsafe_b64encode(bytes(range(64, 96))).decode()
+
+
+def test_vault_key_pair_from_the_environment() -> None:
+    s = settings.load({"ETL_VAULT_PUBLIC_KEY": f" {PUBLIC}\n", "ETL_VAULT_PRIVATE_KEY": f"{PRIVATE}, {VAULT} ,"})
+    assert s.vault_public_key == PUBLIC
+    assert s.vault_private_key == f"{PRIVATE},{VAULT}" and s.vault_private_keys == (PRIVATE, VAULT)
+    assert s.vault_key == "" and settings.load({}).vault_private_keys == ()
+
+
+def test_vault_keys_from_mounted_files(tmp_path: Path) -> None:
+    (tmp_path / "public").write_text(PUBLIC + "\n")
+    (tmp_path / "private").write_text(f"{PRIVATE}\n{VAULT}\n")  # one key per line works too
+    (tmp_path / "legacy").write_text(new_key())
+    s = settings.load(
+        {
+            "ETL_VAULT_PUBLIC_KEY_FILE": str(tmp_path / "public"),
+            "ETL_VAULT_PRIVATE_KEY_FILE": str(tmp_path / "private"),
+            "ETL_VAULT_KEY_FILE": str(tmp_path / "legacy"),
+        }
+    )
+    assert (s.vault_public_key, s.vault_private_keys) == (PUBLIC, (PRIVATE, VAULT))
+    assert s.vault_key == (tmp_path / "legacy").read_text()
+    # the variable itself wins over its file, as for ETL_VAULT_KEY
+    assert settings.load({"ETL_VAULT_PUBLIC_KEY": VAULT, "ETL_VAULT_PUBLIC_KEY_FILE": "/nonexistent"}).vault_public_key
+
+
+@pytest.mark.parametrize("name", ["ETL_VAULT_KEY_FILE", "ETL_VAULT_PUBLIC_KEY_FILE", "ETL_VAULT_PRIVATE_KEY_FILE"])
+def test_an_unreadable_key_file_is_named(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"{name} cannot be read"):
+        settings.load({name: str(tmp_path / "missing")})
+
+
+def test_repr_hides_the_vault_keys() -> None:
+    s = settings.load({"ETL_VAULT_KEY": VAULT, "ETL_VAULT_PUBLIC_KEY": PUBLIC, "ETL_VAULT_PRIVATE_KEY": PRIVATE})
+    text = repr(s)
+    assert all(k not in text and k[:8] not in text for k in (VAULT, PUBLIC, PRIVATE))
+    assert "vault=on" in text and "vault_private_keys=1" in text
+
+
+PAYLOAD = new_key()
+# Every setting that holds a key, with a distinct valid value; each pair is then made equal.
+KEYS = {
+    "ETL_MASKING_KEY": MASKING_KEY,
+    "ETL_PAYLOAD_KEY": PAYLOAD,
+    "ETL_VAULT_KEY": VAULT,
+    "ETL_VAULT_PUBLIC_KEY": PUBLIC,
+    "ETL_VAULT_PRIVATE_KEY": PRIVATE,
+}
+PAIRS = [(a, b) for i, a in enumerate(KEYS) for b in list(KEYS)[i + 1 :]]
+
+
+def test_distinct_keys_load() -> None:
+    s = settings.load(KEYS)
+    assert (s.masking_key, s.payload_keys, s.vault_key) == (MASKING_KEY, (PAYLOAD,), VAULT)
+
+
+@pytest.mark.parametrize(("first", "second"), PAIRS, ids=[f"{a}={b}" for a, b in PAIRS])
+def test_one_key_in_two_settings_is_refused_naming_both(first: str, second: str) -> None:
+    value = KEYS[first] if first != "ETL_MASKING_KEY" else KEYS[second]  # a masking key may be any text
+    env = {**KEYS, first: value, second: value}
+    with pytest.raises(ConfigError) as err:
+        settings.load(env)
+    message = str(err.value)
+    assert first in message and second in message and "etl keygen" in message
+    assert value not in message and value[:8] not in message
+
+
+def test_the_same_key_in_two_encodings_is_still_one_key() -> None:
+    """The private key pasted as the public one, re-encoded with the standard alphabet, unpadded."""
+    other_spelling = base64.b64encode(base64.urlsafe_b64decode(PRIVATE)).decode().rstrip("=")
+    with pytest.raises(ConfigError, match="ETL_VAULT_PUBLIC_KEY and ETL_VAULT_PRIVATE_KEY"):
+        settings.load({**KEYS, "ETL_VAULT_PUBLIC_KEY": other_spelling})
+
+
+def test_a_key_repeated_in_a_rotation_list_or_reused_from_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"ETL_PAYLOAD_KEY \(key 1 of 2\) and ETL_PAYLOAD_KEY \(key 2 of 2\)"):
+        settings.load({"ETL_PAYLOAD_KEY": f"{PAYLOAD},{PAYLOAD}"})
+    old = new_key()
+    with pytest.raises(ConfigError, match=r"ETL_PAYLOAD_KEY \(key 2 of 2\) and ETL_VAULT_PRIVATE_KEY \(key 2 of 2\)"):
+        settings.load({"ETL_PAYLOAD_KEY": f"{PAYLOAD},{old}", "ETL_VAULT_PRIVATE_KEY": f"{PRIVATE},{old}"})
