@@ -42,6 +42,15 @@ _MOVE_ROWS = f"""
 INSERT INTO user_logins ({_COLUMNS}) SELECT {_COLUMNS} FROM etl_stage_logins ORDER BY message_id
 ON CONFLICT (message_id) DO NOTHING
 """
+_STAGE_VAULT = """
+CREATE TEMP TABLE IF NOT EXISTS etl_stage_vault (field varchar(16), token varchar(80), ciphertext text)
+    ON COMMIT DELETE ROWS
+"""
+_COPY_VAULT = "COPY etl_stage_vault (field, token, ciphertext) FROM STDIN"
+_MOVE_VAULT = """
+INSERT INTO pii_vault (field, token, ciphertext) SELECT field, token, ciphertext FROM etl_stage_vault
+ORDER BY field, token ON CONFLICT (field, token) DO NOTHING
+"""
 _staged: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 _INSERT_REJECTED = """
 INSERT INTO rejected_messages (message_id, reason, detail, sealed_body, body_chars, sent_at,
@@ -64,9 +73,10 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
     inserted = 0
     new_reasons: Counter[str] = Counter()
     with transaction(conn, "write chunk") as cur:
+        if conn not in _staged and (rows or chunk.vault):
+            cur.execute(_STAGE)  # once per session (remembered only after the commit)
+            cur.execute(_STAGE_VAULT)
         if rows:
-            if conn not in _staged:
-                cur.execute(_STAGE)  # once per session (remembered only after the commit)
             cur.copy_expert(_COPY_ROWS, copy_text(rows))
             cur.execute(_MOVE_ROWS)
             inserted = cur.rowcount
@@ -78,10 +88,13 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
             new_reasons = Counter(
                 r[0] for r in execute_values(cur, _INSERT_REJECTED, values, page_size=len(values), fetch=True)
             )
-        if chunk.vault:
-            entries = [(v.field, v.token, v.ciphertext) for v in sorted(chunk.vault, key=lambda v: (v.field, v.token))]
-            execute_values(cur, INSERT_VAULT, entries, page_size=len(entries))
-    if rows:
+        if chunk.vault:  # staged like the rows: COPY, then one INSERT ... SELECT in a fixed order
+            buf = io.StringIO()
+            buf.writelines(f"{v.field}\t{v.token}\t{v.ciphertext}\n" for v in chunk.vault)
+            buf.seek(0)
+            cur.copy_expert(_COPY_VAULT, buf)
+            cur.execute(_MOVE_VAULT)
+    if rows or chunk.vault:
         _staged.add(conn)
     return WriteResult(
         inserted=inserted,
