@@ -34,9 +34,9 @@ integration: install
 test: lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# All seven fault-injection scenarios (restarts this machine's Postgres and Redis; see README).
+# All seven fault-injection scenarios, on embedded Postgres and Redis of their own (see README).
 chaos: install
-	$(BIN)/python -m chaos.harness --messages $(or $(MESSAGES),300) --json .chaos-results.json
+	$(BIN)/python -m chaos --messages $(or $(MESSAGES),300) --json .chaos-results.json
 
 # Throughput, cost and memory against limits measured in the same run (see README Performance).
 # Installs LocalStack into /tmp/localstack-venv with Python 3.13 the first time (skipped without it).

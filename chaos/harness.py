@@ -6,11 +6,13 @@ mid-run, then a wait for the queue to drain and the checks:
 
     rows + rejected == sent,  no duplicate message_id,  nothing left visible or in flight.
 
-    python -m chaos.harness                     # all scenarios, default size
-    python -m chaos.harness --scenarios 1,3,7 --messages 120
+    python -m chaos                     # all scenarios, default size, on servers of its own
+    python -m chaos --scenarios 1,3,7 --messages 120
 
-Scenarios 2 and 3 restart this machine's PostgreSQL and Redis (as root, with the commands the
-machine docs give): run them only where those services are yours to restart.
+Scenarios 2 and 3 restart the run's PostgreSQL and Redis: the embedded ones that `make chaos`
+(chaos/__main__.py) and `make test` start for themselves, unless ETL_TEST_DATABASE_URL and
+ETL_TEST_BROKER_URL point elsewhere (then scenario 3 restarts that redis-server on its port and
+scenario 2 this machine's PostgreSQL cluster: only where they are yours to restart).
 """
 
 import argparse
@@ -34,7 +36,7 @@ os.environ["CELERY_BROKER_URL"] = BROKER_URL
 
 from chaos import hostile  # noqa: E402
 from chaos.proxy import Proxy  # noqa: E402
-from etl import events, processes, samples, sealing, sqs, store, vault  # noqa: E402
+from etl import embedded, events, processes, samples, sealing, sqs, store, vault  # noqa: E402
 from etl.processes import MotoServer, ProcessGroup  # noqa: E402
 
 KEYS = {
@@ -126,13 +128,34 @@ def kill_workers(ctx: Ctx) -> None:
     ctx.pipeline.start("worker")
 
 
+def _port(url: str) -> int:
+    return int(url.split("@")[-1].split("//")[-1].split("/")[0].rsplit(":", 1)[1])
+
+
+def _embedded(kind: str) -> Any:
+    """The run's own embedded server (tests/conftest.py, chaos/__main__.py), or None for yours."""
+    directory = os.environ.get("ETL_TEST_EMBEDDED_DIR")
+    if not directory:
+        return None
+    if kind == "postgres":
+        return embedded.Postgres(Path(directory) / "postgres", port=_port(DATABASE_URL))
+    return embedded.Redis(Path(directory) / "redis", port=_port(BROKER_URL))
+
+
 def restart_postgres(ctx: Ctx) -> None:
+    """The run's own embedded PostgreSQL, or (only when you pointed the run at it) this machine's."""
     ctx.wait_progress(0.2)
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    pg = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
-    subprocess.run([*pg, "stop", "-m", "fast"], check=True, capture_output=True)
-    time.sleep(10)
-    subprocess.run([*pg, "start"], check=True, capture_output=True)
+    server = _embedded("postgres")
+    if server is not None:
+        server.stop()
+        time.sleep(10)
+        server.start()
+    else:
+        version = sorted(os.listdir("/etc/postgresql"))[0]
+        pg = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+        subprocess.run([*pg, "stop", "-m", "fast"], check=True, capture_output=True)
+        time.sleep(10)
+        subprocess.run([*pg, "start"], check=True, capture_output=True)
     ctx.notes.append("postgres down for 10s")
 
 
@@ -159,24 +182,32 @@ def restart_redis(ctx: Ctx) -> None:
     ctx.wait_progress(0.2)
     ctx.pipeline.stop("worker")
     parked = park_chunks(ctx, 60)
-    cli = ["redis-cli", "-h", "127.0.0.1", "-p", "6379"]
-    conf = {}
-    for key in ("dir", "logfile", "bind"):
-        out = subprocess.run([*cli, "config", "get", key], capture_output=True, text=True, check=True).stdout.split(
-            "\n"
-        )
-        conf[key] = out[1] if len(out) > 1 else ""
-    queued = subprocess.run([*cli, "-n", BROKER_URL.rsplit("/", 1)[-1], "llen", "etl"], capture_output=True, text=True)
-    subprocess.run([*cli, "shutdown", "nosave"], capture_output=True)
-    time.sleep(5)
-    cmd = ["redis-server", "--daemonize", "yes", "--port", "6379", "--save", "", "--appendonly", "no"]
-    cmd += ["--bind", *(conf["bind"].split() or ["127.0.0.1"])]
-    if conf["dir"]:
-        cmd += ["--dir", conf["dir"]]
-    if conf["logfile"]:
-        cmd += ["--logfile", conf["logfile"]]
-    subprocess.run(cmd, check=True, capture_output=True)
-    lost = queued.stdout.strip() or "?"
+    import redis
+
+    queued = redis.Redis.from_url(BROKER_URL).llen("etl")
+    server = _embedded("redis")
+    if server is not None:
+        server.stop()
+        time.sleep(5)
+        server.start()
+    else:  # a redis-server the run was pointed at (CI starts one of its own): same port, same options
+        port = str(_port(BROKER_URL))
+        cli = ["redis-cli", "-h", "127.0.0.1", "-p", port]
+        conf = {}
+        for key in ("dir", "logfile", "bind"):
+            out = subprocess.run([*cli, "config", "get", key], capture_output=True, text=True, check=True)
+            lines = out.stdout.split("\n")
+            conf[key] = lines[1] if len(lines) > 1 else ""
+        subprocess.run([*cli, "shutdown", "nosave"], capture_output=True)
+        time.sleep(5)
+        cmd = ["redis-server", "--daemonize", "yes", "--port", port, "--save", "", "--appendonly", "no"]
+        cmd += ["--bind", *(conf["bind"].split() or ["127.0.0.1"])]
+        if conf["dir"]:
+            cmd += ["--dir", conf["dir"]]
+        if conf["logfile"]:
+            cmd += ["--logfile", conf["logfile"]]
+        subprocess.run(cmd, check=True, capture_output=True)
+    lost = queued
     ctx.notes.append(f"redis down for 5s: {lost} queued tasks destroyed (chunks, fetch requests, {parked} parked msgs)")
     ctx.pipeline.start("worker")
 

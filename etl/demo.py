@@ -13,7 +13,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from etl import processes, sealing, seeding, settings, sqs, store, vault
+from etl import embedded, processes, sealing, seeding, settings, sqs, store, vault
+from etl.errors import ConfigError
 from etl.progress import Bar
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_logins.json.gz"
@@ -86,14 +87,32 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         env["SQS_QUEUE_URL"] = queue_url
         print(f"sqs: embedded moto server at {env['AWS_ENDPOINT_URL_SQS']}, queue {queue_url}")
 
+        mode = env.get("ETL_EMBEDDED", "auto").lower()
+        if mode not in ("auto", "always", "never"):
+            raise ConfigError(f"ETL_EMBEDDED must be auto, always or never, got {mode!r}")
+        own = {
+            name: mode == "always" or (mode == "auto" and not env.get(name))
+            for name in ("DATABASE_URL", "CELERY_BROKER_URL")
+        }
+        env.update(
+            stack.enter_context(embedded.running(LOG_DIR, postgres=own["DATABASE_URL"], redis=own["CELERY_BROKER_URL"]))
+        )
         config = settings.load(env)
+        os.environ["CELERY_BROKER_URL"] = config.broker_url  # this process's own producer, if any
+        for name, what, url in (
+            ("DATABASE_URL", "Postgres", config.database_url),
+            ("CELERY_BROKER_URL", "Redis", config.broker_url),
+        ):
+            where = url.split("@")[-1].split("//")[-1].split("/")[0]
+            if own[name]:
+                print(
+                    f"{what.lower()}: embedded {what} on {where} (data in {LOG_DIR}/; ETL_EMBEDDED=never to use yours)"
+                )
+            else:
+                print(f"{what.lower()}: your {what} at {settings.redact(url)}")
         conn = stack.enter_context(store.connection(config.database_url))
         applied = store.migrate(conn)
-        print(
-            "postgres: schema "
-            + ("migrated" if applied else "up to date")
-            + f" ({settings._redact(config.database_url)})"
-        )
+        print("postgres: schema " + ("migrated" if applied else "up to date"))
 
         if file is None and SHARED_SAMPLES.exists():
             file = SHARED_SAMPLES

@@ -43,8 +43,8 @@ class Settings:
 
     def __repr__(self) -> str:  # never print the keys
         return (
-            f"Settings(sqs_queue_url={self.sqs_queue_url!r}, broker_url={_redact(self.broker_url)!r}, "
-            f"database_url={_redact(self.database_url)!r}, chunk_size={self.chunk_size}, "
+            f"Settings(sqs_queue_url={self.sqs_queue_url!r}, broker_url={redact(self.broker_url)!r}, "
+            f"database_url={redact(self.database_url)!r}, chunk_size={self.chunk_size}, "
             f"vault={'on' if self.vault_public_key or self.vault_key else 'off'}, "
             f"vault_private_keys={len(self.vault_private_keys)})"
         )
@@ -64,7 +64,7 @@ class Settings:
             raise ConfigError(f"ETL_PAYLOAD_KEY is not set: workers refuse to start without it; {KEYGEN_HINT}")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL with any password replaced, safe to log."""
     if "@" not in url or "://" not in url:
         return url

@@ -5,8 +5,10 @@ producer at the test broker.
 """
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 DATABASE_URL = os.environ.get("ETL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -22,6 +24,17 @@ PAYLOAD_KEY = sealing.new_key()
 VAULT_PRIVATE_KEY, VAULT_PUBLIC_KEY = vault.new_keypair()
 AWS_ENV = processes.LOCAL_AWS
 __all__ = ["MotoServer", "ProcessGroup", "processes"]
+
+
+def pg_dump(*args: str) -> bytes:
+    """A dump of the test database, made with the pg_dump that matches its server."""
+    embedded_dir = os.environ.get("ETL_TEST_EMBEDDED_DIR")
+    binary = "pg_dump"
+    if embedded_dir:
+        from etl import embedded
+
+        binary = str(embedded.Postgres(Path(embedded_dir) / "postgres").bin / "pg_dump")
+    return subprocess.run([binary, *args, DATABASE_URL], capture_output=True, check=True).stdout
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:

@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from etl import sqs, store
-from tests.support import DATABASE_URL, ProcessGroup, drained, officer_env, wait_until
+from tests.support import DATABASE_URL, ProcessGroup, drained, officer_env, pg_dump, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_vault_holds_one_sealed_entry_per_distinct_token(loaded: ProcessGroup, c
         "SELECT count(*) FROM pii_vault"
         " WHERE split_part(ciphertext, ':', 1) NOT IN (SELECT key_id FROM vault_data_keys)",
     ) == [(0,)]
-    dump = subprocess.run(["pg_dump", "--data-only", DATABASE_URL], capture_output=True, check=True).stdout
+    dump = pg_dump("--data-only")
     for raw in (b"203.0.113.50", b"ann-phone", b"2001:db8::1"):
         assert raw not in dump
 
@@ -267,7 +267,7 @@ def test_no_raw_value_anywhere_after_every_pii_command(loaded: ProcessGroup, con
     ):
         assert etl(officer, *args).returncode == 0, args
     raw = ["203.0.113.50", "ann-phone", "bob-phone", "cy-phone", "2001:db8::1", "2001:DB8::1"]
-    dump = subprocess.run(["pg_dump", DATABASE_URL], capture_output=True, check=True).stdout
+    dump = pg_dump()
     assert_absent(raw, dump, "pg_dump after the PII commands")
     assert_absent(raw, dump_redis(redis_lib.Redis.from_url(BROKER_URL)), "Redis")
     for name in ("worker", "beat"):

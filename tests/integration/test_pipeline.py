@@ -16,7 +16,7 @@ from etl.masking import Masker
 from etl.sealing import Sealer
 from etl.store import schema
 from tests.conftest import SHARED_SAMPLES
-from tests.support import DATABASE_URL, MASKING_KEY, PAYLOAD_KEY, ProcessGroup, drained, wait_until
+from tests.support import DATABASE_URL, MASKING_KEY, PAYLOAD_KEY, ProcessGroup, drained, pg_dump, wait_until
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -192,7 +192,7 @@ def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
     assert "sealed chunk of 22 messages" in flower_tasks
     assert_absent(secrets, flower_tasks.encode(), "Flower's task API")
     assert_absent(secrets, dump_redis(broker), "Redis after the run")
-    dump = subprocess.run(["pg_dump", "--data-only", DATABASE_URL], capture_output=True, check=True).stdout
+    dump = pg_dump("--data-only")
     assert b"user-3" in dump  # the dump does hold the rows...
     assert_absent(secrets, dump, "pg_dump")  # ...but no raw ip or device_id
     for kind in ("worker", "beat", "flower"):

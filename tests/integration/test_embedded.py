@@ -1,0 +1,78 @@
+"""The embedded PostgreSQL and Redis a fresh machine gets: lifecycle, data kept, nothing left behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from etl import embedded, records, store
+from etl.masking import Masker
+from etl.records import Message
+from etl.sealing import Sealer, new_key
+from tests.support import MASKING_KEY
+
+pytestmark = pytest.mark.integration
+
+EVENT = {"user_id": "u-1", "device_type": "ios", "ip": "198.51.100.1", "device_id": "d-1", "app_version": "1.2"}
+
+
+def test_start_migrate_write_stop_restart_on_the_same_data(tmp_path: Path) -> None:
+    pg, rd = embedded.Postgres(tmp_path / "pg"), embedded.Redis(tmp_path / "redis")
+    try:
+        conn = store.connect(pg.start())
+        store.migrate(conn)
+        chunk = records.transform(
+            [Message("m-1", "rh", json.dumps(EVENT), 1772409599999)], Masker(MASKING_KEY), Sealer([new_key()])
+        )
+        assert store.write_chunk(conn, chunk).inserted == 1
+        conn.close()
+        redis.Redis.from_url(rd.start()).set("k", "v")
+        pg.stop()
+        rd.stop()
+        assert not pg.running() and not rd.running()
+
+        conn = store.connect(pg.start())  # same data directory, same port
+        assert store.query(conn, "SELECT user_id FROM user_logins") == [("u-1",)]
+        assert store.migrate(conn) == []
+        conn.close()
+        rd.start()  # nothing kept on disk, as the pipeline assumes of its broker
+        assert redis.Redis.from_url(rd.url).get("k") is None
+    finally:
+        pg.stop()
+        rd.stop()
+    assert not pg.running() and not rd.running()
+    assert not (pg.data / "postmaster.pid").exists() and not rd.pidfile.exists()
+
+
+def test_a_stale_pid_file_does_not_block_the_next_start(tmp_path: Path) -> None:
+    rd = embedded.Redis(tmp_path)
+    rd.pidfile.write_text("999999\n")
+    try:
+        rd.start()
+        assert rd.running()
+    finally:
+        rd.stop()
+
+
+def test_the_demo_runs_twice_on_its_embedded_servers(tmp_path: Path) -> None:
+    """`make demo` on a machine without Postgres or Redis settings, twice on the same .demo/."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["ETL_EMBEDDED"] = "always"
+    for run in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-m", "etl.cli", "demo", "--flower-port", "0", "--timeout", "120"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, f"run {run}: {out.stdout[-2000:]}"
+        assert "embedded Postgres on 127.0.0.1:" in out.stdout and "embedded Redis on 127.0.0.1:" in out.stdout
+        assert "\nrejected   " in out.stdout and "queue      0 waiting, 0 in flight" in out.stdout
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert leftovers == "", "a server or process of the demo is still running"
