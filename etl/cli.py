@@ -197,7 +197,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     s = settings.load()
     with store.connection(s.database_url) as conn:
         try:
-            result = pii.erase(s, conn, args.user_id, args.reason)
+            result = pii.erase(conn, args.user_id, args.reason)
         except pii.Refused as exc:
             print(f"etl erase: {exc}", file=sys.stderr)
             return 1

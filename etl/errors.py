@@ -23,3 +23,7 @@ class TransientError(EtlError):
 
 class TerminalError(EtlError):
     """The data cannot be processed, ever (record it, never retry)."""
+
+
+class Forbidden(TerminalError):
+    """The database refused the login a privilege (SQLSTATE 42501): terminal, and worth naming."""

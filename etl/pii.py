@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from etl import anchor, vault
-from etl.errors import ConfigError, EtlError, TerminalError
+from etl import anchor, auditchain, vault
+from etl.errors import ConfigError, EtlError, Forbidden, TerminalError
 from etl.masking import Masker
 from etl.progress import Progress
 from etl.settings import Settings
@@ -70,7 +70,10 @@ def select_tokens(
     if field not in FIELDS:
         raise ConfigError(f"field must be one of {', '.join(FIELDS)}")
     if user_id is not None:
-        return tables.user_tokens(conn, field, user_id)
+        try:
+            return tables.user_tokens(conn, field, user_id)
+        except Forbidden:  # not even the rows: ask anyway, so the refusal is audited
+            return []
     return list(dict.fromkeys([*([token] if token else []), *tokens]))
 
 
@@ -89,7 +92,7 @@ def reveal(config: Settings, conn: Connection, field: str, tokens: Sequence[str]
         raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
     if not config.vault_private_key:
         for t in tokens:
-            tables.audit(conn, "reveal", field, t, f"request {request}", reason, "refused: no private key")
+            tables.reveal_outcome(conn, request, t, "refused: no private key")
         raise Refused("refused: ETL_VAULT_PRIVATE_KEY is not set (recorded in the audit log)")
     released = {t: (c, k, m, r) for t, c, k, m, r in tables.reveal_release(conn, request)}
     vaults: dict[str, vault.Vault] = {}
@@ -106,33 +109,48 @@ def reveal(config: Settings, conn: Connection, field: str, tokens: Sequence[str]
         except (TerminalError, ConfigError):
             results.append(Revealed(t, None, "failed"))
     for r in results:
-        tables.audit(conn, "reveal", field, r.token, f"request {request}", reason, r.outcome)
+        tables.reveal_outcome(conn, request, r.token, r.outcome)
     return results
 
 
-def erase(config: Settings, conn: Connection, user_id: str, reason: str) -> dict[str, int]:
-    """Erase a user: unshared vault entries, rejected bodies, and tokens, with the audit, in one transaction."""
-    config.require_keys()
-    user_key = Masker(config.masking_key, config.masking_key_version).token("user_id", user_id)
-    result = tables.erase(conn, user_id, user_key, reason)
+def erase(conn: Connection, user_id: str, reason: str) -> dict[str, int]:
+    """Erase a user: unshared vault entries, tokens and rejected bodies, with the audit, in one transaction."""
+    if not reason.strip():
+        raise ConfigError("a reason is required: it is recorded in the audit log")
+    result = tables.erase(conn, user_id, reason)
     if result is None:
         raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
     return result
 
 
-def _all_vaults(config: Settings, conn: Connection) -> dict[str, vault.Vault]:
-    """Every data key opened (rotations: the admin login, with the private key(s))."""
-    sealed, legacy = tables.data_keys(conn)
-    opened = {}
-    for key_id, (material, recipient) in sealed.items():
+class _Vaults(dict[str, vault.Vault]):
+    """Data keys opened on first use (rotations: the admin login, with the private key(s)).
+
+    Lazy, so one unusable key (a junk row a writer inserted, a key sealed to a retired key pair)
+    fails only the entries that name it, never the whole job.
+    """
+
+    def __init__(self, config: Settings, conn: Connection) -> None:
+        super().__init__()
+        self._config = config
+        self._sealed, self._legacy = tables.data_keys(conn)
+
+    def __missing__(self, key_id: str) -> vault.Vault:
+        if key_id in self._sealed:
+            material, recipient = self._sealed[key_id]
+            opened = _open(self._config, key_id, material, recipient)
+        elif key_id in self._legacy:
+            opened = _open(self._config, key_id, self._legacy[key_id], None)
+        else:
+            raise TerminalError(f"no data key {key_id}")
+        self[key_id] = opened
+        return opened
+
+    def get(self, key_id: str, default: object = None) -> vault.Vault | None:  # type: ignore[override]
         try:
-            opened[key_id] = _open(config, key_id, material, recipient)
-        except TerminalError:
-            continue  # sealed to a key not given: its entries will fail loudly if touched
-    for key_id, wrapped in legacy.items():
-        if config.vault_key:
-            opened[key_id] = _open(config, key_id, wrapped, None)
-    return opened
+            return self[key_id]
+        except (TerminalError, ConfigError):
+            return None
 
 
 def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress: Progress) -> tuple[int, int]:
@@ -143,23 +161,33 @@ def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress
     """
     config.require_keys()
     masker = Masker(config.masking_key, config.masking_key_version)
-    vaults = _all_vaults(config, conn)
+    vaults = _Vaults(config, conn)
     writer = writer_vault(config, conn)
     if writer is None:
         raise ConfigError("ETL_VAULT_PUBLIC_KEY is not set: re-tokenized entries could not be sealed")
     version = config.masking_key_version
     left = tables.count_old_tokens(conn, version)
     progress.start(left, f"re-tokenizing to k{version}")
-    rows = 0
-    while batch := tables.old_tokens(conn, version, ROTATE_BATCH):
+    rows = failed = 0
+    after = ("", "")
+    while batch := tables.old_tokens(conn, version, ROTATE_BATCH, after):
         changes = []
         for field, token, stored in batch:
-            value = vault.decrypt(vaults, field, token, stored)
+            try:
+                value = vault.decrypt(vaults, field, token, stored)
+            except TerminalError:
+                failed += 1  # left as it is, and said below
+                continue
             new = masker.token(field, value)
             changes.append((field, token, new, writer.encrypt(field, new, value)))
-        rows += tables.retokenize(conn, changes)
+        if changes:
+            rows += tables.retokenize(conn, changes)
+        after = batch[-1][:2]
         progress.advance(len(batch))
-    tables.audit(conn, "rotate-masking-key", None, None, None, reason, f"{left} tokens, {rows} rows")
+    outcome = f"{left - failed} tokens, {rows} rows" + (f", {failed} entries could not be opened" if failed else "")
+    tables.audit(conn, "rotate-masking-key", None, None, None, reason, outcome)
+    if failed:
+        raise TerminalError(f"{failed} vault entries could not be opened and keep their old tokens (see the audit log)")
     return left, rows
 
 
@@ -170,18 +198,33 @@ def rotate_vault_key(config: Settings, conn: Connection, reason: str, progress: 
     and the migration of legacy entries (ETL_VAULT_KEY set). Resumable: sealed entries are skipped.
     Returns (entries re-sealed, the public key's fingerprint).
     """
-    vaults = _all_vaults(config, conn)
+    vaults = _Vaults(config, conn)
     writer = writer_vault(config, conn)
     if writer is None:
         raise ConfigError("ETL_VAULT_PUBLIC_KEY is not set: nothing to re-seal to")
     recipient = vault.fingerprint(vault.parse_public_key(config.vault_public_key))
     left = tables.count_not_sealed_to(conn, recipient)
     progress.start(left, f"re-sealing to public key {recipient}")
-    while batch := tables.not_sealed_to(conn, recipient, ROTATE_BATCH):
-        tables.reencrypt(conn, [(f, t, writer.encrypt(f, t, vault.decrypt(vaults, f, t, c))) for f, t, c in batch])
+    failed = 0
+    after = ("", "")
+    while batch := tables.not_sealed_to(conn, recipient, ROTATE_BATCH, after):
+        changes = []
+        for f, t, c in batch:
+            try:
+                changes.append((f, t, writer.encrypt(f, t, vault.decrypt(vaults, f, t, c))))
+            except TerminalError:
+                failed += 1
+        if changes:
+            tables.reencrypt(conn, changes)
+        after = batch[-1][:2]
         progress.advance(len(batch))
-    tables.audit(conn, "rotate-vault-key", None, None, None, reason, f"{left} entries re-sealed to {recipient}")
-    return left, recipient
+    outcome = f"{left - failed} entries re-sealed to {recipient}" + (
+        f", {failed} could not be opened" if failed else ""
+    )
+    tables.audit(conn, "rotate-vault-key", None, None, None, reason, outcome)
+    if failed:
+        raise TerminalError(f"{failed} vault entries could not be opened and were left as they are (see the audit log)")
+    return left - failed, recipient
 
 
 @dataclass(frozen=True)
@@ -191,27 +234,27 @@ class ChainCheck:
 
 
 def verify_audit(conn: Connection, anchor_url: str = "") -> ChainCheck:
-    """Recompute the hash chain, and hold it against the anchors written outside Postgres."""
-    chain = tables.audit_chain(conn)
+    """Recompute the hash chain here, and hold it against the anchors written outside Postgres."""
+    rows = tables.audit_rows(conn)
     problems = []
-    genesis = "0" * 64
-    for row_id, prev_hash, stored, recomputed, previous in chain:
-        if stored != recomputed or prev_hash != (previous or genesis):
-            problems.append(f"row {row_id} does not chain: a row was edited, inserted or removed by hand")
-            break
+    broken = auditchain.first_break(rows)
+    if broken is not None:
+        problems.append(f"row {broken} does not chain: a row was edited, inserted or removed by hand")
     if anchor_url:
-        heads = {int(r[0]): str(r[2]) for r in chain}
+        heads = {r.id: r.hash for r in rows}
         problems += anchor.check(heads, max(heads, default=None), anchor.read_all(anchor_url))
-    return ChainCheck(len(chain), problems)
+    return ChainCheck(len(rows), problems)
 
 
 def anchor_head(conn: Connection, anchor_url: str) -> tuple[anchor.Anchor, str]:
-    """Write the chain's newest (id, hash) outside Postgres; returns it and where it went."""
+    """Write the chain's newest (id, hash) outside Postgres, if the chain verifies; returns it and where."""
     if not anchor_url:
         raise ConfigError("ETL_AUDIT_ANCHOR is not set (file:///dir or s3://bucket/prefix)")
-    chain = tables.audit_chain(conn)
-    if not chain:
+    check = verify_audit(conn, anchor_url)
+    if check.problems:
+        raise TerminalError("the audit chain does not verify; not anchoring it: " + "; ".join(check.problems))
+    rows = tables.audit_rows(conn)
+    if not rows:
         raise ConfigError("the audit log is empty: nothing to anchor yet")
-    last = chain[-1]
-    head = anchor.Anchor(id=int(last[0]), hash=str(last[2]), at=datetime.now(UTC).isoformat())
+    head = anchor.Anchor(id=rows[-1].id, hash=rows[-1].hash, at=datetime.now(UTC).isoformat())
     return head, anchor.write(anchor_url, head)

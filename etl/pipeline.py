@@ -196,7 +196,7 @@ def process_chunk(
             written = store.write_chunk(conn, result)
         except TerminalError as exc:
             log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
-            written = write_one_by_one(conn, messages, result, sealer, masker)
+            written = write_one_by_one(conn, messages, result, sealer)
         write_seconds = time.monotonic() - started
         not_deleted = source.delete(messages)
     report = ChunkReport(
@@ -238,7 +238,7 @@ def process_chunk(
 
 
 def write_one_by_one(
-    conn: store.Connection, messages: list[Message], result: ChunkResult, sealer: Sealer, masker: Masker
+    conn: store.Connection, messages: list[Message], result: ChunkResult, sealer: Sealer
 ) -> store.WriteResult:
     """The safety net for a chunk Postgres refused: isolate the row(s) it will not take.
 
@@ -251,6 +251,6 @@ def write_one_by_one(
         try:
             results.append(store.write_chunk(conn, single))
         except TerminalError as exc:
-            refused = records.refused(by_id[message_id], str(exc), sealer, masker)
+            refused = records.refused(by_id[message_id], str(exc), sealer)
             results.append(store.write_chunk(conn, ChunkResult([], [refused])))
     return store.WriteResult.total(results)

@@ -55,7 +55,7 @@ class RejectedRow:
     body_chars: int
     sent_at: datetime
     receive_count: int
-    user_key: str | None = None  # the body's user_id as a masking token, for erasure; never the raw id
+    user_id: str | None = None  # the body's user_id when valid (as stored in user_logins), for erasure
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ def to_row(message: Message, event: events.LoginEvent, masker: Masker) -> LoginR
     )
 
 
-def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer, masker: Masker) -> RejectedRow:
+def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer) -> RejectedRow:
     return RejectedRow(
         message_id=message.message_id,
         reason=rejection.reason,
@@ -111,13 +111,15 @@ def to_rejected(message: Message, rejection: events.Rejection, sealer: Sealer, m
         body_chars=len(message.body),
         sent_at=sent_at(message.sent_timestamp_ms),
         receive_count=message.receive_count,
-        user_key=masker.token("user_id", rejection.user_id) if rejection.user_id else None,
+        user_id=rejection.user_id,
     )
 
 
-def refused(message: Message, detail: str, sealer: Sealer, masker: Masker) -> RejectedRow:
+def refused(message: Message, detail: str, sealer: Sealer) -> RejectedRow:
     """A message that validated but that Postgres still would not store (a safety net)."""
-    return to_rejected(message, events.Rejection(events.DB_REFUSED, detail), sealer, masker)
+    parsed = events.parse_event(message.body)
+    user_id = parsed.user_id if isinstance(parsed, events.LoginEvent) else None
+    return to_rejected(message, events.Rejection(events.DB_REFUSED, detail, user_id), sealer)
 
 
 def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Vault | None = None) -> ChunkResult:
@@ -132,7 +134,7 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
     for message in messages:
         parsed = events.parse_event(message.body)
         if isinstance(parsed, events.Rejection):
-            rejected.append(to_rejected(message, parsed, sealer, masker))
+            rejected.append(to_rejected(message, parsed, sealer))
             continue
         row = to_row(message, parsed, masker)
         rows.append(row)

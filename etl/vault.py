@@ -72,23 +72,33 @@ def _kek(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient, info=_SEAL_INFO).derive(shared)
 
 
-def seal_data_key(public: X25519PublicKey, data_key: bytes) -> bytes:
-    """``data_key`` sealed to ``public``: ephemeral public key || nonce || AES-GCM(KEK, data key)."""
+SEALED_LENGTH = 92  # ephemeral public key (32) || nonce (12) || data key (32) || tag (16)
+
+
+def seal_data_key(public: X25519PublicKey, data_key: bytes, key_id: str) -> bytes:
+    """``data_key`` sealed to ``public``: ephemeral public key || nonce || AES-GCM(KEK, data key).
+
+    The key id and the recipient are authenticated: a sealed key cannot be moved to another id.
+    """
     ephemeral = X25519PrivateKey.generate()
     eph = ephemeral.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
     recipient = public.public_bytes(_RAW, serialization.PublicFormat.Raw)
     nonce = os.urandom(12)
-    return eph + nonce + AESGCM(_kek(ephemeral.exchange(public), eph, recipient)).encrypt(nonce, data_key, None)
+    aead = AESGCM(_kek(ephemeral.exchange(public), eph, recipient))
+    return eph + nonce + aead.encrypt(nonce, data_key, key_id.encode() + recipient)
 
 
-def open_data_key(private: X25519PrivateKey, sealed: bytes) -> bytes:
+def open_data_key(private: X25519PrivateKey, sealed: bytes, key_id: str) -> bytes:
+    """The data key inside ``sealed``; TerminalError for anything that is not one sealed to us."""
+    if len(sealed) != SEALED_LENGTH:
+        raise TerminalError(f"data key {key_id} is not a sealed key (wrong length)")
     eph, nonce, body = sealed[:32], sealed[32:44], sealed[44:]
     recipient = private.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
-    shared = private.exchange(X25519PublicKey.from_public_bytes(eph))
     try:
-        return AESGCM(_kek(shared, eph, recipient)).decrypt(nonce, body, None)
-    except InvalidTag:
-        raise TerminalError("a sealed data key does not open with this private key") from None
+        shared = private.exchange(X25519PublicKey.from_public_bytes(eph))
+        return AESGCM(_kek(shared, eph, recipient)).decrypt(nonce, body, key_id.encode() + recipient)
+    except (InvalidTag, ValueError):  # ValueError: a low-order point instead of an ephemeral key
+        raise TerminalError(f"data key {key_id} does not open with this private key") from None
 
 
 # ---- legacy: data keys wrapped by a symmetric master key (read only, for migration) --------------
@@ -150,8 +160,8 @@ class Vault:
 
 def new_writer(public: X25519PublicKey) -> tuple[Vault, bytes]:
     """A fresh data key for one process: (its Vault, the key sealed to ``public``)."""
-    data_key = new_data_key()
-    return Vault("s" + secrets.token_hex(8), data_key), seal_data_key(public, data_key)
+    data_key, key_id = new_data_key(), "s" + secrets.token_hex(8)
+    return Vault(key_id, data_key), seal_data_key(public, data_key, key_id)
 
 
 def key_id_of(stored: str) -> str:
@@ -170,5 +180,5 @@ def open_sealed(privates: Sequence[X25519PrivateKey], key_id: str, sealed: bytes
     """The Vault of a sealed data key, opened with whichever private key it was sealed to."""
     for private in privates:
         if fingerprint(private.public_key()) == recipient:
-            return Vault(key_id, open_data_key(private, sealed))
+            return Vault(key_id, open_data_key(private, sealed, key_id))
     raise TerminalError(f"data key {key_id} was sealed to public key {recipient}, whose private key is not given")

@@ -1,6 +1,11 @@
 """Helpers for the integration tests: real services, real processes (started by etl.processes).
 
-Import this before anything imports ``etl``'s Celery config: it points this process's Celery
+Servers of the run's own: unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers you
+started (CI does, see .ci/run), importing this module starts an embedded PostgreSQL and Redis on
+free ports for this test run and stops them when the run ends. The machine's servers are never
+touched, two runs at once never meet, and the chaos scenarios restart these, never yours.
+
+Import this before anything reads ``etl``'s Celery config: it points this process's Celery
 producer at the test broker.
 """
 
@@ -11,8 +16,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATABASE_URL = os.environ.get("ETL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-BROKER_URL = os.environ.get("ETL_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+def _own_servers() -> None:
+    if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    from etl import embedded  # etl's Celery config is read lazily: not yet, so the broker set below holds
+
+    directory = Path(tempfile.mkdtemp(prefix="etl-test-servers-"))
+    pg, rd = embedded.Postgres(directory / "postgres"), embedded.Redis(directory / "redis")
+    atexit.register(shutil.rmtree, directory, True)
+    atexit.register(pg.stop)
+    atexit.register(rd.stop)
+    os.environ["ETL_TEST_DATABASE_URL"] = pg.start()
+    os.environ["ETL_TEST_BROKER_URL"] = rd.start().replace("/0", "/15")
+    os.environ["ETL_TEST_EMBEDDED_DIR"] = str(directory)  # the chaos scenarios restart these
+    print(f"test servers: embedded Postgres on port {pg.port}, Redis on port {rd.port} ({directory})")
+
+
+_own_servers()
+DATABASE_URL = os.environ["ETL_TEST_DATABASE_URL"]
+BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
 # Tasks sent from this process (tests that park chunks on the broker) must reach the test broker.
 os.environ["CELERY_BROKER_URL"] = BROKER_URL
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from etl.errors import ConfigError, TerminalError, TransientError
+from etl.errors import ConfigError, Forbidden, TerminalError, TransientError
 
 Connection = psycopg2.extensions.connection
 
@@ -27,6 +27,8 @@ def translate(exc: psycopg2.Error, operation: str) -> Exception:
     """The etl error kind for a driver error (config, transient or terminal), without values."""
     code = exc.pgcode or ""
     name = type(exc).__name__
+    if code == "42501":
+        return Forbidden(f"Postgres {operation} refused: this login lacks the privilege (42501)")
     if code in _UNDEFINED:
         return ConfigError(f"Postgres {operation}: schema missing or outdated ({code} {name}); run `etl init`")
     if (

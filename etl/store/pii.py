@@ -6,10 +6,10 @@ rotations read the tables directly and so need the tables' owner (the admin logi
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 from psycopg2.extras import execute_values
 
+from etl.auditchain import AuditRow
 from etl.store.connection import Connection, query, transaction
 from etl.store.ingest import INSERT_VAULT
 
@@ -43,15 +43,16 @@ def audit(
         cur.execute(_AUDIT, (action, field, token, subject, reason, outcome))
 
 
-def audit_chain(conn: Connection) -> list[tuple[Any, ...]]:
-    """(id, prev_hash, hash, recomputed hash, previous row's hash) for every audit row."""
-    return query(
-        conn,
-        "SELECT id, prev_hash, hash,"
-        " CASE scheme WHEN 1 THEN etl_audit_hash(prev_hash, at, actor, action, field, token, subject, reason, outcome)"
-        " ELSE etl_audit_hash_v2(prev_hash, at, actor, action, field, token, subject, reason, outcome) END,"
-        " lag(hash) OVER (ORDER BY id) FROM pii_audit ORDER BY id",
-    )
+def audit_rows(conn: Connection) -> list[AuditRow]:
+    """Every audit row as stored, read with nothing but pg_catalog on the search path: the hashes
+    are recomputed by the caller (etl.auditchain), never by a function the owner could replace."""
+    with transaction(conn, "audit rows") as cur:
+        cur.execute("SET LOCAL search_path = pg_catalog")
+        cur.execute(
+            "SELECT id, at, actor, action, field, token, subject, reason, outcome, prev_hash, hash, scheme"
+            " FROM public.pii_audit ORDER BY id"
+        )
+        return [AuditRow(*row) for row in cur.fetchall()]
 
 
 def user_tokens(conn: Connection, field: str, user_id: str) -> list[str]:
@@ -73,16 +74,22 @@ def reveal_request(conn: Connection, field: str, tokens: Sequence[str], reason: 
 
 
 def reveal_release(conn: Connection, request: int) -> list[tuple[str, str, str, bytes, str | None]]:
-    """(token, ciphertext, key id, sealed or wrapped data key, recipient) for a committed request, once."""
+    """(token, ciphertext, key id, sealed or wrapped data key, recipient) for a committed request."""
     with transaction(conn, "reveal release") as cur:
         cur.execute("SELECT * FROM etl_reveal_release(%s)", (request,))
         return [(str(t), str(c), str(k), bytes(m), None if r is None else str(r)) for t, c, k, m, r in cur.fetchall()]
 
 
-def erase(conn: Connection, user_id: str, user_key: str, reason: str) -> dict[str, int] | None:
+def reveal_outcome(conn: Connection, request: int, token: str, outcome: str) -> None:
+    """Audit what became of one token of the caller's own request (once per token)."""
+    with transaction(conn, "reveal outcome") as cur:
+        cur.execute("SELECT etl_reveal_outcome(%s, %s, %s)", (request, token, outcome))
+
+
+def erase(conn: Connection, user_id: str, reason: str) -> dict[str, int] | None:
     """Erase a user in one transaction with its audit row (None: refused, and that refusal audited)."""
     with transaction(conn, "erase") as cur:
-        cur.execute("SELECT * FROM etl_erase(%s, %s, %s)", (user_id, user_key, reason))
+        cur.execute("SELECT * FROM etl_erase(%s, %s)", (user_id, reason))
         found = cur.fetchone()
     if found is None:
         return None
@@ -97,9 +104,11 @@ def count_old_tokens(conn: Connection, masking_key_version: int) -> int:
     return int(query(conn, f"SELECT count(*) FROM pii_vault WHERE {_OLD_TOKEN}", (str(masking_key_version),))[0][0])
 
 
-def old_tokens(conn: Connection, masking_key_version: int, limit: int) -> list[tuple[str, str, str]]:
-    """(field, token, ciphertext) of up to ``limit`` entries whose token predates the masking key."""
-    return _entries(conn, _OLD_TOKEN, str(masking_key_version), limit)
+def old_tokens(
+    conn: Connection, masking_key_version: int, limit: int, after: tuple[str, str] = ("", "")
+) -> list[tuple[str, str, str]]:
+    """(field, token, ciphertext) of up to ``limit`` entries past ``after`` whose token predates the key."""
+    return _entries(conn, _OLD_TOKEN, str(masking_key_version), limit, after)
 
 
 # Entries whose data key is not sealed to the current public key (or is a legacy wrapped key).
@@ -110,16 +119,22 @@ def count_not_sealed_to(conn: Connection, recipient: str) -> int:
     return int(query(conn, f"SELECT count(*) FROM pii_vault WHERE {_NOT_SEALED_TO}", (recipient,))[0][0])
 
 
-def not_sealed_to(conn: Connection, recipient: str, limit: int) -> list[tuple[str, str, str]]:
-    """(field, token, ciphertext) of up to ``limit`` entries to re-seal to ``recipient``."""
-    return _entries(conn, _NOT_SEALED_TO, recipient, limit)
+def not_sealed_to(
+    conn: Connection, recipient: str, limit: int, after: tuple[str, str] = ("", "")
+) -> list[tuple[str, str, str]]:
+    """(field, token, ciphertext) of up to ``limit`` entries past ``after`` to re-seal to ``recipient``."""
+    return _entries(conn, _NOT_SEALED_TO, recipient, limit, after)
 
 
-def _entries(conn: Connection, condition: str, version: str, limit: int) -> list[tuple[str, str, str]]:
+def _entries(
+    conn: Connection, condition: str, value: str, limit: int, after: tuple[str, str]
+) -> list[tuple[str, str, str]]:
+    """Keyset pages in (field, token) order: an entry left behind (it cannot be opened) is passed over."""
     rows = query(
         conn,
-        f"SELECT field, token, ciphertext FROM pii_vault WHERE {condition} ORDER BY field, token LIMIT %s",
-        (version, limit),
+        f"SELECT field, token, ciphertext FROM pii_vault WHERE {condition} AND (field, token) > (%s, %s)"
+        " ORDER BY field, token LIMIT %s",
+        (value, *after, limit),
     )
     return [(str(f), str(t), str(c)) for f, t, c in rows]
 

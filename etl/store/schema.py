@@ -164,7 +164,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (
         8,
         "PII against insiders: sealed data keys, officer-only audited reveal/erase functions owned by a"
-        " NOLOGIN non-superuser, canonical audit hashing, truncate guard, rejected_messages.user_key",
+        " NOLOGIN non-superuser, canonical audit hashing, truncate guard, rejected_messages.user_id",
         """
         DO $$ BEGIN
             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'etl_owner') THEN
@@ -176,9 +176,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         END $$;
         -- data keys of worker processes, each sealed to the vault's public key (workers insert only)
         CREATE TABLE IF NOT EXISTS public.vault_data_keys(
-            key_id varchar(40) PRIMARY KEY,
-            sealed_key bytea NOT NULL,
-            recipient varchar(64) NOT NULL,
+            key_id varchar(17) PRIMARY KEY CHECK (key_id ~ '^s[0-9a-f]{16}$'),
+            sealed_key bytea NOT NULL CHECK (octet_length(sealed_key) = 92),
+            recipient varchar(16) NOT NULL CHECK (recipient ~ '^[0-9a-f]{16}$'),
             created_at timestamptz NOT NULL DEFAULT now());
         COMMENT ON TABLE public.vault_data_keys IS
             'per-process vault data keys, sealed (X25519+HKDF+AES-GCM) to ETL_VAULT_PUBLIC_KEY';
@@ -189,16 +189,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             tokens text[] NOT NULL,
             reason text NOT NULL,
             at timestamptz NOT NULL DEFAULT clock_timestamp());
-        CREATE TABLE IF NOT EXISTS public.pii_reveal_releases(
-            request_id bigint PRIMARY KEY REFERENCES public.pii_reveal_requests (id),
-            at timestamptz NOT NULL DEFAULT clock_timestamp());
-        ALTER TABLE public.rejected_messages ADD COLUMN IF NOT EXISTS user_key varchar(80);
-        CREATE INDEX IF NOT EXISTS rejected_messages_user_key_idx ON public.rejected_messages (user_key);
-        COMMENT ON COLUMN public.rejected_messages.user_key IS
-            'HMAC token of the body''s user_id when it has one (for erasure); never the raw id';
+        CREATE TABLE IF NOT EXISTS public.pii_reveal_outcomes(
+            request_id bigint NOT NULL REFERENCES public.pii_reveal_requests (id),
+            token text NOT NULL,
+            PRIMARY KEY (request_id, token));
+        ALTER TABLE public.rejected_messages ADD COLUMN IF NOT EXISTS user_id varchar(128);
+        CREATE INDEX IF NOT EXISTS rejected_messages_user_id_idx ON public.rejected_messages (user_id);
+        COMMENT ON COLUMN public.rejected_messages.user_id IS
+            'the body''s user_id when it has a valid one (as in user_logins), so erasure finds the body';
         ALTER TABLE public.pii_audit ADD COLUMN IF NOT EXISTS scheme smallint NOT NULL DEFAULT 1;
 
         -- Hash scheme 2: canonical JSON of every field (no separator ambiguity; NULL is not '').
+        -- etl audit verify recomputes it outside the database (etl/auditchain.py).
         CREATE OR REPLACE FUNCTION public.etl_audit_hash_v2(prev text, at timestamptz, actor text,
                 action text, field text, token text, subject text, reason text, outcome text) RETURNS text
             LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
@@ -225,37 +227,38 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             END $f$;
 
         -- Step 1 of a reveal: the request and its audit rows commit before any ciphertext leaves.
+        -- Only well-formed tokens, at most 10,000; a refusal is one row with a count, never the
+        -- values a non-officer sent (they could be raw values, and the log cannot be erased).
         CREATE OR REPLACE FUNCTION public.etl_reveal_request(p_field text, p_tokens text[], p_reason text)
                 RETURNS bigint
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-            DECLARE t text; request bigint;
+            DECLARE t text; request bigint; n integer := coalesce(pg_catalog.cardinality(p_tokens), 0);
             BEGIN
                 IF NOT pg_catalog.pg_has_role(session_user, 'pii_officer', 'MEMBER') THEN
-                    FOREACH t IN ARRAY coalesce(p_tokens, '{}') LOOP
-                        PERFORM public.etl_audit('reveal', p_field, t, NULL, p_reason,
-                                                 'refused: not a pii_officer');
-                    END LOOP;
-                    IF coalesce(pg_catalog.cardinality(p_tokens), 0) = 0 THEN
-                        PERFORM public.etl_audit('reveal', p_field, NULL, NULL, p_reason,
-                                                 'refused: not a pii_officer (no tokens)');
-                    END IF;
+                    PERFORM public.etl_audit('reveal', NULL, NULL, pg_catalog.format('%s tokens', n),
+                                             p_reason, 'refused: not a pii_officer');
                     RETURN NULL;
+                END IF;
+                IF p_field NOT IN ('ip', 'device_id') OR n > 10000 OR EXISTS (
+                        SELECT 1 FROM pg_catalog.unnest(p_tokens) AS u(x) WHERE u.x !~ '^k[0-9]+:[0-9a-f]{64}$') THEN
+                    RAISE EXCEPTION 'a reveal names a field (ip, device_id) and at most 10000 tokens k<n>:<64 hex>'
+                        USING ERRCODE = 'invalid_parameter_value';
                 END IF;
                 INSERT INTO public.pii_reveal_requests (actor, field, tokens, reason)
                 VALUES (session_user, p_field, coalesce(p_tokens, '{}'), p_reason) RETURNING id INTO request;
                 FOREACH t IN ARRAY coalesce(p_tokens, '{}') LOOP
                     PERFORM public.etl_audit('reveal', p_field, t, 'request ' || request, p_reason, 'requested');
                 END LOOP;
-                IF coalesce(pg_catalog.cardinality(p_tokens), 0) = 0 THEN
+                IF n = 0 THEN
                     PERFORM public.etl_audit('reveal', p_field, NULL, 'request ' || request, p_reason,
                                              'requested: no tokens selected');
                 END IF;
                 RETURN request;
             END $f$;
 
-        -- Step 2: the ciphertexts (and their sealed data keys) of a committed request, once, by its actor.
+        -- Step 2: the ciphertexts (and their data keys) of a committed request, by its requester.
         CREATE OR REPLACE FUNCTION public.etl_reveal_release(p_request bigint)
-                RETURNS TABLE (token text, ciphertext text, key_id text, sealed_key bytea, recipient text)
+                RETURNS TABLE (token text, ciphertext text, key_id text, key_material bytea, recipient text)
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
             DECLARE r public.pii_reveal_requests;
             BEGIN
@@ -265,19 +268,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                     RAISE EXCEPTION 'no such reveal request for this user (or it expired)'
                         USING ERRCODE = 'insufficient_privilege';
                 END IF;
-                INSERT INTO public.pii_reveal_releases (request_id) VALUES (p_request);
                 RETURN QUERY
-                    SELECT v.token::text, v.ciphertext, pg_catalog.split_part(v.ciphertext, ':', 1),
-                           coalesce(k.sealed_key, o.wrapped_key), k.recipient::text
+                    SELECT v.token::text, v.ciphertext, e.id, coalesce(k.sealed_key, o.wrapped_key), k.recipient::text
                     FROM public.pii_vault v
-                    LEFT JOIN public.vault_data_keys k ON k.key_id = pg_catalog.split_part(v.ciphertext, ':', 1)
-                    LEFT JOIN public.vault_keys o
-                        ON 'v' || o.version::text = pg_catalog.split_part(v.ciphertext, ':', 1)
+                    CROSS JOIN LATERAL (SELECT pg_catalog.split_part(v.ciphertext, ':', 1) AS id) e
+                    LEFT JOIN public.vault_data_keys k ON e.id LIKE 's%' AND k.key_id = e.id
+                    LEFT JOIN public.vault_keys o ON e.id LIKE 'v%' AND 'v' || o.version::text = e.id
                     WHERE v.field = r.field AND v.token = ANY (r.tokens);
             END $f$;
 
-        -- Erasure, whole and atomic: the user's unshared vault entries, rejected bodies and tokens.
-        CREATE OR REPLACE FUNCTION public.etl_erase(p_user_id text, p_user_key text, p_reason text)
+        -- Step 3: one outcome per token of the caller's own request, from a fixed list.
+        CREATE OR REPLACE FUNCTION public.etl_reveal_outcome(p_request bigint, p_token text, p_outcome text)
+                RETURNS void
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+            DECLARE r public.pii_reveal_requests;
+            BEGIN
+                SELECT * INTO r FROM public.pii_reveal_requests q WHERE q.id = p_request;
+                IF NOT FOUND OR r.actor <> session_user OR NOT (p_token = ANY (r.tokens))
+                        OR p_outcome NOT IN ('revealed', 'not found', 'failed', 'refused: no private key') THEN
+                    RAISE EXCEPTION 'not an outcome of one of this user''s requests'
+                        USING ERRCODE = 'insufficient_privilege';
+                END IF;
+                INSERT INTO public.pii_reveal_outcomes (request_id, token) VALUES (p_request, p_token);
+                PERFORM public.etl_audit('reveal', r.field, p_token, 'request ' || p_request, r.reason, p_outcome);
+            END $f$;
+
+        -- Erasure, whole and atomic: the user's unshared vault entries, tokens and rejected bodies.
+        -- The lock waits for chunks being written and holds new ones back until the commit, so a
+        -- token another user gets meanwhile is never taken for unshared.
+        CREATE OR REPLACE FUNCTION public.etl_erase(p_user_id text, p_reason text)
                 RETURNS TABLE (tokens bigint, kept_shared bigint, erased bigint, rejected bigint, rows bigint)
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
             DECLARE n_tokens bigint; n_shared bigint; n_erased bigint; n_rejected bigint; n_rows bigint;
@@ -286,6 +305,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                     PERFORM public.etl_audit('erase', NULL, NULL, p_user_id, p_reason, 'refused: not a pii_officer');
                     RETURN;
                 END IF;
+                LOCK TABLE public.pii_vault IN SHARE ROW EXCLUSIVE MODE;
                 WITH mine AS (
                     SELECT m.field, m.token, EXISTS (
                         SELECT 1 FROM public.user_logins l
@@ -310,8 +330,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                     WHERE u.user_id = p_user_id AND u.masked_ip NOT LIKE 'erased:%';
                 GET DIAGNOSTICS n_rows = ROW_COUNT;
                 DELETE FROM public.rejected_replays p USING public.rejected_messages j
-                    WHERE p.message_id = j.message_id AND j.user_key = p_user_key;
-                DELETE FROM public.rejected_messages j WHERE j.user_key = p_user_key;
+                    WHERE p.message_id = j.message_id AND j.user_id = p_user_id;
+                DELETE FROM public.rejected_messages j WHERE j.user_id = p_user_id;
                 GET DIAGNOSTICS n_rejected = ROW_COUNT;
                 PERFORM public.etl_audit('erase', NULL, NULL, p_user_id, p_reason,
                     pg_catalog.format('erased %s vault entries, %s rows re-tokenized, %s rejected bodies deleted',
@@ -333,18 +353,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE public.vault_data_keys OWNER TO etl_owner;
         ALTER TABLE public.pii_audit OWNER TO etl_owner;
         ALTER TABLE public.pii_reveal_requests OWNER TO etl_owner;
-        ALTER TABLE public.pii_reveal_releases OWNER TO etl_owner;
+        ALTER TABLE public.pii_reveal_outcomes OWNER TO etl_owner;
         GRANT SELECT, UPDATE ON public.user_logins TO etl_owner;
         GRANT SELECT, DELETE ON public.rejected_messages, public.rejected_replays TO etl_owner;
         ALTER FUNCTION public.etl_audit(text, text, text, text, text, text) OWNER TO etl_owner;
         ALTER FUNCTION public.etl_reveal_request(text, text[], text) OWNER TO etl_owner;
         ALTER FUNCTION public.etl_reveal_release(bigint) OWNER TO etl_owner;
-        ALTER FUNCTION public.etl_erase(text, text, text) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_reveal_outcome(bigint, text, text) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_erase(text, text) OWNER TO etl_owner;
         REVOKE ALL ON public.pii_audit, public.pii_vault, public.vault_keys, public.vault_data_keys,
-            public.pii_reveal_requests, public.pii_reveal_releases FROM PUBLIC;
+            public.pii_reveal_requests, public.pii_reveal_outcomes FROM PUBLIC;
         REVOKE ALL ON FUNCTION public.etl_audit(text, text, text, text, text, text),
             public.etl_reveal_request(text, text[], text), public.etl_reveal_release(bigint),
-            public.etl_erase(text, text, text) FROM PUBLIC;
+            public.etl_reveal_outcome(bigint, text, text), public.etl_erase(text, text) FROM PUBLIC;
         """,
     ),
 ]
@@ -355,24 +376,26 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'analyst') THEN CREATE ROLE analyst NOLOGIN; END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pii_officer') THEN CREATE ROLE pii_officer NOLOGIN; END IF;
 END $$;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO etl_writer, analyst, pii_officer;
--- the workers: write rows, rejections, vault entries and their own sealed data keys; read no vault
-GRANT SELECT, INSERT ON user_logins, rejected_messages TO etl_writer;
-GRANT INSERT, SELECT (field, token) ON pii_vault TO etl_writer;  -- the columns ON CONFLICT reads
-GRANT INSERT ON vault_data_keys TO etl_writer;
+-- the workers: insert rows, rejections, vault entries and their own sealed data keys, and read
+-- nothing back (their masking key would turn any token they could read into a brute-force target)
+REVOKE SELECT ON user_logins, rejected_messages, pii_vault FROM etl_writer;
 REVOKE ALL ON vault_keys FROM etl_writer;
-REVOKE SELECT (ciphertext) ON pii_vault FROM etl_writer;
+GRANT INSERT ON user_logins, rejected_messages, pii_vault, vault_data_keys TO etl_writer;
+GRANT SELECT (reason) ON rejected_messages TO etl_writer;  -- INSERT ... RETURNING reason
 -- analysts: the rows (tokens only) and their views; no vault, no rejected bodies, no audit
 GRANT SELECT ON user_logins, user_logins_readable, shared_device_tokens, shared_ip_tokens,
     logins_per_day, top_locales TO analyst;
 -- PII officers: the rows and the audit log; the vault only through the auditing functions
 GRANT SELECT ON user_logins, pii_audit TO pii_officer;
 REVOKE ALL ON pii_vault, vault_keys, vault_data_keys FROM pii_officer;
-GRANT EXECUTE ON FUNCTION etl_audit(text, text, text, text, text, text), etl_erase(text, text, text),
-    etl_reveal_release(bigint) TO pii_officer;
+REVOKE ALL ON FUNCTION etl_audit(text, text, text, text, text, text) FROM pii_officer;
+GRANT EXECUTE ON FUNCTION etl_erase(text, text), etl_reveal_release(bigint),
+    etl_reveal_outcome(bigint, text, text) TO pii_officer;
 -- anyone may ask to reveal: the function refuses non-officers and audits the attempt
 GRANT EXECUTE ON FUNCTION etl_reveal_request(text, text[], text) TO etl_writer, analyst, pii_officer;
--- temporary objects only for the workers (their COPY staging table); where this login owns the
+-- temporary objects only for the workers (their COPY staging tables); where this login owns the
 -- database, PUBLIC loses TEMP (elsewhere the database owner should revoke it: see README)
 DO $$ BEGIN
     IF EXISTS (SELECT 1 FROM pg_database WHERE datname = current_database()

@@ -124,9 +124,45 @@ def test_no_role_reads_vault_ciphertext_or_keys_directly(written: ProcessGroup, 
             "TRUNCATE pii_audit",
         ):
             assert denied(url, sql), (role, sql)
-    assert denied(logins["etl_writer"], "SELECT etl_audit('reveal', 'ip', 'k1:x', NULL, 'forged', 'revealed')")
+    for role in ("etl_writer", "pii_officer"):
+        assert denied(logins[role], "SELECT etl_audit('reveal', 'ip', 'k1:x', NULL, 'forged', 'revealed')"), role
     assert denied(logins["analyst"], "SELECT * FROM etl_reveal_release(1)")
-    assert denied(logins["etl_writer"], "SELECT * FROM etl_erase('ann', 'x', 'no')")
+    assert denied(logins["etl_writer"], "SELECT * FROM etl_erase('ann', 'no')")
+
+
+def test_a_worker_login_reads_nothing_back(written: ProcessGroup, logins: dict[str, str]) -> None:
+    """Workers hold the masking key: any token they could read would be a brute-force target."""
+    writer = logins["etl_writer"]
+    for sql in (
+        "SELECT masked_ip FROM user_logins",
+        "SELECT token FROM pii_vault",
+        "SELECT sealed_body FROM rejected_messages",
+        "SELECT user_id FROM rejected_messages",
+        "SELECT token FROM pii_audit",
+    ):
+        assert denied(writer, sql), sql
+
+
+def test_an_officer_cannot_forge_or_bend_the_audit(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection
+) -> None:
+    officer = logins["pii_officer"]
+    token = str(store.query(conn, "SELECT masked_ip FROM user_logins WHERE user_id = 'ann'")[0][0])
+    with pytest.raises(psycopg2.errors.InvalidParameterValue):  # raw values are not tokens
+        run_as(officer, "SELECT etl_reveal_request('ip', ARRAY['203.0.113.50'], 'raw')")
+    request = run_as(officer, "SELECT etl_reveal_request('ip', %s, 'case 9')", ([token],))[0][0]
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):  # an outcome not from the list
+        run_as(officer, "SELECT etl_reveal_outcome(%s, %s, 'all good')", (request, token))
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):  # a token the request did not name
+        run_as(officer, "SELECT etl_reveal_outcome(%s, %s, 'failed')", (request, "k1:" + "0" * 64))
+    run_as(officer, "SELECT etl_reveal_outcome(%s, %s, 'failed')", (request, token))
+    with pytest.raises(psycopg2.errors.UniqueViolation):  # once per token
+        run_as(officer, "SELECT etl_reveal_outcome(%s, %s, 'revealed')", (request, token))
+    analyst = logins["analyst"]  # a refusal keeps a count, never the values sent
+    run_as(analyst, "SELECT etl_reveal_request('ip', ARRAY['203.0.113.50', 'ann-phone'], 'fishing')")
+    assert store.query(conn, "SELECT field, token, subject FROM pii_audit WHERE reason = 'fishing'") == [
+        (None, None, "2 tokens")
+    ]
 
 
 def test_a_worker_host_with_its_login_recovers_no_value(written: ProcessGroup, logins: dict[str, str]) -> None:
@@ -140,15 +176,35 @@ def test_a_worker_host_with_its_login_recovers_no_value(written: ProcessGroup, l
     assert stolen.returncode == 1 and not any(raw in stolen.stdout for raw in RAW)
 
 
-def test_a_junk_data_key_from_a_writer_breaks_nothing(
+def test_junk_data_keys_from_a_writer_break_nothing(
     written: ProcessGroup, queue: sqs.Queue, conn: store.Connection, logins: dict[str, str]
 ) -> None:
-    run_as(logins["etl_writer"], "INSERT INTO vault_data_keys VALUES ('sjunk', 'junk', 'nobody')")
+    writer = logins["etl_writer"]
+    for junk in ("('sjunk', 'junk', 'nobody')", "('v1', decode(repeat('00', 92), 'hex'), '0123456789abcdef')"):
+        with pytest.raises(psycopg2.errors.CheckViolation):
+            run_as(writer, f"INSERT INTO vault_data_keys VALUES {junk}")
+    # well-formed but bogus: a key of zeros "sealed" to the real public key, and an entry using it
+    recipient = str(store.query(conn, "SELECT recipient FROM vault_data_keys LIMIT 1")[0][0])
+    token = "k1:" + "e" * 64
+    run_as(
+        writer,
+        "INSERT INTO vault_data_keys VALUES ('s0000000000000000', decode(repeat('00', 92), 'hex'), %s)",
+        (recipient,),
+    )
+    run_as(writer, "INSERT INTO pii_vault VALUES ('device_id', %s, 's0000000000000000:AAAA')", (token,))
+    run_as(
+        writer,
+        "INSERT INTO user_logins (message_id, user_id, masked_ip, masked_device_id) VALUES ('w-1', 'zed', 'k1:x', %s)",
+        (token,),
+    )
     queue.send([json.dumps({**EVENTS[0], "user_id": "cy", "device_id": "cy-phone"})])
-    wait_until(drained(queue, conn, 3), 60, "a chunk after the junk key")
+    wait_until(drained(queue, conn, 4), 60, "a chunk after the junk key")  # ann, bob, zed (by hand), cy
     officer = officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
     out = etl(officer, "reveal", "--field", "device_id", "--user-id", "cy", "--reason", "after junk")
     assert [json.loads(line)["value"] for line in out.stdout.splitlines()] == ["cy-phone"]
+    bogus = etl(officer, "reveal", "--field", "device_id", "--user-id", "zed", "--reason", "bogus")
+    assert bogus.returncode == 1 and "Traceback" not in bogus.stderr
+    assert [json.loads(line)["outcome"] for line in bogus.stdout.splitlines()] == ["failed"]
 
 
 def test_a_refused_or_empty_reveal_is_audited_and_free_sql_is_gone(
@@ -212,6 +268,20 @@ def test_the_owner_cannot_quietly_rewrite_an_anchored_chain(
         cur.execute("SET session_replication_role = DEFAULT")
     deleted = etl(admin, "audit", "verify")
     assert deleted.returncode == 1 and "BROKEN" in deleted.stdout
+
+    with conn, conn.cursor() as cur:  # rewrite an anchored row, and bend the hash function to match
+        cur.execute("SELECT id, hash FROM pii_audit ORDER BY id LIMIT 1")
+        first_id, first_hash = cur.fetchone()
+        cur.execute("SET session_replication_role = replica")
+        cur.execute("UPDATE pii_audit SET reason = 'nothing to see' WHERE id = %s", (first_id,))
+        cur.execute("SET session_replication_role = DEFAULT")
+        cur.execute(
+            "CREATE OR REPLACE FUNCTION etl_audit_hash_v2(prev text, at timestamptz, actor text, action text,"
+            " field text, token text, subject text, reason text, outcome text) RETURNS text LANGUAGE sql"
+            f" AS $$ SELECT '{first_hash}'::text $$"
+        )
+    bent = etl(admin, "audit", "verify")
+    assert bent.returncode == 1 and f"row {first_id} does not chain" in bent.stdout
 
     with conn, conn.cursor() as cur, pytest.raises(psycopg2.errors.RaiseException):
         cur.execute("TRUNCATE pii_audit")

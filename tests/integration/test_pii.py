@@ -223,6 +223,7 @@ def test_legacy_vault_entries_migrate_to_sealed_keys(conn: store.Connection) -> 
     from tests.support import VAULT_PRIVATE_KEY, VAULT_PUBLIC_KEY
 
     master = vault.new_master_key()
+    token = "k1:" + "a" * 64
     data_key = vault.new_data_key()
     legacy = vault.Vault("v1", data_key)
     with conn, conn.cursor() as cur:
@@ -231,8 +232,8 @@ def test_legacy_vault_entries_migrate_to_sealed_keys(conn: store.Connection) -> 
             (vault.wrap(vault.parse_master_key(master), data_key),),
         )
         cur.execute(
-            "INSERT INTO pii_vault (field, token, ciphertext) VALUES ('ip', 'k1:abc', %s)",
-            (legacy.encrypt("ip", "k1:abc", "198.51.100.9"),),
+            "INSERT INTO pii_vault (field, token, ciphertext) VALUES ('ip', 'k1:' || repeat('a', 64), %s)",
+            (legacy.encrypt("ip", token, "198.51.100.9"),),
         )
     env = {
         **__import__("os").environ,
@@ -246,7 +247,7 @@ def test_legacy_vault_entries_migrate_to_sealed_keys(conn: store.Connection) -> 
     assert "re-sealed 1 vault entries" in out.stdout
     assert store.query(conn, "SELECT ciphertext LIKE 's%' FROM pii_vault") == [(True,)]
     without_legacy = {k: v for k, v in env.items() if k != "ETL_VAULT_KEY"}
-    assert values(reveal(without_legacy, "ip", "k1:abc")) == ["198.51.100.9"]
+    assert values(reveal(without_legacy, "ip", token)) == ["198.51.100.9"]
     assert audit_rows(conn)[0][1] == "rotate-vault-key"
 
 
