@@ -1,7 +1,8 @@
 """Postgres: the only package that imports psycopg2. One module per concern:
 
 * ``connection``: connect, transactions, driver errors -> etl.errors kinds, ``query``;
-* ``schema``: migrations and the database roles with their grants;
+* ``migrations``: every migration, in order (append-only); ``schema``: applying them, and the
+  database roles with their grants;
 * ``ingest``: the chunk write (rows, rejections, vault entries in one transaction);
 * ``reports``: stats, rejections and their replays, the analysts' report;
 * ``pii``: vault entries, data keys and the audit log (used by etl.pii only).
