@@ -1,8 +1,9 @@
 """The PII tables: vault entries, sealed data keys, reveal requests and the audit log.
 
 Only etl.pii calls these. Officers reach ciphertext only through the auditing SECURITY DEFINER
-functions of migration 8 (reveal request, then release; erase); the selections used by the
-rotations read the tables directly and so need the tables' owner (the admin login).
+functions of migration 8 (reveal request, release, outcome; erase), each pinned to
+search_path = pg_catalog, pg_temp. The selections the rotations use read the tables directly
+and so need the tables' owner (the admin login).
 """
 
 from collections.abc import Sequence
