@@ -81,7 +81,7 @@ def reveal(config: Settings, conn: Connection, field: str, tokens: Sequence[str]
     """Original values behind ``tokens``. Every attempt is audited, with its outcome.
 
     1. the request and one audit row per token commit (refused ones too: then Refused is raised);
-    2. the database releases the ciphertexts of that committed request, once;
+    2. the database releases the ciphertexts of that committed request, to its requester only;
     3. each is decrypted here with the private key, and its outcome audited.
     A caller who stops after step 2 has still left the step-1 rows behind.
     """
