@@ -15,6 +15,7 @@ import importlib.util
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -184,3 +185,26 @@ def running(directory: Path, postgres: bool = True, redis: bool = True) -> Itera
             stack.callback(rd.stop)
             urls["CELERY_BROKER_URL"] = rd.start()
         yield urls
+
+
+@contextmanager
+def for_run(prefix: str) -> Iterator[None]:
+    """The servers a test, chaos or benchmark run uses, named in ETL_TEST_DATABASE_URL and
+    ETL_TEST_BROKER_URL: yours when both are set, else a fresh embedded pair for this run only
+    (``ETL_TEST_EMBEDDED_DIR`` then says where, so the chaos scenarios can restart them)."""
+    if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        pg, rd = Postgres(Path(directory) / "postgres"), Redis(Path(directory) / "redis")
+        try:
+            os.environ["ETL_TEST_DATABASE_URL"] = pg.start()
+            os.environ["ETL_TEST_BROKER_URL"] = rd.start().replace("/0", "/15")
+            os.environ["ETL_TEST_EMBEDDED_DIR"] = directory
+            print(f"servers of this run: embedded Postgres on port {pg.port}, Redis on port {rd.port}")
+            yield
+        finally:
+            rd.stop()
+            pg.stop()
+            for name in ("ETL_TEST_DATABASE_URL", "ETL_TEST_BROKER_URL", "ETL_TEST_EMBEDDED_DIR"):
+                os.environ.pop(name, None)

@@ -18,23 +18,15 @@ from typing import Any
 
 
 def _own_servers() -> None:
-    if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
-        return
+    """The run's servers (etl.embedded.for_run), kept until this test process exits."""
     import atexit
-    import shutil
-    import tempfile
+    from contextlib import ExitStack
 
     from etl import embedded  # etl's Celery config is read lazily: not yet, so the broker set below holds
 
-    directory = Path(tempfile.mkdtemp(prefix="etl-test-servers-"))
-    pg, rd = embedded.Postgres(directory / "postgres"), embedded.Redis(directory / "redis")
-    atexit.register(shutil.rmtree, directory, True)
-    atexit.register(pg.stop)
-    atexit.register(rd.stop)
-    os.environ["ETL_TEST_DATABASE_URL"] = pg.start()
-    os.environ["ETL_TEST_BROKER_URL"] = rd.start().replace("/0", "/15")
-    os.environ["ETL_TEST_EMBEDDED_DIR"] = str(directory)  # the chaos scenarios restart these
-    print(f"test servers: embedded Postgres on port {pg.port}, Redis on port {rd.port} ({directory})")
+    stack = ExitStack()
+    stack.enter_context(embedded.for_run("etl-test-servers-"))
+    atexit.register(stack.close)
 
 
 _own_servers()
