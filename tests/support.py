@@ -10,9 +10,12 @@ producer at the test broker.
 """
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,89 @@ def drained(queue: sqs.Queue, conn: store.Connection, expected: int) -> Callable
         return d["visible"] == d["in_flight"] == 0
 
     return check
+
+
+def receive_all(queue: sqs.Queue, count: int, visibility_timeout: int, timeout: float = 30) -> list[Any]:
+    """Exactly ``count`` distinct messages, however SQS splits them over receives (at most 10 each).
+
+    A message received again (its visibility ran out during the loop) is kept once.
+    """
+    by_id: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(by_id) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"received {len(by_id)} of {count} messages within {timeout}s")
+        for m in queue.receive(10, wait_seconds=1, visibility_timeout=visibility_timeout):
+            by_id.setdefault(m.message_id, m)
+    assert len(by_id) == count, f"received {len(by_id)} messages, expected {count}"
+    return list(by_id.values())
+
+
+def sent_timestamps(queue: sqs.Queue, count: int) -> dict[str, int]:
+    """{message_id: SentTimestamp ms} of the ``count`` messages on the queue, left visible again."""
+    messages = receive_all(queue, count, visibility_timeout=60)
+    assert not queue.change_visibility(messages, 0), "could not make the peeked messages visible again"
+    return {m.message_id: m.sent_timestamp_ms for m in messages}
+
+
+# Celery's worker log: "[2026-01-01 12:00:00,123: INFO/ForkPoolWorker-1] <message>"
+_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[^\]]+\] (.*)$", re.MULTILINE)
+_SUCCEEDED = re.compile(r"^Task ([\w.]+)\[([0-9a-f-]+)\] succeeded in ([0-9.e-]+)s: (.*)$")
+_CHUNK = re.compile(
+    r"^chunk (\S*): (\d+) messages -> (\d+) rows, (\d+) already written, (\d+) rejected, (\d+) not deleted"
+)
+_FETCHED = re.compile(r"^fetched (\d+) messages in (\d+) chunks")
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One finished task, from the worker's text log: when it ran (log clock) and what it returned."""
+
+    name: str
+    task_id: str
+    started: float
+    ended: float
+    result: str
+
+
+@dataclass(frozen=True)
+class ChunkLine:
+    """The pipeline's line for one processed chunk."""
+
+    task_id: str
+    messages: int
+    inserted: int
+    duplicates: int
+    rejected: int
+    not_deleted: int
+
+
+def _log_lines(log: str) -> list[tuple[float, str]]:
+    return [
+        (datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f").timestamp(), message) for ts, message in _LOG_LINE.findall(log)
+    ]
+
+
+def task_runs(log: str, name: str) -> list[TaskRun]:
+    """Tasks called ``name`` that succeeded, per the worker's "Task ... succeeded in Xs: result" lines."""
+    runs = []
+    for ended, message in _log_lines(log):
+        m = _SUCCEEDED.match(message)
+        if m and m[1] == name:
+            runs.append(TaskRun(name, m[2], ended - float(m[3]), ended, m[4]))
+    return runs
+
+
+def chunk_lines(log: str) -> list[ChunkLine]:
+    """Every "chunk <task id>: N messages -> ..." line of a worker's text log."""
+    out = []
+    for _, message in _log_lines(log):
+        m = _CHUNK.match(message)
+        if m:
+            out.append(ChunkLine(m[1], *(int(g) for g in m.groups()[1:])))
+    return out
+
+
+def fetched_messages(log: str) -> int:
+    """Messages received from SQS, summed over the fetch runs' "fetched N messages" lines."""
+    return sum(int(m[1]) for _, message in _log_lines(log) if (m := _FETCHED.match(message)))

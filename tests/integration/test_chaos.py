@@ -25,3 +25,4 @@ def test_nothing_lost_or_doubled(number: int, moto: MotoServer, tmp_path: Path) 
     print(harness.table([result]))
     assert result.lost == 0 and result.duplicates == 0 and result.dead_lettered == 0, harness.table([result])
     assert result.left_in_queue == 0 and result.rows == result.expected_rows, harness.table([result])
+    assert result.ok, harness.table([result])  # includes: no message processed twice where no fault redelivers

@@ -5,6 +5,7 @@ from datetime import date
 import pytest
 
 from etl import store
+from etl.errors import TerminalError
 from etl.records import ChunkResult, LoginRow
 
 pytestmark = pytest.mark.integration
@@ -34,6 +35,6 @@ def test_rewriting_a_chunk_inserts_nothing_new(conn: store.Connection) -> None:
 
 def test_a_failed_first_write_does_not_break_the_next(conn: store.Connection) -> None:
     bad = LoginRow("x", "u", "d" * 40, "k1:ip", "k1:dev", None, 1, date(2026, 1, 1))  # too long for varchar(32)
-    with pytest.raises(Exception, match="22001"):
+    with pytest.raises(TerminalError, match="22001"):  # string too long: bad data, never retried
         store.write_chunk(conn, ChunkResult([bad], []))
     assert store.write_chunk(conn, ChunkResult([row(1, "ok")], [])).inserted == 1

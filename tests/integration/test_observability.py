@@ -76,7 +76,11 @@ def test_json_logs_carry_chunk_counts(pipeline: ProcessGroup, queue: sqs.Queue, 
     queue.send([body] * 3)
     pipeline.start("worker", "beat", ETL_LOG_FORMAT="json")
     wait_until(drained(queue, conn, 3), 60, "the queue to drain")
-    lines = [json.loads(x) for x in pipeline.log("worker").splitlines() if x.startswith("{")]
-    chunks = wait_until(lambda: [x for x in lines if x.get("inserted") is not None], 5, "a chunk line")
+
+    def chunk_lines() -> list[dict[str, object]]:  # read afresh each time: the line follows the delete
+        lines = [json.loads(x) for x in pipeline.log("worker").splitlines() if x.startswith("{")]
+        return [x for x in lines if x.get("inserted") is not None]
+
+    chunks = wait_until(chunk_lines, 5, "a chunk line")
     assert chunks[0]["inserted"] == 3 and chunks[0]["logger"] == "etl.pipeline"
     assert "10.7.7.7" not in pipeline.log("worker")

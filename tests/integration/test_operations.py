@@ -1,5 +1,6 @@
 """Failure isolation, replay of rejections, and the health check, end to end."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from etl import sqs, store
-from tests.support import ProcessGroup, drained, wait_until
+from tests.support import ProcessGroup, TaskRun, drained, fetched_messages, task_runs, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +80,28 @@ def test_health_reports_progress_and_a_stall(pipeline: ProcessGroup, queue: sqs.
 
 
 def test_two_beats_do_not_double_fetch(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> None:
+    """Two beats (one started by mistake) never make two fetch runs overlap: the lease skips one."""
     queue.send([event(f"b{i}") for i in range(40)])
     pipeline.start("worker", "beat", "beat2")  # a second beat, started by mistake
     wait_until(drained(queue, conn, 40), 90, "the queue to drain")
     assert store.query(conn, "SELECT count(*), count(DISTINCT message_id) FROM user_logins") == [(40, 40)]
     assert "Scheduler: Sending due task" in pipeline.log("beat2")  # both beats really were scheduling
+
+    def fetch_runs() -> list[TaskRun]:  # re-read each time: the log grows while we wait
+        return task_runs(pipeline.log("worker"), "etl.fetch")
+
+    # Two beats every second and runs of ETL_FETCH_SECONDS=2. The runs that fetched (held the
+    # lease) never overlapped; a run's start includes what it does before asking for the lease, at
+    # most a fraction of a second in a fresh process. (Overlap needs two: wait for two.)
+    wait_until(lambda: sum("skipped" not in r.result for r in fetch_runs()) >= 2, 30, "two fetch runs")
+    fetched = sorted((r for r in fetch_runs() if "skipped" not in r.result), key=lambda r: r.started)
+    for before, after in itertools.pairwise(fetched):
+        assert after.started >= before.ended - 0.5, f"fetch runs overlapped: {before} and {after}"
+    # ...because the runs that came while one was running were skipped
+    wait_until(lambda: any("skipped" in r.result for r in fetch_runs()), 30, "a skipped fetch run")
+    skipped = [r for r in fetch_runs() if "skipped" in r.result]
+    assert all(r.result == "{'skipped': 'another fetch is running'}" for r in skipped), skipped
+    # and nothing was received twice: the fetch runs together took exactly the 40 messages
+    assert wait_until(lambda: fetched_messages(pipeline.log("worker")) >= 40, 10, "the fetch lines") and (
+        fetched_messages(pipeline.log("worker")) == 40
+    )

@@ -16,7 +16,19 @@ from etl.masking import Masker
 from etl.sealing import Sealer
 from etl.store import schema
 from tests.conftest import SHARED_SAMPLES
-from tests.support import DATABASE_URL, MASKING_KEY, PAYLOAD_KEY, ProcessGroup, drained, pg_dump, wait_until
+from tests.support import (
+    DATABASE_URL,
+    MASKING_KEY,
+    PAYLOAD_KEY,
+    ProcessGroup,
+    chunk_lines,
+    drained,
+    pg_dump,
+    receive_all,
+    sent_timestamps,
+    task_runs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -48,13 +60,13 @@ def test_every_valid_sample_lands_exactly_once(
 ) -> None:
     bodies = samples.read_bodies(SHARED_SAMPLES) if SHARED_SAMPLES.exists() else samples.generate(100, seed=1)
     ids = queue.send(bodies)
+    sent_ms = sent_timestamps(queue, len(ids))  # create_date is the day SQS received the message
     pipeline.start("worker", "beat")
     wait_until(drained(queue, conn, len(bodies)), 120, "the queue to drain")
 
     expected = {mid: events.parse_event(body) for mid, body in zip(ids, bodies, strict=True)}
     valid = {mid: e for mid, e in expected.items() if isinstance(e, events.LoginEvent)}
     masker = Masker(MASKING_KEY)
-    today = datetime.now(UTC).date()
     got = rows(conn)
     assert len(got) == len(valid) and len({r[0] for r in got}) == len(got)
     for message_id, user_id, device_type, masked_ip, masked_device, locale, version, created in got:
@@ -62,7 +74,7 @@ def test_every_valid_sample_lands_exactly_once(
         assert (user_id, device_type, locale) == (e.user_id, e.device_type, e.locale)
         assert masked_ip == masker.mask_ip(e.ip) and masked_device == masker.mask_device_id(e.device_id)
         assert version == appversion.encode(e.app_version)
-        assert created == today
+        assert created == datetime.fromtimestamp(sent_ms[message_id] / 1000, tz=UTC).date()
     assert store.stats(conn)["rejected"] == len(bodies) - len(valid)
     if SHARED_SAMPLES.exists():
         assert (len(valid), len(bodies) - len(valid)) == (99, 1)
@@ -96,17 +108,23 @@ def test_crash_between_commit_and_delete_writes_no_second_row(
 ) -> None:
     """A worker that committed and died before deleting: SQS redelivers, nothing is doubled."""
     queue.send([event(f"10.0.0.{i}", f"d-{i}", f"u{i}") for i in range(15)])
-    received: list[records.Message] = []
-    while len(received) < 15:
-        received += queue.receive(10, wait_seconds=1, visibility_timeout=2)
+    received = receive_all(queue, 15, visibility_timeout=2)
     chunk = records.transform(received, Masker(MASKING_KEY), Sealer([PAYLOAD_KEY]))
     assert store.write_chunk(conn, chunk).inserted == 15  # committed; the "crash" skips the delete
 
     pipeline.start("worker", "beat")
     wait_until(drained(queue, conn, 15), 60, "the redelivered messages to be deleted")
     assert len(rows(conn)) == 15
+    # the chunk line is written after the SQS delete that drained() saw: wait for it
+    wait_until(
+        lambda: sum(c.duplicates for c in chunk_lines(pipeline.log("worker"))) >= 15,
+        30,
+        "the redelivered chunks' lines",
+    )
     log = pipeline.log("worker")
     assert "already written" in log and ("15 already written" in log or "-> 0 rows" in log)
+    chunks = chunk_lines(log)
+    assert sum(c.duplicates for c in chunks) == 15 and sum(c.inserted + c.rejected for c in chunks) == 0, chunks
 
 
 def test_a_chunk_delivered_twice_by_the_broker_writes_once(
@@ -116,13 +134,30 @@ def test_a_chunk_delivered_twice_by_the_broker_writes_once(
     from etl import tasks
 
     queue.send([event(f"10.1.0.{i}", f"d-{i}", f"u{i}") for i in range(10)])
-    received = wait_until(lambda: queue.receive(10, wait_seconds=1, visibility_timeout=60), 10, "messages")
+    received = receive_all(queue, 10, visibility_timeout=60)
     tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
     tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
     pipeline.start("worker")
     wait_until(lambda: pipeline.log("worker").count("Task etl.mask_and_write") >= 4, 60, "both deliveries to finish")
     assert len(rows(conn)) == len(received)
     assert queue.depth()["visible"] == 0
+    # Both deliveries succeeded: one wrote the 10 rows, the other found them written and skipped
+    # them (not merely ran: a failed, retried or rejected second delivery does not count).
+    wait_until(
+        lambda: len(task_runs(pipeline.log("worker"), "etl.mask_and_write")) >= 2, 30, "both deliveries' results"
+    )
+    done = task_runs(pipeline.log("worker"), "etl.mask_and_write")
+    chunks = {c.task_id: c for c in chunk_lines(pipeline.log("worker"))}
+    assert sorted((c.messages, c.inserted, c.duplicates, c.rejected) for c in chunks.values()) == [
+        (10, 0, 10, 0),
+        (10, 10, 0, 0),
+    ], chunks
+    assert sorted(r.result for r in done) == [
+        "{'inserted': 0, 'rejected': 0, 'duplicates': 10}",
+        "{'inserted': 10, 'rejected': 0, 'duplicates': 0}",
+    ]
+    assert {r.task_id for r in done} == set(chunks)
+    assert store.stats(conn)["rejected"] == 0
 
 
 def test_each_rejection_reason_is_recorded_and_deleted(
@@ -175,9 +210,7 @@ def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
     secrets = ips + devices
 
     # Chunks parked on the broker, before any worker takes them: only ciphertext in Redis.
-    received: list[records.Message] = []
-    while len(received) < len(bodies):
-        received += queue.receive(10, wait_seconds=1, visibility_timeout=60)
+    received = receive_all(queue, len(bodies), visibility_timeout=60)
     tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
     redis_dump = dump_redis(broker)
     assert b"sealed chunk of 22 messages" in redis_dump
