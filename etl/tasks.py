@@ -4,6 +4,7 @@ Task names are explicit and stable: queued work must survive a refactor.
 """
 
 import logging
+import multiprocessing
 import re
 import sys
 import threading
@@ -32,7 +33,9 @@ QUEUE = "etl"  # celeryconfig.task_default_queue
 MASK_AND_WRITE = "etl.mask_and_write"
 SEALED = "<sealed chunk>"  # argsrepr of a chunk whose size is not known where it is published
 _OURS = re.compile(r"<sealed chunk( of \d+ messages)?>")
-_shutting_down = threading.Event()
+# Made here, in the worker's main process before it forks its pool: a threading.Event would be
+# set in the main process only, never seen by the fetch running in a pool process.
+_shutting_down = multiprocessing.Event()
 
 
 @worker_init.connect
@@ -224,12 +227,20 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     """
     rt = runtime.get()
     messages = records.unpack_chunk(sealed, rt.sealer)
+    conn = rt.conn()
+    # The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
+    # cancel the statement just after it, so the release below runs at once.
+    soft = (self.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
+    watchdog = threading.Timer(float(soft) + 0.5, conn.cancel) if soft else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         report = pipeline.process_chunk(
             messages,
             masker=rt.masker,
             sealer=rt.sealer,
-            conn=rt.conn(),
+            conn=conn,
             source=rt.queue,
             visibility_timeout=rt.settings.visibility_timeout,
             label=self.request.id or "",
@@ -247,6 +258,9 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
         log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", self.request.id, len(messages))
         pipeline.release(rt.queue, messages)
         raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     rt.coordinator.heartbeat("commit", self.request.hostname or "?")
     record(report, messages)
     request_fetch_if_starving(rt)
