@@ -227,15 +227,16 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     """
     rt = runtime.get()
     messages = records.unpack_chunk(sealed, rt.sealer)
-    conn = rt.conn()
-    # The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
-    # cancel the statement just after it, so the release below runs at once.
-    soft = (self.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
-    watchdog = threading.Timer(float(soft) + 0.5, conn.cancel) if soft else None
-    if watchdog is not None:
-        watchdog.daemon = True
-        watchdog.start()
+    watchdog: threading.Timer | None = None
     try:
+        conn = rt.conn()  # inside the try: an unreachable Postgres is a transient failure like any other
+        # The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
+        # cancel the statement just after it, so the release below runs at once.
+        soft = (self.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
+        if soft:
+            watchdog = threading.Timer(float(soft) + 0.5, conn.cancel)
+            watchdog.daemon = True
+            watchdog.start()
         report = pipeline.process_chunk(
             messages,
             masker=rt.masker,
