@@ -78,11 +78,7 @@ def base_env(**extra: str) -> dict[str, str]:
 
 def fresh() -> store.Connection:
     redis.Redis.from_url(BROKER_URL).flushdb()
-    conn = store.connect(DATABASE_URL)
-    with conn, conn.cursor() as cur:
-        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
-    store.migrate(conn)
-    return conn
+    return embedded.fresh_schema(DATABASE_URL)
 
 
 def rows(conn: store.Connection) -> int:

@@ -52,11 +52,7 @@ KEYS = {
 
 def reset_schema() -> store.Connection:
     """A connection to the run's database, emptied and migrated afresh."""
-    conn = store.connect(DATABASE_URL)
-    with conn, conn.cursor() as cur:
-        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
-    store.migrate(conn)
-    return conn
+    return embedded.fresh_schema(DATABASE_URL)
 
 
 def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:

@@ -20,9 +20,13 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from etl.errors import ConfigError
 from etl.processes import free_port
+
+if TYPE_CHECKING:
+    from etl import store
 
 
 def _package_dir(name: str, install: str) -> Path:
@@ -208,3 +212,15 @@ def for_run(prefix: str) -> Iterator[None]:
             pg.stop()
             for name in ("ETL_TEST_DATABASE_URL", "ETL_TEST_BROKER_URL", "ETL_TEST_EMBEDDED_DIR"):
                 os.environ.pop(name, None)
+
+
+def fresh_schema(url: str) -> "store.Connection":
+    """A connection to the run's database, emptied and migrated afresh (tests, chaos, bench only:
+    it drops everything in schema public)."""
+    from etl import store
+
+    conn = store.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+    store.migrate(conn)
+    return conn

@@ -38,7 +38,7 @@ BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
 # Tasks sent from this process (tests that park chunks on the broker) must reach the test broker.
 os.environ["CELERY_BROKER_URL"] = BROKER_URL
 
-from etl import processes, sealing, sqs, store, vault  # noqa: E402
+from etl import embedded, processes, sealing, sqs, store, vault  # noqa: E402
 from etl.processes import MotoServer, ProcessGroup  # noqa: E402
 
 MASKING_KEY = "integration-test-masking-key-0123456789"
@@ -71,11 +71,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 def reset_schema(url: str = DATABASE_URL) -> store.Connection:
     """A connection to a test database emptied and migrated afresh."""
-    conn = store.connect(url)
-    with conn, conn.cursor() as cur:
-        cur.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
-    store.migrate(conn)
-    return conn
+    return embedded.fresh_schema(url)
 
 
 def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
