@@ -306,7 +306,9 @@ class Result:
         return (
             self.lost == 0
             and self.duplicates == 0
-            and (self.reprocessed == 0 or self.scenario.redelivers)
+            # SQS delivers at least once: even without a fault a message is now and then delivered
+            # twice (seen with moto). A broken delete or commit reprocesses most of a run instead.
+            and (self.reprocessed <= max(1, self.sent // 50) or self.scenario.redelivers)
             and self.dead_lettered == 0
             and self.left_in_queue == 0
             and self.rows == self.expected_rows
