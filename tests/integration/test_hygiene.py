@@ -6,7 +6,6 @@ must carry a PII-free argsrepr, since Flower and task events show it as the task
 """
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -64,20 +63,6 @@ def test_worker_and_beat_at_debug_log_no_raw_pii(
         assert not found, f"{len(found)} raw PII values in the {name} log at DEBUG"
 
 
-@pytest.fixture
-def broker_db() -> Iterator[redis.Redis]:
-    """The test broker, emptied before and after (as conftest's ``broker``)."""
-    from etl import app
-    from tests.support import BROKER_URL
-
-    assert app.conf.broker_url == BROKER_URL, "the test process must send to the test broker"
-    client = redis.Redis.from_url(BROKER_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
 def queued_chunks(client: redis.Redis) -> list[dict[str, Any]]:
     """Headers of every etl.mask_and_write message kombu holds, oldest first: waiting in "etl", then
     delivered but unacked."""
@@ -93,7 +78,7 @@ def sealed_chunk(count: int) -> str:
     return records.pack_chunk(messages, Sealer([PAYLOAD_KEY]))
 
 
-def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker_db: redis.Redis) -> None:
+def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker: redis.Redis) -> None:
     from etl import app, tasks
 
     sealed = sealed_chunk(3)
@@ -101,14 +86,14 @@ def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker_db: r
     app.send_task("etl.mask_and_write", args=[sealed], argsrepr=repr([sealed]), kwargsrepr="{'x': 1}")
     tasks.send_chunk(records.unpack_chunk(sealed, Sealer([PAYLOAD_KEY])), Sealer([PAYLOAD_KEY]))
 
-    headers = queued_chunks(broker_db)
+    headers = queued_chunks(broker)
     assert [h["argsrepr"] for h in headers] == ["<sealed chunk>", "<sealed chunk>", "<sealed chunk of 3 messages>"]
     assert all(h["kwargsrepr"] == "{}" for h in headers)
     dump = json.dumps(headers)
     assert FERNET not in dump and not [s for s in SECRETS if s in dump]
 
 
-def test_a_retried_chunk_keeps_its_argsrepr(pipeline: ProcessGroup, queue: sqs.Queue, broker_db: redis.Redis) -> None:
+def test_a_retried_chunk_keeps_its_argsrepr(pipeline: ProcessGroup, queue: sqs.Queue, broker: redis.Redis) -> None:
     """Postgres down: the chunk is retried (autoretry on TransientError), re-published by Celery."""
     from etl import tasks
 
@@ -121,7 +106,7 @@ def test_a_retried_chunk_keeps_its_argsrepr(pipeline: ProcessGroup, queue: sqs.Q
     pipeline.start("worker", DATABASE_URL="postgresql://postgres@127.0.0.1:1/test")
 
     def retried() -> list[dict[str, Any]]:
-        return [h for h in queued_chunks(broker_db) if int(h.get("retries") or 0) >= 1]
+        return [h for h in queued_chunks(broker) if int(h.get("retries") or 0) >= 1]
 
     headers = wait_until(retried, 60, "a retry of the chunk on the broker", interval=0.05)
     assert "its messages stay in SQS" in pipeline.log("worker")
