@@ -199,17 +199,14 @@ def for_run(prefix: str) -> Iterator[None]:
     if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
         yield
         return
-    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
-        pg, rd = Postgres(Path(directory) / "postgres"), Redis(Path(directory) / "redis")
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory, running(Path(directory)) as urls:
         try:
-            os.environ["ETL_TEST_DATABASE_URL"] = pg.start()
-            os.environ["ETL_TEST_BROKER_URL"] = rd.start().replace("/0", "/15")
+            os.environ["ETL_TEST_DATABASE_URL"] = urls["DATABASE_URL"]
+            os.environ["ETL_TEST_BROKER_URL"] = urls["CELERY_BROKER_URL"].replace("/0", "/15")
             os.environ["ETL_TEST_EMBEDDED_DIR"] = directory
-            print(f"servers of this run: embedded Postgres on port {pg.port}, Redis on port {rd.port}")
+            print(f"servers of this run: embedded Postgres and Redis at {', '.join(urls.values())}")
             yield
         finally:
-            rd.stop()
-            pg.stop()
             for name in ("ETL_TEST_DATABASE_URL", "ETL_TEST_BROKER_URL", "ETL_TEST_EMBEDDED_DIR"):
                 os.environ.pop(name, None)
 
