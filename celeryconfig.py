@@ -49,9 +49,10 @@ worker_max_tasks_per_child = 10_000
 
 # Where beat remembers when it last ran each entry (a local file; a stale one is harmless).
 beat_schedule_filename = _s.beat_schedule_file
+# One source per deployment (ETL_SOURCE): SQS messages, or Kinesis stream records.
 beat_schedule = {
-    "fetch-sqs": {
-        "task": "etl.fetch",
+    f"fetch-{_s.source}": {
+        "task": "etl.fetch_stream" if _s.source == "kinesis" else "etl.fetch",
         "schedule": _s.fetch_interval,
         # A fetch that could not start in time is pointless: the next one is coming.
         "options": {"expires": _s.fetch_interval},

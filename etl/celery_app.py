@@ -4,5 +4,6 @@ from celery import Celery
 
 app = Celery("etl")
 app.config_from_object("celeryconfig")
-# Importing the tasks module registers etl.fetch and etl.mask_and_write with the app.
-app.conf.imports = ("etl.tasks",)
+# Importing the task modules registers etl.fetch and etl.mask_and_write (SQS), and
+# etl.fetch_stream and etl.mask_and_write_stream (Kinesis), with the app.
+app.conf.imports = ("etl.tasks", "etl.stream_tasks")

@@ -10,12 +10,14 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from etl import health, logs, pii, report, seeding, settings, sqs, store, vault
-from etl.coordination import Coordinator
+from etl import health, kinesis, logs, pii, report, seeding, settings, sqs, store, vault
+from etl.coordination import Coordinator, stream_key
 from etl.errors import EtlError
 from etl.progress import Bar
 from etl.sealing import Sealer, new_key
+from etl.store import streams
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -30,6 +32,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.create_queue:
         url = sqs.create_queue(sqs.queue_name(s.sqs_queue_url))
         print(f"queue: {url} (dead-letter queue: {sqs.queue_name(url)}-dlq, after 5 receives)")
+    if args.create_stream:
+        created = kinesis.Stream(s.kinesis_stream_name).create(args.shards)
+        state = f"created with {args.shards} shards" if created else "already exists (shard count unchanged)"
+        print(f"stream: {s.kinesis_stream_name} {state}")
     return 0
 
 
@@ -40,6 +46,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"etl seed: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
+    if (args.target or s.source) == "kinesis":
+        with Bar("rec") as bar:
+            n = seeding.put(kinesis.Stream(s.kinesis_stream_name), bodies, bar)
+        print(f"put {n} records on stream {s.kinesis_stream_name}")
+        return 0
     with Bar("msg") as bar:
         ids = seeding.send(sqs.Queue(s.sqs_queue_url), bodies, bar)
     print(f"sent {len(ids)} messages to {s.sqs_queue_url}")
@@ -50,6 +61,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     s = settings.load()
     with store.connection(s.database_url) as conn:
         result = store.stats(conn)
+    if s.source == "kinesis":
+        return _print_stream_stats(s, result, args.json)
     try:
         result["queue"] = sqs.Queue(s.sqs_queue_url).depth()
     except EtlError as exc:
@@ -57,13 +70,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"rows:      {result['rows']}")
-    print(
-        f"rejected:  {result['rejected']}"
-        + "".join(f"\n  {n:>6}  {r}" for r, n in result["rejected_by_reason"].items())
-    )
-    print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
-    print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
+    _print_table_stats(result)
     queue = result["queue"]
     if "error" in queue:
         print(f"queue:     unavailable ({queue['error']})")
@@ -72,21 +79,64 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table_stats(result: dict[str, Any]) -> None:
+    print(f"rows:      {result['rows']}")
+    print(
+        f"rejected:  {result['rejected']}"
+        + "".join(f"\n  {n:>6}  {r}" for r, n in result["rejected_by_reason"].items())
+    )
+    print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
+    print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
+
+
+def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: bool) -> int:
+    """Per shard: checkpoint, lag (MillisBehindLatest at the last read) and checkpoint age."""
+    with store.connection(s.database_url) as conn:
+        result["shards"] = streams.shard_report(conn, s.kinesis_stream_name)
+    try:
+        status = Coordinator(s.broker_url).entries(stream_key(s.kinesis_stream_name, "status"))
+    except EtlError:
+        status = {}
+    now = time.time()
+    for shard in result["shards"]:
+        seen = status.get(shard["shard_id"], {})
+        shard["behind_ms"] = seen.get("behind_ms")
+        shard["lag_seen_s_ago"] = round(now - seen["at"], 1) if seen.get("at") else None
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return 0
+    _print_table_stats(result)
+    print(f"stream:    {s.kinesis_stream_name}")
+    for sh in result["shards"]:
+        state = "finished" if sh["end"] is not None and int(sh["checkpoint"]) >= int(sh["end"]) else "open"
+        lag = "?" if sh["behind_ms"] is None else f"{sh['behind_ms']} ms behind ({sh['lag_seen_s_ago']}s ago)"
+        print(
+            f"  {sh['shard_id']}  checkpoint {sh['checkpoint']}  {state}  lag {lag}  "
+            f"checkpoint moved {sh['checkpoint_age_s']}s ago  ranges waiting {sh['ranges_waiting']}"
+        )
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     s = settings.load()
     try:
-        depth = sqs.Queue(s.sqs_queue_url).depth()
         beats = Coordinator(s.broker_url).heartbeats()
+        if s.source == "kinesis":  # shards whose last read was behind the stream's tip
+            status = Coordinator(s.broker_url).entries(stream_key(s.kinesis_stream_name, "status"))
+            waiting, what = sum(1 for x in status.values() if (x.get("behind_ms") or 0) > 0), "shards behind"
+        else:
+            waiting, what = sqs.Queue(s.sqs_queue_url).depth()["visible"], "messages"
     except EtlError as exc:
         print(f"unhealthy: {exc}")
         return 1
     verdict = health.assess(
-        waiting=depth["visible"],
+        waiting=waiting,
         heartbeats=beats,
         now=time.time(),
         max_idle=args.max_idle or s.health_max_idle,
         fetch_interval=s.fetch_interval,
         node=args.node,
+        waiting_what=what,
     )
     if args.json:
         print(json.dumps({"healthy": verdict.healthy, "reasons": verdict.reasons, **verdict.facts}))
@@ -251,15 +301,18 @@ def parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="apply database migrations (idempotent)")
     init.add_argument("--create-queue", action="store_true", help="also create the SQS queue and its dead-letter queue")
     init.add_argument("--roles", action="store_true", help="also create the etl_writer, analyst and pii_officer roles")
+    init.add_argument("--create-stream", action="store_true", help="also create the Kinesis stream where absent")
+    init.add_argument("--shards", type=int, default=2, help="shards of a stream --create-stream makes (default 2)")
     init.set_defaults(func=cmd_init)
 
-    seed = sub.add_parser("seed", help="send login events to the queue")
+    seed = sub.add_parser("seed", help="send login events to the queue (or put them on the stream)")
     seed.add_argument("--file", help="JSON array, JSON-lines, or .gz of either")
     seed.add_argument("--count", type=int, default=100, help="generated events when no --file (default 100)")
     seed.add_argument("--seed", type=int, default=0, help="generator seed (default 0): same seed, same events")
+    seed.add_argument("--target", choices=["sqs", "kinesis"], help="where to put them (default: ETL_SOURCE)")
     seed.set_defaults(func=cmd_seed)
 
-    stats = sub.add_parser("stats", help="rows, rejections and queue depth")
+    stats = sub.add_parser("stats", help="rows, rejections, and queue depth (or per-shard checkpoint and lag)")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
 

@@ -5,18 +5,26 @@ same Redis.)
 
 * a lease lock, so overlapping fetch runs (two beats, a slow run) do not stack;
 * the broker queue's length, for backpressure;
-* progress heartbeats (last fetch, last commit per worker), for ``etl health``.
+* progress heartbeats (last fetch, last commit per worker), for ``etl health``;
+* small JSON records in hashes: a stream's read pointers and per-shard status.
 """
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import redis
 
 from etl.errors import TransientError
 
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
+
+
+def stream_key(stream: str, what: str) -> str:
+    """A Kinesis stream's Redis key: "pointers" and "status" (hashes by shard), "lease:<shard>"."""
+    return f"etl:stream:{stream}:{what}"
 
 
 class Coordinator:
@@ -70,3 +78,18 @@ class Coordinator:
         except redis.RedisError as exc:
             raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
         return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+
+    def put(self, name: str, key: str, value: dict[str, Any]) -> None:
+        """Store ``value`` (JSON) under ``key`` in the hash ``name``."""
+        try:
+            self._redis.hset(name, key, json.dumps(value))
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis HSET failed: {type(exc).__name__}") from None
+
+    def entries(self, name: str) -> dict[str, dict[str, Any]]:
+        """Every JSON record in the hash ``name``, by key."""
+        try:
+            raw = self._redis.hgetall(name)
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}

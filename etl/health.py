@@ -36,8 +36,9 @@ def assess(
     max_idle: float,
     fetch_interval: float,
     node: str | None = None,
+    waiting_what: str = "messages",
 ) -> Verdict:
-    """Judge progress from the queue's backlog and the recorded heartbeats."""
+    """Judge progress from the backlog (``waiting`` messages, or shards behind) and the heartbeats."""
     reasons = []
     if node is None:
         last_commit = _latest(heartbeats, "commit")
@@ -47,7 +48,8 @@ def assess(
             reasons.append(f"no fetch has run for over {fetch_limit:.0f}s: is `celery -A etl beat` running?")
         if waiting and (last_commit is None or now - last_commit > max_idle):
             reasons.append(
-                f"{waiting} messages wait but nothing was committed for over {max_idle:.0f}s: check the workers' logs"
+                f"{waiting} {waiting_what} wait but nothing was committed for over {max_idle:.0f}s: "
+                "check the workers' logs"
             )
         facts: dict[str, float | int | str | None] = {
             "waiting": waiting,
@@ -68,7 +70,7 @@ def assess(
             reasons.append(f"worker {node} has never reported ready")
         elif waiting and active is not None and now - active > max_idle:
             reasons.append(
-                f"worker {node} did nothing for over {max_idle:.0f}s while {waiting} messages wait: restart it"
+                f"worker {node} did nothing for over {max_idle:.0f}s while {waiting} {waiting_what} wait: restart it"
             )
         facts = {"node": node, "waiting": waiting, "last_activity_age_s": _age(now, active)}
     return Verdict(healthy=not reasons, reasons=reasons, facts=facts)

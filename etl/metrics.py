@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -46,6 +47,9 @@ LAG = Histogram(
 )
 
 
+STREAM_READ = Counter("etl_stream_records_read", "Records read from the Kinesis stream by fetch runs")
+
+
 class QueueCollector(Collector):
     """SQS depth and broker queue length, read when Prometheus scrapes (cached ``ttl`` s)."""
 
@@ -70,6 +74,41 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
 
 
+class StreamCollector(Collector):
+    """Per-shard lag (MillisBehindLatest at the last read) and checkpoint age, as the last fetch
+    runs published them, and the broker queue length; read at scrape (cached ``ttl`` s)."""
+
+    def __init__(self, status: Callable[[], dict[str, dict[str, Any]]], queued: Callable[[], int], ttl: float = 5):
+        self._status, self._queued, self._ttl = status, queued, ttl
+        self._cache: tuple[float, dict[str, dict[str, Any]], int] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._cache is None or time.monotonic() - self._cache[0] > self._ttl:
+                try:
+                    self._cache = (time.monotonic(), self._status(), self._queued())
+                except Exception:  # a scrape must not fail because Redis is down
+                    self._cache = None
+                    return
+            _, status, queued = self._cache
+        lag = GaugeMetricFamily(
+            "etl_stream_lag_milliseconds", "MillisBehindLatest of each shard's last read", labels=["shard"]
+        )
+        age = GaugeMetricFamily(
+            "etl_stream_checkpoint_age_seconds", "Seconds since each shard's checkpoint last moved", labels=["shard"]
+        )
+        now = time.time()
+        for shard, s in sorted(status.items()):
+            if s.get("behind_ms") is not None:
+                lag.add_metric([shard], float(s["behind_ms"]))
+            if s.get("checkpoint_moved_at") is not None:
+                age.add_metric([shard], max(0.0, now - float(s["checkpoint_moved_at"])))
+        yield lag
+        yield age
+        yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
+
+
 def clear_stale() -> None:
     """Remove samples other processes left in the directory (a restarted worker starts at zero).
 
@@ -80,9 +119,10 @@ def clear_stale() -> None:
             os.unlink(path)
 
 
-def serve(port: int, address: str, depth: Callable[[], dict[str, int]], queued: Callable[[], int]) -> None:
-    """Serve every pool process's metrics, plus queue depths, on http://address:port/metrics."""
+def serve(port: int, address: str, source: Collector) -> None:
+    """Serve every pool process's metrics, plus the source's (queue depths or shard lag), on
+    http://address:port/metrics."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(QueueCollector(depth, queued))
+    registry.register(source)
     start_http_server(port, addr=address, registry=registry)

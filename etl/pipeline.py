@@ -23,6 +23,7 @@ from etl.errors import TerminalError
 from etl.masking import Masker
 from etl.records import ChunkResult, Message
 from etl.sealing import Sealer
+from etl.shards import Position
 from etl.vault import Vault
 
 log = logging.getLogger("etl.pipeline")
@@ -191,14 +192,51 @@ def process_chunk(
     """
     started = time.monotonic()
     with kept_invisible(source, messages, visibility_timeout):
-        result = records.transform(messages, masker, sealer, vault)
-        try:
-            written = store.write_chunk(conn, result)
-        except TerminalError as exc:
-            log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
-            written = write_one_by_one(conn, messages, result, sealer)
+        written = write(messages, masker=masker, sealer=sealer, conn=conn, label=label, vault=vault)
         write_seconds = time.monotonic() - started
         not_deleted = source.delete(messages)
+    report = chunk_report(messages, written, not_deleted, started, write_seconds, label)
+    if not_deleted:
+        log.warning(
+            "chunk %s: SQS did not delete %d messages; they will be redelivered and skipped as already written",
+            label,
+            len(not_deleted),
+        )
+    return report
+
+
+def write(
+    messages: list[Message],
+    *,
+    masker: Masker,
+    sealer: Sealer,
+    conn: store.Connection,
+    label: str = "",
+    vault: Vault | None = None,
+    position: Position | None = None,
+) -> store.WriteResult:
+    """Transform a chunk and write it in one transaction (with a stream chunk's ``position``);
+    if Postgres refuses the chunk, write its messages one by one."""
+    result = records.transform(messages, masker, sealer, vault)
+    try:
+        return store.write_chunk(conn, result, position)
+    except TerminalError as exc:
+        log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
+        written = write_one_by_one(conn, messages, result, sealer)
+        if position is not None:  # every message is now a row or a rejection: the range is done
+            store.write_chunk(conn, ChunkResult([], []), position)
+        return written
+
+
+def chunk_report(
+    messages: list[Message],
+    written: store.WriteResult,
+    not_deleted: list[str],
+    started: float,
+    write_seconds: float,
+    label: str,
+) -> ChunkReport:
+    """The report of one committed chunk, logged with its counts as fields."""
     report = ChunkReport(
         messages=len(messages),
         inserted=written.inserted,
@@ -228,12 +266,6 @@ def process_chunk(
             "seconds": round(report.seconds, 4),
         },
     )
-    if not_deleted:
-        log.warning(
-            "chunk %s: SQS did not delete %d messages; they will be redelivered and skipped as already written",
-            label,
-            len(not_deleted),
-        )
     return report
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from etl import pii, settings, sqs, store, vault
+from etl import kinesis, pii, settings, sqs, store, vault
 from etl.coordination import Coordinator
 from etl.errors import ConfigError
 from etl.masking import Masker
@@ -26,6 +26,13 @@ class Runtime:
     coordinator: Coordinator
     _conn: store.Connection | None = field(default=None, repr=False)
     _vault: Vault | None = field(default=None, repr=False)
+    _stream: kinesis.Stream | None = field(default=None, repr=False)
+
+    def stream(self) -> kinesis.Stream:
+        """The Kinesis stream (ETL_SOURCE=kinesis), its client made on first use."""
+        if self._stream is None:
+            self._stream = kinesis.Stream(self.settings.kinesis_stream_name)
+        return self._stream
 
     def vault(self) -> Vault | None:
         """This process's vault data key, sealed to the public key (None when the vault is off)."""

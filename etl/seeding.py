@@ -1,8 +1,9 @@
-"""Putting events on the queue: from a file or the generator, in steps that report progress."""
+"""Putting events on the queue or stream: from a file or the generator, reporting progress."""
 
+import json
 from pathlib import Path
 
-from etl import samples, sqs
+from etl import kinesis, samples, sqs
 from etl.progress import Progress
 
 SEND_STEP = 100  # messages per progress step
@@ -22,3 +23,27 @@ def send(queue: sqs.Queue, bodies: list[str], progress: Progress) -> list[str]:
         ids += queue.send(step)
         progress.advance(len(step))
     return ids
+
+
+def partition_key(body: str) -> str:
+    """A record's partition key: its user_id, so one user's events stay in order on one shard
+    (a body that is not an object with a string user_id goes under "-")."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return "-"
+    user = event.get("user_id") if isinstance(event, dict) else None
+    return user[:256] if isinstance(user, str) and user else "-"
+
+
+def put(stream: kinesis.Stream, bodies: list[str], progress: Progress) -> int:
+    """Put ``bodies`` on the stream (PutRecords, partitioned by user_id); return how many."""
+    progress.start(len(bodies), "seeding")
+    done = 0
+
+    def advance(total: int) -> None:
+        nonlocal done
+        progress.advance(total - done)
+        done = total
+
+    return stream.put([(partition_key(b), b) for b in bodies], advance)

@@ -40,6 +40,10 @@ class Settings:
     health_max_idle: float = 300.0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; empty: the worker serves no metrics
     audit_anchor: str = ""  # ETL_AUDIT_ANCHOR: file:///dir or s3://bucket/prefix for audit chain heads
+    source: str = "sqs"  # ETL_SOURCE: sqs or kinesis
+    kinesis_stream_name: str = "login-stream"
+    kinesis_start: str = "trim_horizon"  # where a shard never read before starts: trim_horizon or latest
+    kinesis_shards_per_fetch: int = 4  # shards one fetch run leases at most (spreads shards over workers)
 
     def __repr__(self) -> str:  # never print the keys
         return (
@@ -86,6 +90,9 @@ _TEXT = (
     ("metrics_address", "ETL_METRICS_ADDRESS"),
     ("metrics_dir", "PROMETHEUS_MULTIPROC_DIR"),
     ("audit_anchor", "ETL_AUDIT_ANCHOR"),
+    ("source", "ETL_SOURCE"),
+    ("kinesis_stream_name", "KINESIS_STREAM_NAME"),
+    ("kinesis_start", "ETL_KINESIS_START"),
 )
 _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
@@ -98,7 +105,11 @@ _NUMBERS = (
     ("metrics_port", "ETL_METRICS_PORT", 0),
     ("sqs_threads", "ETL_SQS_THREADS", 1),
     ("health_max_idle", "ETL_HEALTH_MAX_IDLE", 10),
+    ("kinesis_shards_per_fetch", "ETL_KINESIS_SHARDS_PER_FETCH", 1),
 )
+# message_id is "<stream>/<shard id>/<sequence number>" in varchar(128): shard ids are 20
+# characters and sequence numbers at most 56 digits, which leaves 50 for the stream's name.
+MAX_STREAM_NAME = 50
 _DEFAULTS = Settings()
 
 
@@ -163,6 +174,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, object] = {f: env.get(name) or getattr(_DEFAULTS, f) for f, name in _TEXT}
     values.update({f: _number(env, name, getattr(_DEFAULTS, f), low) for f, name, low in _NUMBERS})
     values["log_format"] = str(values["log_format"]).lower()
+    values["source"] = str(values["source"]).lower()
+    values["kinesis_start"] = str(values["kinesis_start"]).lower()
     values["payload_keys"] = tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip())
     values["vault_key"] = _secret(env, "ETL_VAULT_KEY")
     values["vault_public_key"] = _secret(env, "ETL_VAULT_PUBLIC_KEY")
@@ -170,6 +183,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"ETL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
+    if settings.source not in ("sqs", "kinesis"):
+        raise ConfigError(f"ETL_SOURCE must be sqs or kinesis, got {settings.source!r}")
+    if settings.kinesis_start not in ("trim_horizon", "latest"):
+        raise ConfigError(f"ETL_KINESIS_START must be trim_horizon or latest, got {settings.kinesis_start!r}")
+    if len(settings.kinesis_stream_name) > MAX_STREAM_NAME or "/" in settings.kinesis_stream_name:
+        raise ConfigError(
+            f"KINESIS_STREAM_NAME must be at most {MAX_STREAM_NAME} characters without '/' "
+            "(it is part of every row's message_id, varchar(128))"
+        )
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
     _require_distinct_keys(settings)

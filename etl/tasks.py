@@ -24,6 +24,7 @@ from celery.signals import (
 
 from etl import logs, metrics, pipeline, records, runtime, settings
 from etl.celery_app import app
+from etl.coordination import stream_key
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
 from etl.sealing import Sealer
@@ -31,6 +32,8 @@ from etl.sealing import Sealer
 log = logging.getLogger("etl.tasks")
 QUEUE = "etl"  # celeryconfig.task_default_queue
 MASK_AND_WRITE = "etl.mask_and_write"
+MASK_AND_WRITE_STREAM = "etl.mask_and_write_stream"  # etl.stream_tasks
+CHUNK_TASKS = (MASK_AND_WRITE, MASK_AND_WRITE_STREAM)
 SEALED = "<sealed chunk>"  # argsrepr of a chunk whose size is not known where it is published
 _OURS = re.compile(r"<sealed chunk( of \d+ messages)?>")
 # Made here, in the worker's main process before it forks its pool: a threading.Event would be
@@ -71,7 +74,7 @@ def _pii_free_argsrepr(headers: dict[str, Any] | None = None, **_: Any) -> None:
     task events and Flower shows. (The publisher's own task-sent event is built before this
     signal and cannot be changed here.)
     """
-    if headers is None or headers.get("task") != MASK_AND_WRITE:
+    if headers is None or headers.get("task") not in CHUNK_TASKS:
         return
     if not _OURS.fullmatch(str(headers.get("argsrepr") or "")):
         headers["argsrepr"] = SEALED
@@ -86,8 +89,14 @@ def _record_start_and_serve_metrics(sender: Any = None, **_: Any) -> None:
     if port and not rt.settings.metrics_dir:
         log.warning("metrics off: set PROMETHEUS_MULTIPROC_DIR to a directory of this worker's own")
     elif port:
+        queued = lambda: rt.coordinator.queued(QUEUE)  # noqa: E731
+        if rt.settings.source == "kinesis":
+            name = rt.settings.kinesis_stream_name
+            source: Any = metrics.StreamCollector(lambda: rt.coordinator.entries(stream_key(name, "status")), queued)
+        else:
+            source = metrics.QueueCollector(rt.queue.depth, queued)
         try:
-            metrics.serve(port, rt.settings.metrics_address, rt.queue.depth, lambda: rt.coordinator.queued(QUEUE))
+            metrics.serve(port, rt.settings.metrics_address, source)
             log.info("metrics on http://%s:%d/metrics", rt.settings.metrics_address, port)
         except OSError as exc:  # e.g. a second worker on the same host: it still works, unmeasured
             log.warning("metrics port %d unavailable (%s); set ETL_METRICS_PORT per worker", port, exc)
@@ -109,20 +118,21 @@ def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     metrics.RECEIVED.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
 
 
-def record(report: pipeline.ChunkReport, messages: list[Message]) -> None:
-    """Move the metrics by what one committed chunk did."""
+def record(report: pipeline.ChunkReport, messages: list[Message], deleted: bool = True) -> None:
+    """Move the metrics by what one committed chunk did (``deleted``: from SQS)."""
     metrics.ROWS.inc(report.inserted)
     metrics.DUPLICATES.inc(report.duplicates)
     for reason, count in report.rejected_by_reason.items():
         metrics.REJECTED.labels(reason).inc(count)
-    metrics.DELETED.inc(report.messages - report.not_deleted)
+    if deleted:
+        metrics.DELETED.inc(report.messages - report.not_deleted)
     metrics.CHUNK_SECONDS.observe(report.write_seconds)
     committed_ms = time.time() * 1000
     for m in messages:
         metrics.LAG.observe(max(0.0, (committed_ms - m.sent_timestamp_ms) / 1000))
 
 
-def request_fetch_if_starving(rt: runtime.Runtime) -> None:
+def request_fetch_if_starving(rt: runtime.Runtime, fetch_task: Any = None) -> None:
     """Ask for a fetch now when the broker runs low, instead of waiting for the next beat.
 
     Beat keeps an idle queue polled; this keeps a busy one flowing. A short Redis flag makes
@@ -131,7 +141,7 @@ def request_fetch_if_starving(rt: runtime.Runtime) -> None:
     try:
         starving = rt.coordinator.queued(QUEUE) < max(1, rt.settings.max_queued_chunks // 2)
         if starving and rt.coordinator.flag("etl:fetch-requested", seconds=1):
-            fetch.apply_async(expires=rt.settings.fetch_interval)
+            (fetch_task or fetch).apply_async(expires=rt.settings.fetch_interval)
     except TransientError:
         pass  # beat will fetch anyway
 
@@ -190,6 +200,18 @@ def fetch(self: Any) -> dict[str, Any]:
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 
 
+def cancel_after_soft_limit(task: Any, conn: Any) -> threading.Timer | None:
+    """The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
+    cancel the statement just after it, so the task's time-limit handling runs at once."""
+    soft = (task.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
+    if not soft:
+        return None
+    watchdog = threading.Timer(float(soft) + 0.5, conn.cancel)
+    watchdog.daemon = True
+    watchdog.start()
+    return watchdog
+
+
 class ChunkTask(app.Task):  # type: ignore[misc]
     """etl.mask_and_write's class: a retry is published with the argsrepr of the try it repeats.
 
@@ -230,13 +252,7 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     watchdog: threading.Timer | None = None
     try:
         conn = rt.conn()  # inside the try: an unreachable Postgres is a transient failure like any other
-        # The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
-        # cancel the statement just after it, so the release below runs at once.
-        soft = (self.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
-        if soft:
-            watchdog = threading.Timer(float(soft) + 0.5, conn.cancel)
-            watchdog.daemon = True
-            watchdog.start()
+        watchdog = cancel_after_soft_limit(self, conn)
         report = pipeline.process_chunk(
             messages,
             masker=rt.masker,

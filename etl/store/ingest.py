@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from psycopg2.extras import execute_values
 
 from etl.records import ChunkResult, LoginRow
+from etl.shards import Position
 from etl.store.connection import Connection, transaction
+from etl.store.streams import record_range
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,11 @@ RETURNING reason
 INSERT_VAULT = "INSERT INTO pii_vault (field, token, ciphertext) VALUES %s ON CONFLICT (field, token) DO NOTHING"
 
 
-def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
+def write_chunk(conn: Connection, chunk: ChunkResult, position: Position | None = None) -> WriteResult:
     """Write a chunk's rows, rejections and vault entries in ONE transaction, idempotently.
+
+    A chunk from a stream also records its ``position`` in that transaction and moves its
+    shard's checkpoint (etl.store.streams): the checkpoint and the rows commit together.
 
     Rows are sorted by message id so two chunks sharing ids (a redelivery racing the original)
     take their index locks in the same order and cannot deadlock.
@@ -99,6 +104,8 @@ def write_chunk(conn: Connection, chunk: ChunkResult) -> WriteResult:
             buf.seek(0)
             cur.copy_expert(_COPY_VAULT, buf)
             cur.execute(_MOVE_VAULT)
+        if position is not None:
+            record_range(cur, position)  # last: the checkpoint row lock is held only briefly
     if rows or chunk.vault:
         _staged.add(conn)
     return WriteResult(

@@ -19,6 +19,10 @@ REVOKE SELECT ON user_logins, rejected_messages, pii_vault FROM etl_writer;
 REVOKE ALL ON vault_keys FROM etl_writer;
 GRANT INSERT ON user_logins, rejected_messages, pii_vault, vault_data_keys TO etl_writer;
 GRANT SELECT (reason) ON rejected_messages TO etl_writer;  -- INSERT ... RETURNING reason
+-- stream positions (no personal data): the fetch records shards, each chunk its range and checkpoint
+GRANT SELECT, INSERT, UPDATE ON stream_checkpoints TO etl_writer;
+GRANT SELECT, INSERT, DELETE ON stream_ranges TO etl_writer;
+GRANT SELECT ON stream_checkpoints TO analyst, pii_officer;
 -- analysts: the rows (tokens only) and their views; no vault, no rejected bodies, no audit
 GRANT SELECT ON user_logins, user_logins_readable, shared_device_tokens, shared_ip_tokens,
     logins_per_day, top_locales TO analyst;

@@ -1,0 +1,199 @@
+"""The only module that talks to Kinesis Data Streams (boto3): shards, iterators, reads, puts.
+
+Driver errors leave this module as etl.errors kinds, naming the operation and error code only
+(never a record's data). Two transient kinds get their own class, because a fetch handles them
+per shard: an expired iterator (get a new one) and a throttled shard (back off).
+"""
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from etl import shards
+from etl.errors import ConfigError, TerminalError, TransientError
+from etl.records import Message
+from etl.shards import Shard
+
+MAX_PUT = 500  # PutRecords: records per call
+MAX_PUT_BYTES = 5 * 1024 * 1024  # PutRecords: bytes per call (data + partition keys)
+MAX_RECORD_BYTES = 1024 * 1024
+_THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
+_CONFIG = {"ResourceNotFoundException", "AccessDeniedException", "KMSAccessDeniedException", "KMSNotFoundException"}
+
+
+class IteratorExpired(TransientError):
+    """The shard iterator is older than 5 minutes: get a new one from the pointer."""
+
+
+class Throttled(TransientError):
+    """The shard's read (5 calls/s, 2 MB/s) or write limit was hit: back off."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    messages: list[Message]
+    next_iterator: str | None  # None: a closed shard read to its end
+    behind_ms: int | None  # MillisBehindLatest: how far this read is behind the shard's tip
+
+
+def make_client(max_pool: int = 10) -> Any:
+    """A Kinesis client from AWS's own environment (AWS_ENDPOINT_URL_KINESIS for local servers)."""
+    session = boto3.session.Session()
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,
+        max_pool_connections=max_pool,
+    )
+    return session.client("kinesis", region_name=session.region_name or "us-east-1", config=config)
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (NoCredentialsError, NoRegionError) as exc:
+        raise ConfigError(f"Kinesis {operation}: {type(exc).__name__}: set AWS credentials and region") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "Unknown")
+        if code == "ExpiredIteratorException":
+            raise IteratorExpired(f"Kinesis {operation}: iterator expired") from None
+        if code in _THROTTLED:
+            raise Throttled(f"Kinesis {operation} throttled: {code}") from None
+        if code == "ResourceNotFoundException":
+            raise ConfigError(
+                f"Kinesis {operation}: the stream does not exist; check KINESIS_STREAM_NAME "
+                "or run `etl init --create-stream`"
+            ) from None
+        if code in _CONFIG:
+            raise ConfigError(f"Kinesis {operation} refused: {code}") from None
+        if code in ("InvalidArgumentException", "ValidationException"):
+            raise TerminalError(f"Kinesis {operation} refused: {code}") from None
+        raise TransientError(f"Kinesis {operation} failed: {code}") from None
+    except BotoCoreError as exc:  # endpoint unreachable, timeouts, closed connections
+        raise TransientError(f"Kinesis {operation} failed: {type(exc).__name__}") from None
+
+
+class Stream:
+    """One Kinesis data stream."""
+
+    def __init__(self, name: str, client: Any = None) -> None:
+        self.name = name
+        self.client = client or make_client()
+
+    def shards(self) -> list[Shard]:
+        """Every shard ListShards reports (open and closed, with their parents)."""
+        found: list[Shard] = []
+        kwargs: dict[str, Any] = {"StreamName": self.name}
+        while True:
+            with _translated("ListShards"):
+                page = self.client.list_shards(**kwargs)
+            for s in page.get("Shards", []):
+                parents = tuple(p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p)
+                ending = s.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+                found.append(Shard(s["ShardId"], parents, ending))
+            token = page.get("NextToken")
+            if not token:
+                return found
+            kwargs = {"NextToken": token}  # ListShards refuses StreamName beside a token
+
+    def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str:
+        """An iterator just after sequence number ``after``; at the start: from ``start_at``
+        (a unix time) if given, else from the oldest record kept (TRIM_HORIZON)."""
+        kwargs: dict[str, Any] = {"StreamName": self.name, "ShardId": shard_id}
+        if after != shards.START:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+        elif start_at is not None:
+            kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=datetime.fromtimestamp(start_at, tz=UTC))
+        else:
+            kwargs.update(ShardIteratorType="TRIM_HORIZON")
+        with _translated("GetShardIterator"):
+            return str(self.client.get_shard_iterator(**kwargs)["ShardIterator"])
+
+    def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
+        """Up to ``limit`` records from ``iterator``, as messages of this stream and shard."""
+        with _translated("GetRecords"):
+            response = self.client.get_records(ShardIterator=iterator, Limit=max(1, min(limit, 10_000)))
+        received_at = time.time()
+        messages = [_to_message(self.name, shard_id, r, received_at) for r in response.get("Records", [])]
+        return Batch(messages, response.get("NextShardIterator"), response.get("MillisBehindLatest"))
+
+    def put(
+        self, records: Sequence[tuple[str, str]], progress: Callable[[int], None] = lambda n: None, attempts: int = 8
+    ) -> int:
+        """PutRecords (partition key, body) in batches of 500 / 5 MiB; failed entries (throttled)
+        are sent again with backoff. Returns the number put; raises TransientError if some never
+        went in."""
+        put = 0
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for key, body in records:
+            data = body.encode("utf-8", "surrogatepass")
+            if len(data) + len(key.encode()) > MAX_RECORD_BYTES:
+                raise TerminalError(f"Kinesis PutRecords: a record of {len(data)} bytes is over the 1 MiB limit")
+            entry_size = len(data) + len(key.encode())
+            if batch and (len(batch) == MAX_PUT or size + entry_size > MAX_PUT_BYTES):
+                put += self._put_batch(batch, attempts)
+                progress(put)
+                batch, size = [], 0
+            batch.append({"Data": data, "PartitionKey": key or "-"})
+            size += entry_size
+        if batch:
+            put += self._put_batch(batch, attempts)
+            progress(put)
+        return put
+
+    def _put_batch(self, entries: list[dict[str, Any]], attempts: int) -> int:
+        pending = entries
+        for attempt in range(attempts):
+            with _translated("PutRecords"):
+                response = self.client.put_records(StreamName=self.name, Records=pending)
+            if not response.get("FailedRecordCount"):
+                return len(entries)
+            pending = [e for e, r in zip(pending, response["Records"], strict=True) if r.get("ErrorCode")]
+            time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise TransientError(f"Kinesis PutRecords: {len(pending)} of {len(entries)} records not accepted")
+
+    def create(self, shard_count: int, timeout: float = 60) -> bool:
+        """Create the stream with ``shard_count`` shards unless it exists; wait until ACTIVE.
+        Returns whether it was created."""
+        created = True
+        with _translated("CreateStream"):
+            try:
+                self.client.create_stream(StreamName=self.name, ShardCount=shard_count)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                    raise
+                created = False
+        deadline = time.monotonic() + timeout
+        while self.status() != "ACTIVE":
+            if time.monotonic() > deadline:
+                raise TransientError(f"Kinesis stream {self.name} not ACTIVE after {timeout:.0f}s")
+            time.sleep(0.5)
+        return created
+
+    def status(self) -> str:
+        with _translated("DescribeStreamSummary"):
+            summary = self.client.describe_stream_summary(StreamName=self.name)["StreamDescriptionSummary"]
+        return str(summary["StreamStatus"])
+
+
+def _to_message(stream: str, shard_id: str, record: Any, received_at: float) -> Message:
+    arrived = record.get("ApproximateArrivalTimestamp")
+    seq = record["SequenceNumber"]
+    return Message(
+        message_id=shards.message_id(stream, shard_id, seq),
+        receipt_handle=seq,
+        # Not UTF-8? Kept byte for byte (surrogateescape) and rejected by validation, never lost.
+        body=bytes(record.get("Data", b"")).decode("utf-8", "surrogateescape"),
+        sent_timestamp_ms=int(arrived.timestamp() * 1000) if arrived else int(received_at * 1000),
+        receive_count=1,
+        received_at=received_at,
+    )

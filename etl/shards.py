@@ -1,0 +1,105 @@
+"""Kinesis shards as the pipeline sees them (pure: no boto3, no database, no clock of its own).
+
+* ``Shard`` and ``Checkpoint``: what ListShards says, and what Postgres says was committed.
+* ``readable``: the shards a fetch may read now. A child of a split or merge is read only after
+  every parent still in the stream is finished, so a user's events keep their order.
+* ``Pointer`` and ``resume``: where a fetch continues. The pointer (in Redis) runs ahead of the
+  checkpoint (in Postgres) by the chunks in flight; when the checkpoint has not moved for the
+  redelivery timeout while chunks are in flight, one of them was lost (a broker restart, a
+  chunk out of retries) and the shard is read again from the checkpoint.
+* ``Position``: the contiguous range of one shard a chunk covers. Every record with
+  ``after < sequence number <= last`` is in the chunk; the checkpoint advances over a committed
+  range only when the range starts at or before it, so it never passes an uncommitted record.
+
+Sequence numbers are decimal strings (up to 128 digits), compared as integers; "0" is the
+position before a shard's first record.
+"""
+
+from dataclasses import dataclass
+
+START = "0"  # the position before a shard's first record
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    parents: tuple[str, ...] = ()
+    ending: str | None = None  # EndingSequenceNumber: set once the shard is closed (split, merge)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: str  # last sequence number whose effect is committed (START: none yet)
+    moved_at: float  # unix time it last moved (or the shard was first seen)
+    end: str | None = None  # the last sequence number of a closed shard, once a fetch read to its end
+    start_at: float | None = None  # ETL_KINESIS_START=latest: with no checkpoint, read from this time
+
+
+@dataclass(frozen=True)
+class Pointer:
+    seq: str  # the last sequence number handed on as a chunk
+    pending_since: float | None = None  # unix time of the first chunk handed on past the checkpoint
+
+
+@dataclass(frozen=True)
+class Position:
+    stream: str
+    shard_id: str
+    after: str
+    last: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"stream": self.stream, "shard_id": self.shard_id, "after": self.after, "last": self.last}
+
+
+def message_id(stream: str, shard_id: str, seq: str) -> str:
+    """The idempotency key of a stream record: ``<stream>/<shard id>/<sequence number>``."""
+    return f"{stream}/{shard_id}/{seq}"
+
+
+def finished(shard: Shard, checkpoint: Checkpoint | None) -> bool:
+    """A closed shard whose every record is committed."""
+    if checkpoint is None:
+        return False
+    ends = [e for e in (checkpoint.end, shard.ending) if e is not None]
+    return any(int(checkpoint.seq) >= int(e) for e in ends)
+
+
+def readable(shards: list[Shard], checkpoints: dict[str, Checkpoint]) -> list[Shard]:
+    """Shards not finished whose parents (those still listed) are all finished."""
+    listed = {s.shard_id: s for s in shards}
+    done = {s.shard_id for s in shards if finished(s, checkpoints.get(s.shard_id))}
+    return [s for s in shards if s.shard_id not in done and all(p in done or p not in listed for p in s.parents if p)]
+
+
+def at_end(shard: Shard, pointer: Pointer, next_iterator: str | None) -> bool:
+    """Has a read reached the end of a closed shard? (no next iterator, or past its last number)"""
+    return next_iterator is None or (shard.ending is not None and int(pointer.seq) >= int(shard.ending))
+
+
+def resume(checkpoint: Checkpoint, pointer: Pointer | None, now: float, redeliver_after: float) -> tuple[Pointer, bool]:
+    """Where to read on from, and whether that is a re-read of chunks presumed lost.
+
+    Continue at the pointer while its chunks can still commit; fall back to the checkpoint when
+    there is no pointer (Redis lost it), it is behind the checkpoint, or the checkpoint has been
+    stuck for ``redeliver_after`` seconds with chunks in flight.
+    """
+    if pointer is None or int(pointer.seq) <= int(checkpoint.seq):
+        return Pointer(checkpoint.seq), False
+    stuck_since = max(checkpoint.moved_at, pointer.pending_since or 0.0)
+    if now - stuck_since > redeliver_after:
+        return Pointer(checkpoint.seq), True
+    return pointer, False
+
+
+def advance(checkpoint: str, ranges: list[tuple[str, str]]) -> str:
+    """The checkpoint after the committed ``ranges`` (after, last): over every range that starts
+    at or before it, as far as they reach. (The database does the same inside the write.)"""
+    current = int(checkpoint)
+    moved = True
+    while moved:
+        moved = False
+        for after, last in ranges:
+            if int(after) <= current < int(last):
+                current, moved = int(last), True
+    return str(current)
