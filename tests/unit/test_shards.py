@@ -1,0 +1,182 @@
+"""Shard lineage, checkpoint advance and where a fetch reads on (etl.shards), and the stream
+fetch loop (etl.streaming.fetch) against an in-memory shard reader."""
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etl import shards, streaming
+from etl.errors import TransientError
+from etl.kinesis import Batch, IteratorExpired, Throttled
+from etl.records import Message
+from etl.shards import Checkpoint, Pointer, Position, Shard
+
+
+def test_children_wait_for_every_listed_parent() -> None:
+    parent, other = Shard("p", ending="9"), Shard("q", ending="5")
+    child = Shard("c", parents=("p", "q"))
+    listed = [parent, other, child]
+    assert [s.shard_id for s in shards.readable(listed, {})] == ["p", "q"]
+    done_p = {"p": Checkpoint("9", 0.0), "q": Checkpoint("4", 0.0)}
+    assert [s.shard_id for s in shards.readable(listed, done_p)] == ["q"]
+    both = {"p": Checkpoint("9", 0.0), "q": Checkpoint("5", 0.0)}
+    assert [s.shard_id for s in shards.readable(listed, both)] == ["c"]
+    # a parent past retention (no longer listed) holds nothing back
+    assert [s.shard_id for s in shards.readable([child], {})] == ["c"]
+
+
+def test_a_shard_is_finished_by_its_recorded_end_or_its_ending_number() -> None:
+    assert not shards.finished(Shard("s"), Checkpoint("100", 0.0))  # open
+    assert shards.finished(Shard("s"), Checkpoint("7", 0.0, end="7"))  # read to its end
+    assert not shards.finished(Shard("s", ending="9"), Checkpoint("7", 0.0, end=None))
+    assert shards.finished(Shard("s", ending="9"), Checkpoint("9", 0.0))
+    assert shards.finished(Shard("s"), Checkpoint(shards.START, 0.0, end=shards.START))  # empty closed shard
+    assert not shards.finished(Shard("s"), None)
+
+
+def test_resume_continues_at_the_pointer_until_the_checkpoint_is_stuck() -> None:
+    cp = Checkpoint("10", moved_at=1000.0)
+    assert shards.resume(cp, None, 2000.0, 120) == (Pointer("10"), False)  # Redis lost the pointer
+    assert shards.resume(cp, Pointer("5", 900.0), 1001.0, 120) == (Pointer("10"), False)  # behind
+    ahead = Pointer("30", pending_since=1050.0)
+    assert shards.resume(cp, ahead, 1100.0, 120) == (ahead, False)  # chunks in flight
+    assert shards.resume(cp, ahead, 1171.0, 120) == (Pointer("10"), True)  # stuck: read again
+    moving = Checkpoint("20", moved_at=1160.0)  # still moving: not stuck however old the pointer
+    assert shards.resume(moving, ahead, 1200.0, 120) == (ahead, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=12), st.randoms(use_true_random=False), st.data())
+def test_checkpoint_never_passes_an_uncommitted_record(
+    sizes: list[int], rnd: random.Random, data: st.DataObject
+) -> None:
+    """Chunks of consecutive records commit in any order, some never: the checkpoint is always
+    the end of the longest committed prefix."""
+    bounds, end = [], 0
+    for n in sizes:
+        bounds.append((str(end), str(end + n)))
+        end += n
+    order = list(range(len(bounds)))
+    rnd.shuffle(order)
+    lost = set(data.draw(st.lists(st.sampled_from(order), max_size=2)))
+    committed: set[int] = set()
+    checkpoint = shards.START
+    for i in order:
+        if i in lost:
+            continue
+        committed.add(i)
+        checkpoint = shards.advance(checkpoint, [bounds[j] for j in committed])
+        prefix = 0
+        while prefix in committed:
+            prefix += 1
+        assert checkpoint == (bounds[prefix - 1][1] if prefix else shards.START)
+
+
+def test_a_reread_range_overlapping_old_ones_still_advances() -> None:
+    # first read (0,5] (5,9] committed out of order with (0,5] lost; re-read after a reset as (0,7]
+    assert shards.advance("0", [("5", "9")]) == "0"
+    assert shards.advance("0", [("5", "9"), ("0", "7")]) == "9"
+
+
+class Reader:
+    """An in-memory stream: shard -> sequence numbers; optional scripted failures."""
+
+    name = "s"
+
+    def __init__(self, records: dict[str, list[int]], closed: set[str] = frozenset(), fail: list[Exception] = ()):
+        self.records, self.closed, self.fail = records, closed, list(fail)
+        self.calls: list[tuple[str, float]] = []
+        self.now = 0.0
+
+    def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str:
+        return f"{shard_id}:{after}"
+
+    def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
+        self.calls.append((shard_id, self.now))
+        if self.fail:
+            raise self.fail.pop(0)
+        after = int(iterator.split(":")[1])
+        seqs = [q for q in self.records[shard_id] if q > after][:limit]
+        last = seqs[-1] if seqs else after
+        more = any(q > last for q in self.records[shard_id])
+        messages = [Message(f"s/{shard_id}/{q}", str(q), "{}", 0) for q in seqs]
+        end = shard_id in self.closed and not more
+        return Batch(messages, None if end else f"{shard_id}:{last}", 0)
+
+
+def run(reader: Reader, cursors: list[streaming.Cursor], **kw: object) -> tuple[list[Position], object]:
+    sent: list[Position] = []
+
+    def clock() -> float:
+        return reader.now
+
+    def sleep(seconds: float) -> None:
+        reader.now += seconds
+
+    report = streaming.fetch(
+        reader,
+        cursors,
+        lambda pos, msgs: sent.append(pos),
+        chunk_size=kw.pop("chunk_size", 3),  # type: ignore[arg-type]
+        budget_seconds=kw.pop("budget", 3.0),  # type: ignore[arg-type]
+        clock=clock,
+        wall=clock,
+        sleep=sleep,
+        **kw,  # type: ignore[arg-type]
+    )
+    return sent, report
+
+
+def test_fetch_hands_on_contiguous_ranges_and_finishes_closed_shards() -> None:
+    reader = Reader({"a": [1, 2, 3, 4, 5, 6, 7], "b": [10, 20]}, closed={"b"})
+    ended: list[str] = []
+    cursors = [streaming.Cursor(Shard("a"), Pointer("0")), streaming.Cursor(Shard("b"), Pointer("0"))]
+    sent, _ = run(reader, cursors, ended=lambda c: ended.append(c.shard.shard_id))
+    by_shard: dict[str, list[tuple[str, str]]] = {}
+    for p in sent:
+        by_shard.setdefault(p.shard_id, []).append((p.after, p.last))
+    assert by_shard == {"a": [("0", "3"), ("3", "6"), ("6", "7")], "b": [("0", "20")]}
+    assert ended == ["b"] and cursors[0].pointer.seq == "7"
+
+
+def test_fetch_respects_five_reads_per_second_per_shard_and_idles() -> None:
+    reader = Reader({"a": list(range(1, 100))})
+    run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], chunk_size=5, budget=2.0)
+    times = [t for _, t in reader.calls]
+    assert all(b - a >= streaming.MIN_INTERVAL - 1e-9 for a, b in itertools.pairwise(times))
+    idle = Reader({"a": []})
+    run(idle, [streaming.Cursor(Shard("a"), Pointer("0"))], budget=3.0)
+    assert len(idle.calls) <= 4  # about one read a second on a quiet shard
+
+
+def test_fetch_backs_off_when_throttled_and_renews_expired_iterators() -> None:
+    reader = Reader({"a": [1, 2]}, fail=[Throttled("t"), Throttled("t"), IteratorExpired("x"), TransientError("e")])
+    sent, report = run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], budget=10.0)
+    assert [(p.after, p.last) for p in sent] == [("0", "2")]
+    assert report.throttled == 2  # type: ignore[attr-defined]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(reader.calls)]
+    assert gaps[0] >= 0.4 and gaps[1] >= 0.8  # exponential backoff
+
+
+def test_a_failed_dispatch_leaves_the_pointer_where_it_was() -> None:
+    reader = Reader({"a": [1, 2, 3]})
+    cursor = streaming.Cursor(Shard("a"), Pointer("0"))
+    saved: list[str] = []
+
+    def broken(position: Position, messages: list[Message]) -> None:
+        raise TransientError("broker down")
+
+    with pytest.raises(TransientError, match="broker down"):
+        streaming.fetch(
+            reader, [cursor], broken, chunk_size=3, budget_seconds=1, advanced=lambda c: saved.append(c.pointer.seq)
+        )
+    assert cursor.pointer.seq == "0" and saved == []
+
+
+def test_fetch_pauses_for_backpressure() -> None:
+    reader = Reader({"a": [1, 2, 3]})
+    sent, report = run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], pause=lambda: "backpressure")
+    assert sent == [] and report.stopped == "backpressure"  # type: ignore[attr-defined]
