@@ -66,6 +66,22 @@ def test_worker_probe_is_etl_health_and_keda_scales_it_on_sqs() -> None:
     assert trigger["metadata"]["queueURL"] == by("ConfigMap", "etl-config")["data"]["SQS_QUEUE_URL"]
 
 
+def test_the_kinesis_variant_scales_on_the_stream_it_reads() -> None:
+    variant = [d for p in sorted((K8S / "kinesis").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    config = next(d for d in variant if d["kind"] == "ConfigMap")
+    sqs_config = by("ConfigMap", "etl-config")
+    assert config["metadata"]["name"] == sqs_config["metadata"]["name"], "it replaces the SQS ConfigMap"
+    assert config["data"]["ETL_SOURCE"] == "kinesis" and "SQS_QUEUE_URL" not in config["data"]
+    assert {k: v for k, v in sqs_config["data"].items() if k != "SQS_QUEUE_URL"}.items() <= config["data"].items()
+    scaled = next(d for d in variant if d["kind"] == "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "aws-kinesis-stream"
+    assert trigger["metadata"]["streamName"] == config["data"]["KINESIS_STREAM_NAME"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "etl-worker"
+    auth = next(d for d in variant if d["kind"] == "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+
+
 def test_secrets_come_from_the_secret_not_the_configmap() -> None:
     config = by("ConfigMap", "etl-config")["data"]
     secret = by("Secret", "etl-secrets")["stringData"]

@@ -55,10 +55,10 @@ def test_ci_workflows_match_the_github_workflow_schema() -> None:
 
 def manifests() -> list[Any]:
     out = []
-    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+    for path in sorted((ROOT / "deploy" / "k8s").rglob("*.yaml")):  # the Kinesis variant (kinesis/) too
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                ident = f"{path.name}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+                ident = f"{path.relative_to(ROOT / 'deploy' / 'k8s')}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
                 out.append(pytest.param(doc, id=ident))
     return out
 
