@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration chaos bench clean
+.PHONY: install demo test lint typecheck unit integration chaos bench bench-kinesis clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ chaos: install
 bench: install
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The Kinesis source (moto's server) next to a raw GetRecords drain of the same records (README "Kinesis").
+bench-kinesis: install
+	$(BIN)/python -m bench.kinesis $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,6 +7,7 @@ uncommitted record, children of a split read only after their parent is finished
 lost or doubled when workers are SIGKILLed or the Redis broker is restarted.
 """
 
+import json
 import os
 import signal
 import time
@@ -319,3 +320,32 @@ def test_sigkilled_workers_and_a_restarted_lease_owner_lose_and_double_nothing(
 def _pool_pids(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_chunks_lost_after_they_were_handed_on_are_read_again_after_the_timeout(
+    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """The state a lost chunk leaves (a broker that lost it, a chunk out of retries): the read
+    pointer in Redis is past records whose chunk never committed. The fetch trusts the pointer
+    while the chunk may still commit, then reads on from the checkpoint."""
+    bodies = samples.generate(100, seed=31, malformed_rate=0.0)
+    put(stream, bodies)
+    seqs = shard_records(stream)
+    for shard_id, shard_seqs in seqs.items():  # every record "handed on" just now, none committed
+        pointer = {"seq": shard_seqs[-1], "pending_since": time.time()}
+        broker.hset(f"etl:stream:{stream.name}:pointers", shard_id, json.dumps(pointer))
+    p = ProcessGroup(env=stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
+    try:
+        started = time.monotonic()
+        p.start("worker", "beat")
+        wait_until(lambda: checkpoints(conn, stream), 30, "the shards to be recorded")
+        while time.monotonic() - started < 7:
+            assert counts(conn) == (0, 0), "read again before the chunks in flight could have committed"
+            time.sleep(0.5)
+        wait_until(all_in(conn, len(bodies)), 90, "every record, read again from the checkpoint")
+        assert counts(conn) == (len(bodies), 0)
+        assert "reading on from it again" in p.log("worker")
+        expected = {sid: qs[-1] for sid, qs in seqs.items()}
+        wait_until(lambda: checkpoints(conn, stream) == expected, 30, "checkpoints at each shard's last record")
+    finally:
+        p.stop()
