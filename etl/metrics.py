@@ -48,6 +48,9 @@ LAG = Histogram(
 
 
 STREAM_READ = Counter("etl_stream_records_read", "Records read from the Kinesis stream by fetch runs")
+STREAM_EXPIRED = Counter(
+    "etl_stream_retention_gaps", "Times a shard's next records had expired (past retention) before they were read"
+)
 
 
 class QueueCollector(Collector):

@@ -95,6 +95,15 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         streams.mark_end(conn, stream.name, cursor.shard.shard_id, cursor.pointer.seq)
         log.info("shard %s read to its end (last record %s)", cursor.shard.shard_id, cursor.pointer.seq)
 
+    def expired(cursor: streaming.Cursor) -> None:
+        metrics.STREAM_EXPIRED.inc()
+        log.error(
+            "shard %s: Kinesis no longer has the records after %s (past the stream's retention): they are LOST; "
+            "reading on from the oldest record kept. Raise the retention or add workers.",
+            cursor.shard.shard_id,
+            cursor.pointer.seq,
+        )
+
     candidates = shards.readable(listed, known)
     random.shuffle(candidates)  # fetch runs on several workers spread over the shards
     with ExitStack() as stack:
@@ -136,6 +145,7 @@ def fetch_stream(self: Any) -> dict[str, Any]:
                 budget_seconds=s.fetch_seconds,
                 advanced=advanced,
                 ended=ended,
+                expired=expired,
                 pause=pause,
             )
         finally:

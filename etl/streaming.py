@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from etl import store
-from etl.errors import TransientError
+from etl.errors import TerminalError, TransientError
 from etl.kinesis import Batch, IteratorExpired, Throttled
 from etl.masking import Masker
 from etl.pipeline import ChunkReport, chunk_report, write
 from etl.records import Message
 from etl.sealing import Sealer
-from etl.shards import Pointer, Position, Shard, at_end
+from etl.shards import START, Pointer, Position, Shard, at_end
 from etl.vault import Vault
 
 log = logging.getLogger("etl.streaming")
@@ -72,6 +72,7 @@ def fetch(
     budget_seconds: float,
     advanced: Callable[[Cursor], None] = lambda c: None,
     ended: Callable[[Cursor], None] = lambda c: None,
+    expired: Callable[[Cursor], None] = lambda c: None,
     pause: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
@@ -82,7 +83,8 @@ def fetch(
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
     reported to ``ended`` and dropped. A failed dispatch stops the run with the pointer where it
-    was.
+    was. A pointer Kinesis no longer accepts (its records are past the stream's retention) is
+    reported to ``expired`` and the shard is read on from its oldest record kept.
     """
     started = clock()
     deadline = started + budget_seconds
@@ -104,7 +106,7 @@ def fetch(
         shard_id = cursor.shard.shard_id
         try:
             if cursor.iterator is None:
-                cursor.iterator = reader.iterator(shard_id, cursor.pointer.seq, cursor.start_at)
+                cursor.iterator = _iterator(reader, cursor, expired)
             batch = reader.read(shard_id, cursor.iterator, chunk_size)
         except IteratorExpired:
             cursor.iterator = None  # a fresh one from the pointer, at once
@@ -142,6 +144,17 @@ def fetch(
     if not active and report.stopped == "budget":
         report.stopped = "shards ended"
     return report
+
+
+def _iterator(reader: ShardReader, cursor: Cursor, expired: Callable[[Cursor], None]) -> str:
+    shard_id = cursor.shard.shard_id
+    try:
+        return reader.iterator(shard_id, cursor.pointer.seq, cursor.start_at)
+    except TerminalError:
+        if cursor.pointer.seq == START:
+            raise
+        expired(cursor)  # the records after the pointer are gone: say so, and read what is left
+        return reader.iterator(shard_id, START, None)
 
 
 def process_chunk(

@@ -58,7 +58,8 @@ def manifests() -> list[Any]:
     for path in sorted((ROOT / "deploy" / "k8s").rglob("*.yaml")):  # the Kinesis variant (kinesis/) too
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                ident = f"{path.relative_to(ROOT / 'deploy' / 'k8s')}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+                where = path.relative_to(ROOT / "deploy" / "k8s")
+                ident = f"{where}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
                 out.append(pytest.param(doc, id=ident))
     return out
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl import shards, streaming
-from etl.errors import TransientError
+from etl.errors import TerminalError, TransientError
 from etl.kinesis import Batch, IteratorExpired, Throttled
 from etl.records import Message
 from etl.shards import Checkpoint, Pointer, Position, Shard
@@ -180,3 +180,20 @@ def test_fetch_pauses_for_backpressure() -> None:
     reader = Reader({"a": [1, 2, 3]})
     sent, report = run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], pause=lambda: "backpressure")
     assert sent == [] and report.stopped == "backpressure"  # type: ignore[attr-defined]
+
+
+class Trimmed(Reader):
+    """A stream whose records up to 4 expired: an iterator after 2 is refused."""
+
+    def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str:
+        if after != shards.START and int(after) < 4:
+            raise TerminalError("Kinesis GetShardIterator refused: InvalidArgumentException")
+        return super().iterator(shard_id, after, start_at)
+
+
+def test_records_past_retention_are_reported_and_reading_goes_on() -> None:
+    reader = Trimmed({"a": [5, 6]})
+    expired: list[str] = []
+    sent, _ = run(reader, [streaming.Cursor(Shard("a"), Pointer("2"))], expired=lambda c: expired.append(c.pointer.seq))
+    assert expired == ["2"]
+    assert [(p.after, p.last) for p in sent] == [("2", "6")]  # the range covers the gap: it is gone for good
