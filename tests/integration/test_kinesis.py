@@ -10,6 +10,8 @@ lost or doubled when workers are SIGKILLed or the Redis broker is restarted.
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,6 +147,20 @@ def test_every_record_once_and_checkpoints_at_the_end(
     assert store.query(conn, "SELECT count(*) FROM stream_ranges")[0][0] == 0, "covered ranges are forgotten"
     dates = store.query(conn, "SELECT DISTINCT create_date = (now() AT TIME ZONE 'UTC')::date FROM user_logins")
     assert dates == [(True,)], "create_date is the UTC day of ApproximateArrivalTimestamp"
+    stats = json.loads(etl_command(streaming, "stats", "--json"))
+    assert {s["shard_id"]: s["checkpoint"] for s in stats["shards"]} == expected
+    assert all(s["ranges_waiting"] == 0 and s["behind_ms"] is not None for s in stats["shards"])
+    verdict = json.loads(etl_command(streaming, "health", "--json"))
+    assert verdict["healthy"], verdict
+
+
+def etl_command(group: ProcessGroup, *args: str) -> str:
+    """The `etl` command, run as an operator would, with the pipeline's environment."""
+    done = subprocess.run(
+        [sys.executable, "-m", "etl.cli", *args], env=group.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def hold_message_id(message_id: str) -> psycopg2.extensions.connection:
