@@ -1,14 +1,13 @@
 """The only module that talks to Kinesis Data Streams (boto3): shards, iterators, reads, puts.
 
 Driver errors leave this module as etl.errors kinds, naming the operation and error code only
-(never a record's data). Two transient kinds get their own class, because a fetch handles them
-per shard: an expired iterator (get a new one) and a throttled shard (back off).
+(never a record's data). Two transient kinds have their own class (etl.shards), because a fetch
+handles them per shard: an expired iterator (get a new one) and a throttled shard (back off).
 """
 
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,28 +18,13 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from etl import shards
 from etl.errors import ConfigError, TerminalError, TransientError
 from etl.records import Message
-from etl.shards import Shard
+from etl.shards import Batch, IteratorExpired, Shard, Throttled
 
 MAX_PUT = 500  # PutRecords: records per call
 MAX_PUT_BYTES = 5 * 1024 * 1024  # PutRecords: bytes per call (data + partition keys)
 MAX_RECORD_BYTES = 1024 * 1024
 _THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
 _CONFIG = {"ResourceNotFoundException", "AccessDeniedException", "KMSAccessDeniedException", "KMSNotFoundException"}
-
-
-class IteratorExpired(TransientError):
-    """The shard iterator is older than 5 minutes: get a new one from the pointer."""
-
-
-class Throttled(TransientError):
-    """The shard's read (5 calls/s, 2 MB/s) or write limit was hit: back off."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    messages: list[Message]
-    next_iterator: str | None  # None: a closed shard read to its end
-    behind_ms: int | None  # MillisBehindLatest: how far this read is behind the shard's tip
 
 
 def make_client(max_pool: int = 10) -> Any:

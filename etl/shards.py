@@ -11,11 +11,17 @@
   ``after < sequence number <= last`` is in the chunk; the checkpoint advances over a committed
   range only when the range starts at or before it, so it never passes an uncommitted record.
 
+``Batch``, ``IteratorExpired`` and ``Throttled`` are what a shard reader (etl.kinesis) returns
+and raises, so the fetch loop (etl.streaming) never imports the driver.
+
 Sequence numbers are decimal strings (up to 128 digits), compared as integers; "0" is the
 position before a shard's first record.
 """
 
 from dataclasses import dataclass
+
+from etl.errors import TransientError
+from etl.records import Message
 
 START = "0"  # the position before a shard's first record
 
@@ -103,3 +109,20 @@ def advance(checkpoint: str, ranges: list[tuple[str, str]]) -> str:
             if int(after) <= current < int(last):
                 current, moved = int(last), True
     return str(current)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one read of a shard returned."""
+
+    messages: list[Message]
+    next_iterator: str | None  # None: a closed shard read to its end
+    behind_ms: int | None  # MillisBehindLatest: how far this read is behind the shard's tip
+
+
+class IteratorExpired(TransientError):
+    """The shard iterator is older than 5 minutes: get a new one from the pointer."""
+
+
+class Throttled(TransientError):
+    """The shard's read (5 calls/s, 2 MB/s) or write limit was hit: back off."""

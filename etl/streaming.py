@@ -16,12 +16,11 @@ from typing import Protocol
 
 from etl import store
 from etl.errors import TerminalError, TransientError
-from etl.kinesis import Batch, IteratorExpired, Throttled
 from etl.masking import Masker
 from etl.pipeline import ChunkReport, chunk_report, write
 from etl.records import Message
 from etl.sealing import Sealer
-from etl.shards import START, Pointer, Position, Shard, at_end
+from etl.shards import START, Batch, IteratorExpired, Pointer, Position, Shard, Throttled, at_end
 from etl.vault import Vault
 
 log = logging.getLogger("etl.streaming")

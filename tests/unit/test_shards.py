@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from etl import shards, streaming
 from etl.errors import TerminalError, TransientError
-from etl.kinesis import Batch, IteratorExpired, Throttled
 from etl.records import Message
-from etl.shards import Checkpoint, Pointer, Position, Shard
+from etl.shards import Batch, Checkpoint, IteratorExpired, Pointer, Position, Shard, Throttled
 
 
 def test_children_wait_for_every_listed_parent() -> None:
