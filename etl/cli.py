@@ -48,8 +48,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
         return 2
     if (args.target or s.source) == "kinesis":
         with Bar("rec") as bar:
-            n = seeding.put(kinesis.Stream(s.kinesis_stream_name), bodies, bar)
-        print(f"put {n} records on stream {s.kinesis_stream_name}")
+            ids = seeding.put(kinesis.Stream(s.kinesis_stream_name), bodies, bar)
+        print(f"put {len(ids)} records on stream {s.kinesis_stream_name}")
         return 0
     with Bar("msg") as bar:
         ids = seeding.send(sqs.Queue(s.sqs_queue_url), bodies, bar)

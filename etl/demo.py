@@ -2,7 +2,8 @@
 
 Starts an embedded SQS server (moto), applies migrations, seeds events, runs a real Celery
 worker, beat and Flower as separate processes until every seeded message is a row or a
-rejection and the queue is empty, prints a summary and stops everything it started.
+rejection and the queue is empty, prints a summary and stops everything it started. With
+ETL_SOURCE=kinesis the events go through a Kinesis stream on the same moto server instead.
 """
 
 import json
@@ -13,9 +14,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from etl import embedded, processes, sealing, seeding, settings, sqs, store, vault
+from etl import embedded, kinesis, processes, sealing, seeding, settings, sqs, store, vault
 from etl.errors import ConfigError
 from etl.progress import Bar
+from etl.store import streams
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_logins.json.gz"
 LOG_DIR = Path(".demo")
@@ -66,6 +68,46 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
     return env, notes
 
 
+class Source:
+    """The demo's SQS queue, or its Kinesis stream with ETL_SOURCE=kinesis, on the moto server."""
+
+    def __init__(self, queue: sqs.Queue | None, stream: kinesis.Stream | None) -> None:
+        self.queue, self.stream = queue, stream
+
+    @classmethod
+    def start(cls, env: dict[str, str]) -> "Source":
+        config = settings.load(env)
+        if config.source == "kinesis":
+            stream = kinesis.Stream(config.kinesis_stream_name)
+            stream.create(2)
+            print(
+                f"kinesis: embedded moto server at {env['AWS_ENDPOINT_URL_KINESIS']}, stream {stream.name} (2 shards)"
+            )
+            return cls(None, stream)
+        env["SQS_QUEUE_URL"] = sqs.create_queue("login-queue")
+        print(f"sqs: embedded moto server at {env['AWS_ENDPOINT_URL_SQS']}, queue {env['SQS_QUEUE_URL']}")
+        return cls(sqs.Queue(env["SQS_QUEUE_URL"]), None)
+
+    def send(self, bodies: list[str], bar: Bar) -> list[str]:
+        if self.stream is not None:
+            return seeding.put(self.stream, bodies, bar)
+        assert self.queue is not None
+        return seeding.send(self.queue, bodies, bar)
+
+    def backlog(self, conn: store.Connection) -> tuple[str, bool]:
+        """What is left at the source, in words, and whether that is nothing."""
+        if self.stream is not None:
+            report = streams.shard_report(conn, self.stream.name)
+            marks = ", ".join(f"{r['shard_id'][-3:]}@{r['checkpoint']}" for r in report)
+            return f"stream checkpoints: {marks or 'none yet'}", bool(report) and not any(
+                r["ranges_waiting"] for r in report
+            )
+        assert self.queue is not None
+        depth = self.queue.depth()
+        empty = depth["visible"] == depth["in_flight"] == 0
+        return f"queue: {depth['visible']} waiting, {depth['in_flight']} in flight", empty
+
+
 def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555) -> int:
     env, notes = demo_env()
     env["FLOWER_PORT"] = str(flower_port)
@@ -76,16 +118,20 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
     with ExitStack() as stack:
         server = processes.MotoServer()
         stack.callback(server.stop)
-        env["AWS_ENDPOINT_URL_SQS"] = server.endpoint
+        env["AWS_ENDPOINT_URL_SQS"] = env["AWS_ENDPOINT_URL_KINESIS"] = server.endpoint
         os.environ.update(
             {
                 k: env[k]
-                for k in ("AWS_ENDPOINT_URL_SQS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+                for k in (
+                    "AWS_ENDPOINT_URL_SQS",
+                    "AWS_ENDPOINT_URL_KINESIS",
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY",
+                    "AWS_DEFAULT_REGION",
+                )
             }
         )
-        queue_url = sqs.create_queue("login-queue")
-        env["SQS_QUEUE_URL"] = queue_url
-        print(f"sqs: embedded moto server at {env['AWS_ENDPOINT_URL_SQS']}, queue {queue_url}")
+        source = Source.start(env)
 
         mode = env.get("ETL_EMBEDDED", "auto").lower()
         if mode not in ("auto", "always", "never"):
@@ -118,9 +164,8 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
             file = SHARED_SAMPLES
         bodies = seeding.bodies(file, 100, seed=1)
         print(f"seeding {len(bodies)} events from {file or 'the generator (seed 1)'}")
-        queue = sqs.Queue(queue_url)
         with Bar("msg") as bar:
-            ids = seeding.send(queue, bodies, bar)
+            ids = source.send(bodies, bar)
 
         started = time.monotonic()
         group = processes.ProcessGroup(env, LOG_DIR)
@@ -136,7 +181,6 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         print(f"celery: worker, beat{flower}; logs in {LOG_DIR}/")
 
         done = 0
-        depth = {"visible": len(ids), "in_flight": 0}
         while time.monotonic() - started < timeout:
             for kind, code in group.exited().items():
                 if kind != "flower":
@@ -144,13 +188,9 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
                     return 1
             result = store.stats(conn, ids)
             done = result["rows"] + result["rejected"]
-            depth = queue.depth()
-            print(
-                f"\rprocessed {done}/{len(ids)}, queue: {depth['visible']} waiting, {depth['in_flight']} in flight   ",
-                end="",
-                flush=True,
-            )
-            if done == len(ids) and depth["visible"] == depth["in_flight"] == 0:
+            backlog, empty = source.backlog(conn)
+            print(f"\rprocessed {done}/{len(ids)}, {backlog}   ", end="", flush=True)
+            if done == len(ids) and empty:
                 break
             time.sleep(0.5)
         else:
@@ -163,7 +203,7 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         details = store.query(
             conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
         )
-        print_summary(result, details, len(ids), elapsed, depth)
+        print_summary(result, details, len(ids), elapsed, source.backlog(conn)[0])
         if counts:
             port = int(env.get("ETL_METRICS_PORT") or 9808)
             print(f"metrics    http://127.0.0.1:{port}/metrics: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
@@ -202,7 +242,7 @@ def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]
 
 
 def print_summary(
-    result: dict[str, Any], details: list[tuple[Any, ...]], sent: int, elapsed: float, depth: dict[str, int]
+    result: dict[str, Any], details: list[tuple[Any, ...]], sent: int, elapsed: float, backlog: str
 ) -> None:
     print("=" * 64)
     print(f"sent       {sent} messages")
@@ -214,6 +254,6 @@ def print_summary(
         f"duplicates {result['shared_ip_tokens']} shared ip tokens ({result['rows_with_shared_ip']} rows), "
         f"{result['shared_device_tokens']} shared device tokens ({result['rows_with_shared_device']} rows)"
     )
-    print(f"queue      {depth['visible']} waiting, {depth['in_flight']} in flight (empty)")
+    print(f"source     {backlog}")
     print(f"throughput {sent / elapsed:.1f} messages/s ({elapsed:.1f}s from worker start, including start-up)")
     print("=" * 64)

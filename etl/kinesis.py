@@ -111,37 +111,44 @@ class Stream:
 
     def put(
         self, records: Sequence[tuple[str, str]], progress: Callable[[int], None] = lambda n: None, attempts: int = 8
-    ) -> int:
-        """PutRecords (partition key, body) in batches of 500 / 5 MiB; failed entries (throttled)
-        are sent again with backoff. Returns the number put; raises TransientError if some never
-        went in."""
-        put = 0
+    ) -> list[str]:
+        """PutRecords (partition key, body) in batches of 500 / 5 MiB; entries that failed
+        (throttled) are sent again with backoff. Returns the records' message ids in order;
+        raises TransientError if some never went in."""
+        ids: list[str] = []
         batch: list[dict[str, Any]] = []
         size = 0
         for key, body in records:
             data = body.encode("utf-8", "surrogatepass")
-            if len(data) + len(key.encode()) > MAX_RECORD_BYTES:
-                raise TerminalError(f"Kinesis PutRecords: a record of {len(data)} bytes is over the 1 MiB limit")
             entry_size = len(data) + len(key.encode())
+            if entry_size > MAX_RECORD_BYTES:
+                raise TerminalError(f"Kinesis PutRecords: a record of {len(data)} bytes is over the 1 MiB limit")
             if batch and (len(batch) == MAX_PUT or size + entry_size > MAX_PUT_BYTES):
-                put += self._put_batch(batch, attempts)
-                progress(put)
+                ids += self._put_batch(batch, attempts)
+                progress(len(ids))
                 batch, size = [], 0
             batch.append({"Data": data, "PartitionKey": key or "-"})
             size += entry_size
         if batch:
-            put += self._put_batch(batch, attempts)
-            progress(put)
-        return put
+            ids += self._put_batch(batch, attempts)
+            progress(len(ids))
+        return ids
 
-    def _put_batch(self, entries: list[dict[str, Any]], attempts: int) -> int:
-        pending = entries
+    def _put_batch(self, entries: list[dict[str, Any]], attempts: int) -> list[str]:
+        ids: list[str | None] = [None] * len(entries)
+        pending = list(range(len(entries)))
         for attempt in range(attempts):
             with _translated("PutRecords"):
-                response = self.client.put_records(StreamName=self.name, Records=pending)
-            if not response.get("FailedRecordCount"):
-                return len(entries)
-            pending = [e for e, r in zip(pending, response["Records"], strict=True) if r.get("ErrorCode")]
+                response = self.client.put_records(StreamName=self.name, Records=[entries[i] for i in pending])
+            failed = []
+            for i, result in zip(pending, response["Records"], strict=True):
+                if result.get("ErrorCode"):
+                    failed.append(i)
+                else:
+                    ids[i] = shards.message_id(self.name, result["ShardId"], result["SequenceNumber"])
+            if not failed:
+                return [i for i in ids if i is not None]
+            pending = failed
             time.sleep(min(0.1 * 2**attempt, 2.0))
         raise TransientError(f"Kinesis PutRecords: {len(pending)} of {len(entries)} records not accepted")
 

@@ -36,8 +36,8 @@ def partition_key(body: str) -> str:
     return user[:256] if isinstance(user, str) and user else "-"
 
 
-def put(stream: kinesis.Stream, bodies: list[str], progress: Progress) -> int:
-    """Put ``bodies`` on the stream (PutRecords, partitioned by user_id); return how many."""
+def put(stream: kinesis.Stream, bodies: list[str], progress: Progress) -> list[str]:
+    """Put ``bodies`` on the stream (PutRecords, partitioned by user_id); return their message ids."""
     progress.start(len(bodies), "seeding")
     done = 0
 

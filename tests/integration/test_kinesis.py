@@ -9,6 +9,7 @@ lost or doubled when workers are SIGKILLed or the Redis broker is restarted.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def streaming(
 
 
 def put(stream: kinesis.Stream, bodies: list[str]) -> None:
-    assert seeding.put(stream, bodies, Quiet()) == len(bodies)
+    assert len(seeding.put(stream, bodies, Quiet())) == len(bodies)
 
 
 def valid_count(bodies: list[str]) -> int:
@@ -365,3 +366,23 @@ def test_chunks_lost_after_they_were_handed_on_are_read_again_after_the_timeout(
         wait_until(lambda: checkpoints(conn, stream) == expected, 30, "checkpoints at each shard's last record")
     finally:
         p.stop()
+
+
+def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
+    """`ETL_SOURCE=kinesis make demo`: the whole pipeline through a Kinesis stream, on servers of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "AWS_ENDPOINT", "DATABASE", "CELERY"))}
+    env.update(ETL_SOURCE="kinesis", ETL_EMBEDDED="always", ETL_METRICS_PORT="0")
+    done = subprocess.run(
+        [sys.executable, "-m", "etl.cli", "demo", "--flower-port", "0", "--timeout", "120"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    sent = int(re.search(r"^sent\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
+    rows = int(re.search(r"^rows\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
+    rejected = int(re.search(r"^rejected\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
+    assert sent == rows + rejected and rows > 0
+    assert "kinesis: embedded moto server" in done.stdout and "stream checkpoints:" in done.stdout
