@@ -94,18 +94,17 @@ class Source:
         assert self.queue is not None
         return seeding.send(self.queue, bodies, bar)
 
-    def backlog(self, conn: store.Connection) -> tuple[str, bool]:
-        """What is left at the source, in words, and whether that is nothing."""
+    def backlog(self, conn: store.Connection) -> tuple[str, str, bool]:
+        """What is left at the source: its name, in words, and whether that is nothing."""
         if self.stream is not None:
             report = streams.shard_report(conn, self.stream.name)
             marks = ", ".join(f"{r['shard_id'][-3:]}@{r['checkpoint']}" for r in report)
-            return f"stream checkpoints: {marks or 'none yet'}", bool(report) and not any(
-                r["ranges_waiting"] for r in report
-            )
+            settled = bool(report) and not any(r["ranges_waiting"] for r in report)
+            return "stream", f"checkpoints {marks or 'none yet'}", settled
         assert self.queue is not None
         depth = self.queue.depth()
         empty = depth["visible"] == depth["in_flight"] == 0
-        return f"queue: {depth['visible']} waiting, {depth['in_flight']} in flight", empty
+        return "queue", f"{depth['visible']} waiting, {depth['in_flight']} in flight", empty
 
 
 def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555) -> int:
@@ -188,8 +187,8 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
                     return 1
             result = store.stats(conn, ids)
             done = result["rows"] + result["rejected"]
-            backlog, empty = source.backlog(conn)
-            print(f"\rprocessed {done}/{len(ids)}, {backlog}   ", end="", flush=True)
+            where, backlog, empty = source.backlog(conn)
+            print(f"\rprocessed {done}/{len(ids)}, {where}: {backlog}   ", end="", flush=True)
             if done == len(ids) and empty:
                 break
             time.sleep(0.5)
@@ -203,7 +202,7 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         details = store.query(
             conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
         )
-        print_summary(result, details, len(ids), elapsed, source.backlog(conn)[0])
+        print_summary(result, details, len(ids), elapsed, source.backlog(conn)[:2])
         if counts:
             port = int(env.get("ETL_METRICS_PORT") or 9808)
             print(f"metrics    http://127.0.0.1:{port}/metrics: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
@@ -242,7 +241,7 @@ def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]
 
 
 def print_summary(
-    result: dict[str, Any], details: list[tuple[Any, ...]], sent: int, elapsed: float, backlog: str
+    result: dict[str, Any], details: list[tuple[Any, ...]], sent: int, elapsed: float, backlog: tuple[str, str]
 ) -> None:
     print("=" * 64)
     print(f"sent       {sent} messages")
@@ -254,6 +253,6 @@ def print_summary(
         f"duplicates {result['shared_ip_tokens']} shared ip tokens ({result['rows_with_shared_ip']} rows), "
         f"{result['shared_device_tokens']} shared device tokens ({result['rows_with_shared_device']} rows)"
     )
-    print(f"source     {backlog}")
+    print(f"{backlog[0]:<10} {backlog[1]}" + (" (empty)" if backlog[0] == "queue" else ""))
     print(f"throughput {sent / elapsed:.1f} messages/s ({elapsed:.1f}s from worker start, including start-up)")
     print("=" * 64)
