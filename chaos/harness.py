@@ -175,7 +175,7 @@ def kill_workers(ctx: Ctx) -> None:
         raise FaultNotInjected("no worker left to kill at 55%")
     os.killpg(ctx.pipeline.procs["worker"].pid, signal.SIGKILL)
     ctx.pipeline.procs.pop("worker").wait()
-    ctx.notes.append("killed the whole worker at 55%")
+    ctx.notes.append(f"killed the whole worker at {ctx.done() / len(ctx.ids):.0%}")
     time.sleep(1)
     ctx.pipeline.start("worker")
 
