@@ -16,7 +16,7 @@ from etl.errors import ConfigError
 from etl.masking import Masker
 from etl.records import Message
 from etl.sealing import Sealer, new_key
-from tests.support import MASKING_KEY, MotoServer, ProcessGroup
+from tests.support import MASKING_KEY, ProcessGroup
 
 pytestmark = pytest.mark.integration
 
@@ -112,15 +112,6 @@ def test_a_restart_keeps_its_port_and_says_it_is_taken(tmp_path: Path, taken_por
     rd = embedded.Redis(tmp_path, port=taken_port)
     with pytest.raises(ConfigError, match="is taken"):
         rd.start()
-
-
-def test_moto_holds_the_port_it_reports() -> None:
-    server = MotoServer()
-    try:
-        with socket.socket() as other, pytest.raises(OSError):
-            other.bind(("127.0.0.1", server.port))
-    finally:
-        server.stop()
 
 
 def test_flower_moves_to_another_port_when_its_port_was_taken(
