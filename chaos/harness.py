@@ -144,7 +144,11 @@ def busy_pool_process(exclude: list[int], timeout: float) -> tuple[int, str] | N
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        active = app.control.inspect(timeout=0.5).active() or {}
+        try:
+            active = app.control.inspect(timeout=0.5).active() or {}
+        except Exception:  # e.g. this process's broker connection died with a restarted Redis: ask again
+            app.pool.force_close_all()
+            active = {}
         for tasks in active.values():
             for task in tasks:
                 if task.get("name") == MASK_AND_WRITE and task.get("worker_pid") not in exclude:
