@@ -1,49 +1,63 @@
 """A TCP proxy on loopback that can be switched off, to make an SQS endpoint unreachable."""
 
 import socket
+import struct
 import threading
 from contextlib import suppress
 
 
 class Proxy:
-    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target>; ``down()`` drops every connection."""
+    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target>; ``down()`` cuts every connection.
 
-    def __init__(self, target_port: int, port: int) -> None:
+    The port is the kernel's choice (bind to port 0) and stays bound until ``close()``: a port
+    released while the proxy is down could be taken by another run, and the proxy would then
+    come back on nothing (or forward the other run's traffic). While down, every connection is
+    accepted and reset at once, as an unreachable endpoint is to a client.
+    """
+
+    def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = port
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
-        self._listener: socket.socket | None = None
+        self._up = False
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._up = True
 
     def down(self) -> None:
         """Refuse new connections and cut the open ones (as a network partition would)."""
         with self._lock:
-            if self._listener:
-                with suppress(OSError):
-                    self._listener.shutdown(socket.SHUT_RDWR)
-                self._listener.close()
-                self._listener = None
+            self._up = False
             for s in self._sockets:
                 with suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
             self._sockets.clear()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def close(self) -> None:
+        """Cut everything and release the port."""
+        self.down()
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def _accept(self) -> None:
         while True:
             try:
-                client, _ = listener.accept()
+                client, _ = self._listener.accept()
             except OSError:
                 return
+            if not self._up:
+                # linger 0: close with a reset, so the client sees the connection refused/cut at once
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:

