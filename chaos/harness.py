@@ -198,21 +198,54 @@ def _embedded(kind: str) -> Any:
     return embedded.Redis(Path(directory) / "redis", port=_port(BROKER_URL))
 
 
-def restart_postgres(ctx: Ctx) -> None:
-    """The run's own embedded PostgreSQL, or (only when you pointed the run at it) this machine's."""
-    ctx.wait_progress(0.2)
+def bounce_postgres(down: float) -> None:
+    """Stop the run's own embedded PostgreSQL (or, only when you pointed the run at it, this
+    machine's cluster) for ``down`` seconds, then start it again."""
     server = _embedded("postgres")
     if server is not None:
         server.stop()
-        time.sleep(10)
+        time.sleep(down)
         server.start()
     else:
         version = sorted(os.listdir("/etc/postgresql"))[0]
         pg = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
         subprocess.run([*pg, "stop", "-m", "fast"], check=True, capture_output=True)
-        time.sleep(10)
+        time.sleep(down)
         subprocess.run([*pg, "start"], check=True, capture_output=True)
+
+
+def restart_postgres(ctx: Ctx) -> None:
+    ctx.wait_progress(0.2)
+    bounce_postgres(10)
     ctx.notes.append("postgres down for 10s")
+
+
+def bounce_redis(down: float) -> None:
+    """Stop the run's Redis without saving (everything in it is lost) for ``down`` seconds and
+    start it again: the embedded one, or a redis-server the run was pointed at (CI starts one of
+    its own), on the same port with the same options."""
+    server = _embedded("redis")
+    if server is not None:
+        server.stop()
+        time.sleep(down)
+        server.start()
+        return
+    port = str(_port(BROKER_URL))
+    cli = ["redis-cli", "-h", "127.0.0.1", "-p", port]
+    conf = {}
+    for key in ("dir", "logfile", "bind"):
+        out = subprocess.run([*cli, "config", "get", key], capture_output=True, text=True, check=True)
+        lines = out.stdout.split("\n")
+        conf[key] = lines[1] if len(lines) > 1 else ""
+    subprocess.run([*cli, "shutdown", "nosave"], capture_output=True)
+    time.sleep(down)
+    cmd = ["redis-server", "--daemonize", "yes", "--port", port, "--save", "", "--appendonly", "no"]
+    cmd += ["--bind", *(conf["bind"].split() or ["127.0.0.1"])]
+    if conf["dir"]:
+        cmd += ["--dir", conf["dir"]]
+    if conf["logfile"]:
+        cmd += ["--logfile", conf["logfile"]]
+    subprocess.run(cmd, check=True, capture_output=True)
 
 
 def park_chunks(ctx: Ctx, count: int) -> int:
@@ -241,28 +274,7 @@ def restart_redis(ctx: Ctx) -> None:
     import redis
 
     queued = redis.Redis.from_url(BROKER_URL).llen("etl")
-    server = _embedded("redis")
-    if server is not None:
-        server.stop()
-        time.sleep(5)
-        server.start()
-    else:  # a redis-server the run was pointed at (CI starts one of its own): same port, same options
-        port = str(_port(BROKER_URL))
-        cli = ["redis-cli", "-h", "127.0.0.1", "-p", port]
-        conf = {}
-        for key in ("dir", "logfile", "bind"):
-            out = subprocess.run([*cli, "config", "get", key], capture_output=True, text=True, check=True)
-            lines = out.stdout.split("\n")
-            conf[key] = lines[1] if len(lines) > 1 else ""
-        subprocess.run([*cli, "shutdown", "nosave"], capture_output=True)
-        time.sleep(5)
-        cmd = ["redis-server", "--daemonize", "yes", "--port", port, "--save", "", "--appendonly", "no"]
-        cmd += ["--bind", *(conf["bind"].split() or ["127.0.0.1"])]
-        if conf["dir"]:
-            cmd += ["--dir", conf["dir"]]
-        if conf["logfile"]:
-            cmd += ["--logfile", conf["logfile"]]
-        subprocess.run(cmd, check=True, capture_output=True)
+    bounce_redis(5)
     lost = queued
     ctx.notes.append(f"redis down for 5s: {lost} queued tasks destroyed (chunks, fetch requests, {parked} parked msgs)")
     ctx.pipeline.start("worker")

@@ -1,6 +1,42 @@
 """Builds the Celery app from the top-level celeryconfig module; no I/O at import."""
 
+import functools
+import logging
+from typing import Any
+
 from celery import Celery
+from kombu.transport import redis as kombu_redis
+
+
+def _survive_broker_loss() -> None:
+    """Keep a worker alive when Redis goes away while it holds unacknowledged chunks.
+
+    kombu 5.7 closes the lost connection and then tries to put the worker's unacknowledged
+    messages back through it; with the transport already released that raises AttributeError,
+    which Celery treats as unrecoverable, and the worker stops consuming for good (seen in our
+    Redis-restart tests). Those messages are not ours to rescue there: with Redis gone they are
+    gone, and a chunk's records are still in SQS (redelivered after the visibility timeout) or in
+    the stream (read again from the checkpoint). So the failed restore is logged and the worker
+    reconnects as it does when nothing was unacknowledged.
+    """
+    restore = kombu_redis.QoS.restore_unacked
+
+    @functools.wraps(restore)
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        try:
+            return restore(self, client)  # type: ignore[no-untyped-call]
+        except AttributeError:
+            logging.getLogger("etl.celery").warning(
+                "broker lost with %d chunks unacknowledged; their messages come back from SQS or the stream",
+                len(getattr(self, "_delivered", ())),
+            )
+            self._delivered.clear()
+            return None
+
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
+_survive_broker_loss()
 
 app = Celery("etl")
 app.config_from_object("celeryconfig")
