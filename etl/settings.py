@@ -37,6 +37,7 @@ class Settings:
     metrics_port: int = 9808
     metrics_address: str = "127.0.0.1"
     sqs_threads: int = 32
+    sqs_client: str = "lean"  # ETL_SQS_CLIENT: lean (hot calls over keep-alive HTTP) or boto3 (all through botocore)
     health_max_idle: float = 300.0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; empty: the worker serves no metrics
     audit_anchor: str = ""  # ETL_AUDIT_ANCHOR: file:///dir or s3://bucket/prefix for audit chain heads
@@ -86,6 +87,7 @@ _TEXT = (
     ("metrics_address", "ETL_METRICS_ADDRESS"),
     ("metrics_dir", "PROMETHEUS_MULTIPROC_DIR"),
     ("audit_anchor", "ETL_AUDIT_ANCHOR"),
+    ("sqs_client", "ETL_SQS_CLIENT"),
 )
 _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
@@ -163,6 +165,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, object] = {f: env.get(name) or getattr(_DEFAULTS, f) for f, name in _TEXT}
     values.update({f: _number(env, name, getattr(_DEFAULTS, f), low) for f, name, low in _NUMBERS})
     values["log_format"] = str(values["log_format"]).lower()
+    values["sqs_client"] = str(values["sqs_client"]).strip().lower()
     values["payload_keys"] = tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip())
     values["vault_key"] = _secret(env, "ETL_VAULT_KEY")
     values["vault_public_key"] = _secret(env, "ETL_VAULT_PUBLIC_KEY")
@@ -170,6 +173,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"ETL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
+    if settings.sqs_client not in ("lean", "boto3"):
+        raise ConfigError(f"ETL_SQS_CLIENT must be lean or boto3, got {settings.sqs_client!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
     _require_distinct_keys(settings)

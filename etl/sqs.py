@@ -1,5 +1,8 @@
 """The only module that talks to SQS (boto3): receive, delete, visibility, send, depth.
 
+The three hot calls may go through etl.sqs_lean instead (``ETL_SQS_CLIENT=lean``), which
+raises botocore's own exceptions, so _translated below is the one place for both clients.
+
 Driver errors leave this module as the two failure kinds of etl.errors (plus ConfigError for a
 missing queue or credentials), with messages that name the operation and error code only.
 """
@@ -12,9 +15,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from etl import sqs_lean
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
 
@@ -24,23 +29,42 @@ if TYPE_CHECKING:
 MAX_BATCH = 10  # SQS's own limit for ReceiveMessage, SendMessageBatch and DeleteMessageBatch
 MAX_BATCH_BYTES = 256 * 1024  # SQS's limit for one message, and for one SendMessageBatch
 _MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+MAX_ATTEMPTS = 3  # botocore's standard retry mode: 3 attempts, jittered exponential backoff
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 30  # above the 20 s long-poll maximum
 _CLIENT_FAULTS = {"InvalidParameterValue", "MissingParameter", "InvalidAddress", "AccessDenied"}
 
 
-def make_client(max_pool: int = 10) -> "SQSClient":
+def make_client(max_pool: int = 10, kind: str = "boto3") -> "SQSClient":
     """An SQS client configured from AWS's own environment variables.
 
     AWS_ENDPOINT_URL_SQS points it at LocalStack or moto; AWS_DEFAULT_REGION defaults to
-    us-east-1 here so a local setup needs no AWS configuration at all.
+    us-east-1 here so a local setup needs no AWS configuration at all. ``kind="lean"`` sends the
+    three hot calls (receive, delete batch, visibility batch) through etl.sqs_lean with this
+    client's credentials, region, endpoint and CA bundle, and every other call through boto3;
+    where a proxy is configured for the endpoint it stays boto3 (the lean path speaks direct only).
     """
-    session = boto3.session.Session()
+    core = botocore.session.get_session()  # its public config lookup finds AWS_CA_BUNDLE / ca_bundle
+    session = boto3.session.Session(botocore_session=core)
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=30,  # above the 20 s long-poll maximum
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
         max_pool_connections=max_pool,
     )
-    return session.client("sqs", region_name=session.region_name or "us-east-1", config=config)
+    client = session.client("sqs", region_name=session.region_name or "us-east-1", config=config)
+    if kind != "lean" or sqs_lean.uses_proxy(client.meta.endpoint_url):
+        return client
+    lean = sqs_lean.LeanClient(
+        client,
+        session.get_credentials(),  # the chain's credentials; refreshable ones refresh themselves
+        max_pool=max_pool,
+        max_attempts=MAX_ATTEMPTS,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        verify=core.get_config_variable("ca_bundle") or True,
+    )
+    return lean  # type: ignore[return-value]  # the same methods and answers as SQSClient for what Queue calls
 
 
 @contextmanager
