@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 MAX_BATCH = 10  # SQS's own limit for ReceiveMessage, SendMessageBatch and DeleteMessageBatch
 MAX_BATCH_BYTES = 256 * 1024  # SQS's limit for one message, and for one SendMessageBatch
 _MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-MAX_ATTEMPTS = 3  # botocore's standard retry mode: 3 attempts, jittered exponential backoff
+MAX_RETRIES = 3  # botocore's "max_attempts" counts retries: 4 attempts in all, jittered exponential backoff
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 30  # above the 20 s long-poll maximum
 _CLIENT_FAULTS = {"InvalidParameterValue", "MissingParameter", "InvalidAddress", "AccessDenied"}
@@ -47,7 +47,7 @@ def make_client(max_pool: int = 10, kind: str = "boto3") -> "SQSClient":
     core = botocore.session.get_session()  # its public config lookup finds AWS_CA_BUNDLE / ca_bundle
     session = boto3.session.Session(botocore_session=core)
     config = Config(
-        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        retries={"mode": "standard", "max_attempts": MAX_RETRIES},
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
         max_pool_connections=max_pool,
@@ -59,7 +59,7 @@ def make_client(max_pool: int = 10, kind: str = "boto3") -> "SQSClient":
         client,
         session.get_credentials(),  # the chain's credentials; refreshable ones refresh themselves
         max_pool=max_pool,
-        max_attempts=MAX_ATTEMPTS,
+        max_attempts=MAX_RETRIES + 1,
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
         verify=core.get_config_variable("ca_bundle") or True,

@@ -17,8 +17,8 @@ connections, and keeps from botocore everything that is hard to get right:
 * errors: botocore's own exception classes, built as botocore's JSON parser builds them
   (``x-amzn-query-error`` codes included), so ``etl.sqs._translated`` maps both clients' errors
   to our kinds in one place;
-* retries: botocore's "standard" mode for these calls (3 attempts; throttling codes, 5xx and
-  connection errors; exponential backoff with full jitter, at most 20 s).
+* retries: botocore's "standard" mode as etl.sqs configures it (4 attempts in all; throttling
+  codes, 5xx and connection errors; exponential backoff with full jitter, at most 20 s).
 
 Every other call (send, depth, create) goes to the boto3 client unchanged. Nothing here logs,
 and no error message carries a request or response body (they hold PII).
