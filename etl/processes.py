@@ -135,7 +135,8 @@ class MotoServer:
         self._server.stop()
 
 
-LOCALSTACK_VENV = Path("/tmp/localstack-venv")  # where ../shared/sqs-servers.md and make bench install it
+# where ../shared/sqs-servers.md and `make bench` install it (a machine-wide cache, like the docs say)
+LOCALSTACK_VENV = Path("/tmp/localstack-venv")  # noqa: S108
 
 
 class LocalStack:
@@ -161,9 +162,9 @@ class LocalStack:
             "LOCALSTACK_HOST": f"localhost:{port}",
             "DISABLE_EVENTS": "1",
             "SKIP_SSL_CERT_DOWNLOAD": "1",
-            "FILESYSTEM_ROOT": f"/tmp/localstack-fs-{os.getpid()}-{port}",
+            "FILESYSTEM_ROOT": f"/tmp/localstack-fs-{os.getpid()}-{port}",  # noqa: S108  (per run: pid and port)
         }
-        self.log_path = Path(f"/tmp/localstack-{os.getpid()}-{port}.log")
+        self.log_path = Path(f"/tmp/localstack-{os.getpid()}-{port}.log")  # noqa: S108
         self.proc = spawn([python, "-m", "localstack.runtime.main"], env, self.log_path)
         self.endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout

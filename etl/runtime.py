@@ -51,7 +51,9 @@ _current: tuple[int, Runtime] | None = None
 
 
 def make_queue(config: settings.Settings) -> sqs.Queue:
-    return sqs.Queue(config.sqs_queue_url, sqs.make_client(config.sqs_threads + 2, config.sqs_client), config.sqs_threads)
+    return sqs.Queue(
+        config.sqs_queue_url, sqs.make_client(config.sqs_threads + 2, config.sqs_client), config.sqs_threads
+    )
 
 
 # The benchmark's SQS stand-in replaces this (bench/standin.py); nothing else should.

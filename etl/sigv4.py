@@ -74,5 +74,8 @@ class Signer:
         scope = f"{date}/{self.region}/{self.service}/aws4_request"
         to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(self._signing_key(date, credentials.secret_key), to_sign.encode(), hashlib.sha256)
-        auth = f"{ALGORITHM} Credential={credentials.access_key}/{scope}, SignedHeaders={names}, Signature={signature.hexdigest()}"
+        auth = (
+            f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={names}, Signature={signature.hexdigest()}"
+        )
         return [("Host", self.host), *sent, ("Authorization", auth)]

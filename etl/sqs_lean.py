@@ -24,6 +24,7 @@ Every other call (send, depth, create) goes to the boto3 client unchanged. Nothi
 and no error message carries a request or response body (they hold PII).
 """
 
+import contextlib
 import json
 import random
 import socket
@@ -94,10 +95,8 @@ class _Connection:
 
     def close(self) -> None:
         self.reusable = False
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def _more(self) -> None:
         data = self.sock.recv(65536)
@@ -137,7 +136,7 @@ class _Connection:
         return int(status), headers, body
 
     def _chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             while (eol := self.buf.find(b"\r\n")) < 0:
                 self._more()
@@ -183,7 +182,8 @@ class LeanClient:
         self._host = parts.hostname or ""
         self._tls: ssl.SSLContext | None = None
         if parts.scheme == "https":
-            self._tls = ssl.create_default_context(cafile=get_cert_path(True if verify is None else verify))
+            cafile = get_cert_path(True if verify is None else verify)  # type: ignore[arg-type]  # or a path
+            self._tls = ssl.create_default_context(cafile=cafile)
             if verify is False:
                 self._tls.check_hostname = False
                 self._tls.verify_mode = ssl.CERT_NONE
@@ -283,7 +283,8 @@ class LeanClient:
             ("X-Amz-Target", f"AmazonSQS.{operation}"),
             ("x-amzn-query-mode", "true"),  # as botocore sends for SQS (query-compatible error codes)
         ]
-        headers = self._signer.headers(sigv4.Frozen(frozen.access_key, frozen.secret_key, frozen.token), body, fixed)
+        keys = sigv4.Frozen(frozen.access_key or "", frozen.secret_key or "", frozen.token)
+        headers = self._signer.headers(keys, body, fixed)
         head = "".join(f"{n}: {v}\r\n" for n, v in headers)
         return b"POST %s HTTP/1.1\r\n%sUser-Agent: %s\r\nContent-Length: %d\r\n\r\n%s" % (
             self._path,
