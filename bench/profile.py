@@ -6,6 +6,7 @@ hmac under the masker as masking); samples that match no stage are "other".
 """
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,9 +39,26 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ),
 ]
 ORDER = [name for name, _ in STAGES] + ["other"]
+# Innermost frames of a thread blocked in a wait (socket read, selector, lock, queue). py-spy
+# counts a thread as active while the OS has it runnable, and on a machine with more runnable
+# threads than cores a thread just woken from such a wait is runnable long before it runs: those
+# samples measure the run queue, not our CPU, and are left out (their share is reported).
+WAITS = (
+    "_more (",
+    "read_response (",
+    "select (",
+    "poll (",
+    "wait (",
+    "_worker (",
+    "_read_from_socket (",
+    "_recv (",
+    "recv (",
+)
 
 
 def stage_of(stack: list[str]) -> str:
+    if any(w in stack[-1] for w in WAITS):
+        return "waiting"
     for frame in reversed(stack):  # innermost first
         for name, fragments in STAGES:
             if any(f in frame for f in fragments):
@@ -66,10 +84,19 @@ def record(pids: list[int], seconds: float, out_dir: Path, rate: int = 200) -> d
         files.append(out)
         cmd = [binary, "record", "--pid", str(pid), "--subprocesses", "--duration", str(int(seconds))]
         cmd += ["--rate", str(rate), "--format", "raw", "--nonblocking", "-o", str(out)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    deadline = time.monotonic() + seconds + 30
+        with open(out_dir / f"py-spy-{pid}.log", "ab") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + seconds + 15
     for proc in procs:
-        proc.wait(max(1, deadline - time.monotonic()))
+        try:
+            proc.wait(max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:  # py-spy writes what it has on SIGINT, as on Ctrl-C
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     counts: Counter[str] = Counter()
     for out in files:
         if not out.exists():
@@ -78,7 +105,9 @@ def record(pids: list[int], seconds: float, out_dir: Path, rate: int = 200) -> d
             stack, _, n = line.rpartition(" ")
             if stack and n.isdigit():
                 counts[stage_of(stack.split(";"))] += int(n)
-    total = sum(counts.values())
-    if not total:
+    total = sum(counts.values()) - counts["waiting"]
+    if total <= 0:
         return None
-    return {name: counts[name] / total for name in ORDER}
+    shares = {name: counts[name] / total for name in ORDER}
+    shares["waiting (left out)"] = counts["waiting"] / (total + counts["waiting"])
+    return shares

@@ -82,7 +82,8 @@ class State:
             return json.dumps({"Attributes": attrs}).encode(), self.latency
         if target == STATS:
             self.calls[target] -= 1
-            return json.dumps({"calls": dict(self.calls), "issued": self.issued}).encode(), 0
+            calls = {k: v for k, v in self.calls.items() if v and not k.startswith("Bench.")}
+            return json.dumps({"calls": calls, "issued": self.issued}).encode(), 0
         if target == RESET:
             self.calls.clear()
             self.issued = 0

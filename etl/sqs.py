@@ -115,19 +115,27 @@ class Queue:
         """
         calls = 1 if wait_seconds > 0 else min(self.threads, -(-max_messages // MAX_BATCH))
         sizes = [min(MAX_BATCH, max_messages - i * MAX_BATCH) for i in range(calls)]
-        batches = self._map(lambda n: self._receive(n, wait_seconds, visibility_timeout), sizes)
-        return [m for batch in batches for m in batch]
+        requests: list[dict[str, Any]] = [
+            {
+                "QueueUrl": self.url,
+                "MaxNumberOfMessages": min(n, MAX_BATCH),
+                "WaitTimeSeconds": max(0, min(wait_seconds, 20)),
+                "VisibilityTimeout": visibility_timeout,
+                "MessageSystemAttributeNames": ["SentTimestamp", "ApproximateReceiveCount"],
+            }
+            for n in sizes
+        ]
+        responses = self._calls("ReceiveMessage", self.client.receive_message, requests)
+        return [_to_message(m) for response in responses for m in response.get("Messages", [])]
 
-    def _receive(self, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]:
-        with _translated("ReceiveMessage"):
-            response = self.client.receive_message(
-                QueueUrl=self.url,
-                MaxNumberOfMessages=min(max_messages, MAX_BATCH),
-                WaitTimeSeconds=max(0, min(wait_seconds, 20)),
-                VisibilityTimeout=visibility_timeout,
-                MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
-            )
-        return [_to_message(m) for m in response.get("Messages", [])]
+    def _calls(self, operation: str, method: Callable[..., Any], requests: list[dict[str, Any]]) -> list[Any]:
+        """One API call per request, concurrently: the lean client multiplexes them on one thread,
+        boto3 gets up to ``threads`` threads; the first error leaves as one of our kinds."""
+        call_many = getattr(self.client, "call_many", None)
+        with _translated(operation):
+            if call_many is not None and self.threads > 1:
+                return list(call_many(operation, requests))
+            return self._map(lambda r: method(**r), requests)
 
     def delete(self, messages: Sequence[Message]) -> list[str]:
         """Delete messages (concurrent batches of 10); return the ids SQS did not delete."""
@@ -138,21 +146,22 @@ class Queue:
         return self._batched("ChangeMessageVisibilityBatch", messages, seconds)
 
     def _batched(self, operation: str, messages: Sequence[Message], seconds: int | None) -> list[str]:
-        def one(batch: Sequence[Message]) -> list[str]:
-            entries: list[dict[str, Any]] = [
-                {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)
-            ]
-            with _translated(operation):
-                if seconds is None:
-                    response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
-                else:
-                    for e in entries:
-                        e["VisibilityTimeout"] = seconds
-                    response = self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
-            return [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
-
         batches = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
-        return [mid for failed in self._map(one, batches) for mid in failed]
+        extra = {} if seconds is None else {"VisibilityTimeout": seconds}
+        requests = [
+            {
+                "QueueUrl": self.url,
+                "Entries": [{"Id": str(i), "ReceiptHandle": m.receipt_handle, **extra} for i, m in enumerate(batch)],
+            }
+            for batch in batches
+        ]
+        method = self.client.delete_message_batch if seconds is None else self.client.change_message_visibility_batch
+        responses = self._calls(operation, method, requests)
+        return [
+            batch[int(f["Id"])].message_id
+            for batch, response in zip(batches, responses, strict=True)
+            for f in response.get("Failed", [])
+        ]
 
     def send(self, bodies: Sequence[str]) -> list[str]:
         """Send bodies in batches of up to 10 (and 256 KiB); return their MessageIds in order."""

@@ -181,6 +181,23 @@ def test_throttling_and_5xx_are_retried(
     assert hot_calls(front, "DeleteMessageBatch") == 3
 
 
+def test_concurrent_batches_retry_each_failed_call(front: FrontServer, kind: str) -> None:
+    """Three delete batches sent at once (threads or one multiplexing thread): the two refused are
+    retried, each on its own, and every message ends deleted."""
+    url = new_queue_url()
+    sqs.Queue(url).send([f"m{i}" for i in range(30)])
+    queue = queue_for(url, kind)
+    got = receive_all(queue, 30, visibility_timeout=30)
+    front.calls.clear()
+    front.status, front.code, front.query_error, front.fail = 400, "ThrottlingException", "Throttling;Sender", 2
+
+    assert queue.delete(got) == []
+
+    assert hot_calls(front, "DeleteMessageBatch") == 5
+    depth = queue.depth()
+    assert depth["visible"] + depth["in_flight"] == 0
+
+
 def test_a_lasting_5xx_is_transient_after_four_attempts(front: FrontServer, kind: str) -> None:
     queue = queue_for(new_queue_url(), kind)
     front.status, front.code, front.fail = 500, "InternalError", 10
