@@ -5,7 +5,6 @@ rebuilt only when a connection breaks.
 """
 
 import os
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -56,10 +55,6 @@ def make_queue(config: settings.Settings) -> sqs.Queue:
     )
 
 
-# The benchmark's SQS stand-in replaces this (bench/standin.py); nothing else should.
-queue_factory: Callable[[settings.Settings], sqs.Queue] = make_queue
-
-
 def build(config: settings.Settings) -> Runtime:
     """Validate secrets and build the runtime; raises ConfigError with what to do."""
     config.require_keys()
@@ -79,7 +74,7 @@ def build(config: settings.Settings) -> Runtime:
         settings=config,
         masker=Masker(config.masking_key, config.masking_key_version),
         sealer=Sealer(list(config.payload_keys)),
-        queue=queue_factory(config),
+        queue=make_queue(config),
         coordinator=Coordinator(config.broker_url),
     )
 

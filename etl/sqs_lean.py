@@ -24,11 +24,9 @@ Every other call (send, depth, create) goes to the boto3 client unchanged. Nothi
 and no error message carries a request or response body (they hold PII).
 """
 
-import contextlib
 import json
 import random
 import selectors
-import socket
 import ssl
 import threading
 import time
@@ -49,7 +47,7 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 
-from etl import sigv4
+from etl import http1, sigv4
 
 HOT_CALLS = ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch")
 # botocore's standard retry mode (botocore/retries/standard.py): what it retries, and how long.
@@ -79,85 +77,6 @@ class _Retryable(Exception):
 
     def __init__(self, error: Exception) -> None:
         self.error = error
-
-
-class _Connection:
-    """One keep-alive HTTP/1.1 connection: a request written at once, the answer parsed by hand."""
-
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float, read_timeout: float):
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            sock = tls.wrap_socket(sock, server_hostname=host)
-        sock.settimeout(read_timeout)
-        self.sock = sock
-        self.buf = b""
-        self.reusable = True
-
-    def close(self) -> None:
-        self.reusable = False
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def _more(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionResetError("closed by the server")
-        self.buf += data
-
-    def exchange(self, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-        """Send one request; (status, headers with lower-case names, body)."""
-        self.sock.sendall(request)
-        return self.read_response()
-
-    def read_response(self) -> tuple[int, dict[bytes, bytes], bytes]:
-        """The answer to the request sent last (blocking, within the read timeout)."""
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            self._more()
-        lines = self.buf[:end].split(b"\r\n")
-        self.buf = self.buf[end + 4 :]
-        version, status = lines[0].split(b" ", 2)[:2]
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            body = self._chunked()
-        elif b"content-length" in headers:
-            length = int(headers[b"content-length"])
-            while len(self.buf) < length:
-                self._more()
-            body, self.buf = self.buf[:length], self.buf[length:]
-        else:  # body until the server closes
-            try:
-                while True:
-                    self._more()
-            except ConnectionResetError:
-                pass
-            body, self.buf = self.buf, b""
-            self.reusable = False
-        if headers.get(b"connection", b"").lower() == b"close" or version == b"HTTP/1.0":
-            self.reusable = False
-        return int(status), headers, body
-
-    def _chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            while (eol := self.buf.find(b"\r\n")) < 0:
-                self._more()
-            size = int(self.buf[:eol].split(b";", 1)[0], 16)
-            self.buf = self.buf[eol + 2 :]
-            while len(self.buf) < size + 2:
-                self._more()
-            if size == 0:  # no trailers expected from SQS: the final CRLF ends the body
-                while not self.buf.startswith(b"\r\n"):
-                    while (eol := self.buf.find(b"\r\n")) < 0:
-                        self._more()
-                    self.buf = self.buf[eol + 2 :]
-                self.buf = self.buf[2:]
-                return b"".join(parts)
-            parts.append(self.buf[:size])
-            self.buf = self.buf[size + 2 :]
 
 
 class LeanClient:
@@ -204,7 +123,7 @@ class LeanClient:
         self._max_attempts = max_attempts
         self._timeouts = (connect_timeout, read_timeout)
         self._sleep = sleep
-        self._idle: list[_Connection] = []
+        self._idle: list[http1.Connection] = []
         self._lock = threading.Lock()
         self._user_agent = f"{client.meta.config.user_agent} etl-lean-sqs".encode()
 
@@ -263,13 +182,14 @@ class LeanClient:
         if len(params_list) <= 1:
             return [self.call(operation, p) for p in params_list]
         results: list[Any] = [None] * len(params_list)
-        again: list[int] = []
+        again: list[int] = []  # first attempt failed: retry after a backoff
+        stale: list[int] = []  # a pooled connection the server had closed: retry at once, as urllib3 does
         selector = selectors.DefaultSelector()
         try:
             for i, params in enumerate(params_list):
                 request = self._signed(operation, json.dumps(params, separators=(",", ":")).encode())
                 try:
-                    conn, _ = self._connection()
+                    conn, reused = self._connection()
                 except _Retryable:
                     again.append(i)
                     continue
@@ -277,9 +197,9 @@ class LeanClient:
                     conn.sock.sendall(request)
                 except OSError:
                     conn.close()
-                    again.append(i)
+                    (stale if reused else again).append(i)
                     continue
-                selector.register(conn.sock, selectors.EVENT_READ, (i, conn))
+                selector.register(conn.sock, selectors.EVENT_READ, (i, conn, reused))
             deadline = time.monotonic() + self._timeouts[1]
             while selector.get_map():
                 ready = selector.select(max(0.0, deadline - time.monotonic()))
@@ -287,26 +207,27 @@ class LeanClient:
                     break  # read timeout: whatever is left is retried
                 for key, _ in ready:
                     selector.unregister(key.fileobj)
-                    i, conn = key.data
+                    i, conn, reused = key.data
                     try:
                         status, headers, payload = conn.read_response()
-                    except (OSError, ValueError, IndexError):
+                    except (OSError, ValueError, IndexError) as exc:
                         conn.close()
-                        again.append(i)
+                        closed = reused and isinstance(exc, (ConnectionResetError, BrokenPipeError))
+                        (stale if closed else again).append(i)
                         continue
                     self._release(conn)
                     results[i] = self._first_answer(operation, status, headers, payload)
                     if results[i] is None:
                         again.append(i)
+        finally:  # what is still waiting timed out (or an error is on its way out): never reused
             for key in list(selector.get_map().values()):
                 key.data[1].close()
                 again.append(key.data[0])
-        finally:
             selector.close()
         error: Exception | None = None
-        for i in sorted(again):
+        for i in sorted(stale + again):
             try:
-                results[i] = self.call(operation, params_list[i], attempt=2)
+                results[i] = self.call(operation, params_list[i], attempt=1 if i in stale else 2)
             except Exception as exc:  # raised below, after the other calls have had their chance
                 error = error or exc
         for r in results:
@@ -379,15 +300,15 @@ class LeanClient:
 
     # -- the pool --------------------------------------------------------------------------------
 
-    def _connection(self) -> tuple[_Connection, bool]:
+    def _connection(self) -> tuple[http1.Connection, bool]:
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
         return self._connect(), False
 
-    def _connect(self) -> _Connection:
+    def _connect(self) -> http1.Connection:
         try:
-            return _Connection(self._host, self._port, self._tls, *self._timeouts)
+            return http1.Connection(self._host, self._port, self._tls, *self._timeouts)
         except TimeoutError:
             raise _Retryable(ConnectTimeoutError(endpoint_url=self._url)) from None
         except ssl.SSLError as exc:  # a certificate that does not verify: not worth a retry
@@ -395,7 +316,7 @@ class LeanClient:
         except OSError:
             raise _Retryable(EndpointConnectionError(endpoint_url=self._url)) from None
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: http1.Connection) -> None:
         if conn.reusable:
             with self._lock:
                 if len(self._idle) < self._max_pool:
