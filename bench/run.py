@@ -1,16 +1,18 @@
-"""`make bench`: throughput, cost and memory of the pipeline, each against a limit measured in
-the same run (these machines are noisy: only ratios within one run mean anything).
+"""`make bench`: throughput, CPU, cost and memory of the pipeline, each against a limit measured
+in the same run (these machines are noisy: only ratios within one run mean anything).
 
-Sections (see README "Performance"):
- 1. LocalStack (host mode): raw ReceiveMessage+DeleteMessageBatch drain vs the real pipeline.
- 2. Capacity through an SQS stand-in (15 ms per call, no CPU): 1, 2, 3 worker processes and a
-    small grid of chunk size x SQS threads.
- 3. Write stage: the pipeline's own write path vs COPY + INSERT ON CONFLICT in 10,000-row batches.
+Steps (see README "Performance"):
+ 1. LocalStack (host mode, bench/localstack.py): bare receive+delete drain vs the real pipeline.
+ 2. CPU per message through the HTTP SQS stand-in (bench/standin.py, 15 ms per call): a bare
+    stock-boto3 receive+delete loop (before and after the pipeline runs) and one on the lean
+    client; the real worker + beat on each client with 1, 2, 3 processes (msg/s, CPU µs per
+    message of the worker tree + beat, the stand-in's own CPU); a py-spy profile by stage.
+ 3. Vault on vs off; write stage vs COPY + INSERT ON CONFLICT in 10,000-row batches.
  4. Cost: SQS calls per message at load; ReceiveMessage calls per minute on an idle queue.
  5. Memory: worker RSS at the start and end of a 200,000-message run.
- 6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete.
+ 6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete (stock boto3).
 
-    python -m bench.run [--quick] [--skip-localstack]
+    python -m bench.run [--quick] [--skip-localstack] [--only step,step]
 
 Writes bench/results.json and bench/throughput.png. Runs on an embedded Postgres and Redis of its own
 unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers (the machine's are never touched).
@@ -19,122 +21,36 @@ unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers (the machine's
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from bench import profile
+from bench import context, profile
+from bench.context import (
+    AWS_ENV,
+    MASKING_KEY,
+    PAYLOAD_KEY,
+    VAULT_PUBLIC_KEY,
+    Processes,
+    base_env,
+    fresh,
+    log,
+    rows,
+    rss_kb,
+)
 from bench.cpu import CpuMeter, StandIn, bare_loop
+from bench.localstack import localstack
 from bench.report import plot, stage_table, table, verdicts
-from etl import embedded, processes, records, samples, sealing, settings, sqs, store, vault
+from etl import embedded, records, samples, sealing, settings, sqs, store
 from etl.masking import Masker
 from etl.store import ingest
 
-# The run's servers: yours when ETL_TEST_DATABASE_URL / ETL_TEST_BROKER_URL are set, else an
-# embedded pair of its own (etl.embedded.for_run); set in main().
-DATABASE_URL = ""
-BROKER_URL = ""
-AWS_ENV = processes.LOCAL_AWS
 STANDIN: StandIn  # the run's HTTP SQS stand-in (bench/standin.py), started in main()
-
 HERE = Path(__file__).parent
-LOCALSTACK_VENV = processes.LOCALSTACK_VENV
-LOCALSTACK_PINS = [
-    "localstack-core[base-runtime]==2026.3.0",
-    "cbor2<6",
-    "pyopenssl<26",
-    "cryptography>=45.0.7,<47",
-    "service_identity",
-]
-MASKING_KEY = "bench-masking-key-0123456789abcdefghijkl"
-PAYLOAD_KEY = sealing.new_key()
-VAULT_PUBLIC_KEY = vault.new_keypair()[1]
 BARE_PROCESSES, BARE_THREADS = 2, 8  # the bare loop: as many calls in flight as LocalStack's raw drain
 PROFILE_SECONDS = 20
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "CELERY_BROKER_URL": BROKER_URL,
-        "ETL_MASKING_KEY": MASKING_KEY,
-        "ETL_PAYLOAD_KEY": PAYLOAD_KEY,
-        "ETL_FETCH_INTERVAL": "1",
-        "ETL_FETCH_SECONDS": "5",
-        "ETL_BEAT_SCHEDULE_FILE": f"/tmp/bench-beat-{os.getpid()}",
-        **extra,
-    }
-
-
-def fresh() -> store.Connection:
-    redis.Redis.from_url(BROKER_URL).flushdb()
-    return embedded.fresh_schema(DATABASE_URL)
-
-
-def rows(conn: store.Connection) -> int:
-    """Messages processed so far: rows plus rejections."""
-    return int(
-        store.query(conn, "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM rejected_messages)")[0][0]
-    )
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of a process and its children, in KiB."""
-    total = 0
-    pids = [pid] + [
-        int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    ]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-class Processes:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logdir = Path(f"/tmp/bench-logs-{os.getpid()}")
-        self.logdir.mkdir(exist_ok=True)
-
-    def worker(self, env: dict[str, str], concurrency: int) -> subprocess.Popen[bytes]:
-        cmd = processes.celery_command("worker")
-        cmd = [a if not a.startswith("--concurrency") else f"--concurrency={concurrency}" for a in cmd]
-        cmd = [a if not a.startswith("--loglevel") else "--loglevel=WARNING" for a in cmd]
-        return self._spawn(cmd, env, "worker")
-
-    def beat(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return self._spawn(processes.celery_command("beat"), env, "beat")
-
-    def _spawn(self, cmd: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        proc = processes.spawn(cmd, env, self.logdir / f"{name}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            processes.stop(proc, grace=20)
-        self.procs = []
-
-
-# ---- 2, 4, 5: through the stand-in -----------------------------------------------------------
 
 
 def standin_env(**extra: str) -> dict[str, str]:
@@ -304,129 +220,6 @@ def write_stage(total: int, chunk: int) -> dict[str, Any]:
 # ---- 1: LocalStack -------------------------------------------------------------------------------
 
 
-def python313() -> str | None:
-    root = (
-        subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
-        if shutil.which("pyenv")
-        else ""
-    )
-    for candidate in [f"{root}/versions/3.13.0/bin/python3", shutil.which("python3.13") or ""]:
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
-def ensure_localstack() -> str | None:
-    """Path of LocalStack's python, installing it if needed; None (with the reason logged) if impossible."""
-    python = LOCALSTACK_VENV / "bin" / "python"
-    if python.exists():
-        return str(python)
-    py313 = python313()
-    if not py313:
-        log("LocalStack section SKIPPED: it needs Python 3.13 (none found via pyenv or PATH)")
-        return None
-    log(f"installing LocalStack into {LOCALSTACK_VENV} (a few minutes, once)...")
-    subprocess.run([py313, "-m", "venv", str(LOCALSTACK_VENV)], check=True)
-    subprocess.run([str(LOCALSTACK_VENV / "bin" / "pip"), "install", "-q", *LOCALSTACK_PINS], check=True)
-    return str(python)
-
-
-def load(queue: sqs.Queue, bodies: list[str], threads: int = 8) -> float:
-    started = time.monotonic()
-    slices = [bodies[i::threads] for i in range(threads)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(queue.send, slices))
-    return len(bodies) / (time.monotonic() - started)
-
-
-def _drain_process(url: str, threads: int) -> tuple[int, float]:
-    """One process of the raw drain: ``threads`` loops of ReceiveMessage(10) + DeleteMessageBatch."""
-    client = sqs.make_client(max_pool=threads + 2)
-    done = 0
-    last = time.time()
-    lock = threading.Lock()
-
-    def loop() -> None:
-        nonlocal done, last
-        empty = 0
-        while empty < 3:
-            got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
-            if not got:
-                empty += 1
-                continue
-            empty = 0
-            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-            client.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
-            with lock:
-                done += len(got)
-                last = time.time()
-
-    with ThreadPoolExecutor(threads) as pool:
-        for f in [pool.submit(loop) for _ in range(threads)]:
-            f.result()
-    return done, last
-
-
-def raw_drain(queue: sqs.Queue, processes: int, threads: int) -> float:
-    """Messages/s of bare receive+delete loops: as many processes and calls in flight as the pipeline."""
-    import multiprocessing
-
-    started = time.time()
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        results = pool.starmap(_drain_process, [(queue.url, threads)] * processes)
-    # until the last delete: the empty polls that end each loop are not draining time
-    return sum(n for n, _ in results) / (max(t for _, t in results) - started)
-
-
-def localstack(messages: int, receivers: int) -> dict[str, Any] | None:
-    python = ensure_localstack()
-    if python is None:
-        return None
-    server = processes.LocalStack(python)
-    endpoint = server.endpoint
-    try:
-        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL_SQS": endpoint})
-        bodies = samples.generate(messages, seed=11)
-        queue = sqs.Queue(sqs.create_queue(f"bench-raw-{uuid.uuid4().hex[:6]}"), threads=receivers)
-        log(f"localstack: loading {messages} messages...")
-        load_rate = load(queue, bodies)
-        log(f"localstack: raw drain, 2 processes x {receivers} receivers...")
-        raw = raw_drain(queue, 2, receivers)
-
-        queue = sqs.Queue(sqs.create_queue(f"bench-pipe-{uuid.uuid4().hex[:6]}"), threads=receivers)
-        load(queue, bodies)
-        conn = fresh()
-        env = base_env(
-            **AWS_ENV, AWS_ENDPOINT_URL_SQS=endpoint, SQS_QUEUE_URL=queue.url, ETL_SQS_THREADS=str(receivers)
-        )
-        procs = Processes()
-        log("localstack: pipeline drain...")
-        try:
-            procs.worker(env, 2)
-            procs.beat(env)
-            while queue.depth()["visible"] >= len(bodies):  # from the first receive on
-                time.sleep(0.05)
-            started = time.monotonic()
-            expected = len(bodies)
-            deadline = started + 600
-            while rows(conn) < expected and time.monotonic() < deadline:
-                time.sleep(0.2)
-            pipeline_rate = rows(conn) / (time.monotonic() - started)
-        finally:
-            procs.stop()
-            conn.close()
-        return {
-            "messages": messages,
-            "receivers": receivers,
-            "load_msg_per_s": round(load_rate),
-            "raw_drain_msg_per_s": round(raw),
-            "pipeline_msg_per_s": round(pipeline_rate),
-            "ratio": round(pipeline_rate / raw, 3),
-        }
-    finally:
-        server.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
@@ -498,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    global DATABASE_URL, BROKER_URL
     with embedded.for_run("bench-servers-"):
-        DATABASE_URL, BROKER_URL = os.environ["ETL_TEST_DATABASE_URL"], os.environ["ETL_TEST_BROKER_URL"]
+        context.DATABASE_URL = os.environ["ETL_TEST_DATABASE_URL"]
+        context.BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
         return main(argv)
 
 
