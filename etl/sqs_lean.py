@@ -147,11 +147,10 @@ class LeanClient:
 
     # -- one call, with botocore's standard retries --------------------------------------------
 
-    def call(self, operation: str, params: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
-        """One call with retries; ``attempt`` > 1 continues after a failed first attempt (backoff first)."""
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call, with botocore's standard retries."""
         body = json.dumps(params, separators=(",", ":")).encode()
-        if attempt > 1:
-            self._backoff(attempt - 1)
+        attempt = 1
         while True:
             try:
                 status, headers, payload = self._send(operation, body)
@@ -159,14 +158,11 @@ class LeanClient:
                 if attempt >= self._max_attempts:
                     raise failure.error from None
             else:
-                if status < 300:
-                    return json.loads(payload) if payload else {}
-                error = _error_response(status, headers, payload)
-                code = error["Error"]["Code"]
-                retry = code in _THROTTLING or code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+                answer, retry = self._answer(operation, status, headers, payload)
                 if not retry or attempt >= self._max_attempts:
-                    error["ResponseMetadata"]["RetryAttempts"] = attempt - 1
-                    raise ClientError(error, operation)  # type: ignore[arg-type]
+                    if isinstance(answer, Exception):
+                        raise answer
+                    return answer  # type: ignore[no-any-return]
             self._backoff(attempt)
             attempt += 1
 
@@ -176,77 +172,103 @@ class LeanClient:
     def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several calls at once from this one thread: every request goes out on its own pooled
         connection before any answer is read (a selector waits for them), so N concurrent calls
-        cost one latency and no thread switching. A call whose first attempt fails in a way worth
-        retrying continues alone through ``call`` (backoff, further attempts); the first error
-        that remains is raised after every call has ended, as a thread pool's map would."""
+        cost one latency and no thread switching. Retries follow the standard rules per call, and
+        the calls to retry go out together again after one backoff; the first error that remains
+        is raised after every call has ended, as a thread pool's map would."""
         if len(params_list) <= 1:
             return [self.call(operation, p) for p in params_list]
+        bodies = [json.dumps(p, separators=(",", ":")).encode() for p in params_list]
         results: list[Any] = [None] * len(params_list)
-        again: list[int] = []  # first attempt failed: retry after a backoff
-        stale: list[int] = []  # a pooled connection the server had closed: retry at once, as urllib3 does
+        pending = list(range(len(params_list)))
+        attempt = 1
+        while True:
+            failed, stale = self._round(operation, bodies, pending, results)
+            while stale:  # pooled connections the server had closed: again at once, as urllib3 does
+                more, stale = self._round(operation, bodies, stale, results)
+                failed.update(more)
+            if not failed:
+                break
+            if attempt >= self._max_attempts:
+                for i, exc in failed.items():
+                    results[i] = exc
+                break
+            self._backoff(attempt)
+            attempt += 1
+            pending = sorted(failed)
+        error = next((r for r in results if isinstance(r, Exception)), None)
+        if error is not None:
+            raise error
+        return results
+
+    def _round(
+        self, operation: str, bodies: list[bytes], indices: list[int], results: list[Any]
+    ) -> tuple[dict[int, Exception], list[int]]:
+        """One attempt of the calls ``indices``, concurrently. Answers and errors not worth a retry
+        go into ``results``; returns the failures worth a retry and the calls that met a closed
+        pooled connection."""
+        failed: dict[int, Exception] = {}
+        stale: list[int] = []
         selector = selectors.DefaultSelector()
         try:
-            for i, params in enumerate(params_list):
-                request = self._signed(operation, json.dumps(params, separators=(",", ":")).encode())
+            for i in indices:
+                request = self._signed(operation, bodies[i])
                 try:
                     conn, reused = self._connection()
-                except _Retryable:
-                    again.append(i)
+                except _Retryable as failure:
+                    failed[i] = failure.error
                     continue
                 try:
                     conn.sock.sendall(request)
                 except OSError:
                     conn.close()
-                    (stale if reused else again).append(i)
+                    if reused:
+                        stale.append(i)
+                    else:
+                        failed[i] = ConnectionClosedError(endpoint_url=self._url)
                     continue
                 selector.register(conn.sock, selectors.EVENT_READ, (i, conn, reused))
             deadline = time.monotonic() + self._timeouts[1]
             while selector.get_map():
                 ready = selector.select(max(0.0, deadline - time.monotonic()))
                 if not ready:
-                    break  # read timeout: whatever is left is retried
+                    break  # read timeout: what is left is closed below
                 for key, _ in ready:
                     selector.unregister(key.fileobj)
                     i, conn, reused = key.data
                     try:
                         status, headers, payload = conn.read_response()
+                    except TimeoutError:
+                        conn.close()
+                        failed[i] = ReadTimeoutError(endpoint_url=self._url)
+                        continue
                     except (OSError, ValueError, IndexError) as exc:
                         conn.close()
-                        closed = reused and isinstance(exc, (ConnectionResetError, BrokenPipeError))
-                        (stale if closed else again).append(i)
+                        if reused and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                            stale.append(i)
+                        else:
+                            failed[i] = ConnectionClosedError(endpoint_url=self._url)
                         continue
                     self._release(conn)
-                    results[i] = self._first_answer(operation, status, headers, payload)
-                    if results[i] is None:
-                        again.append(i)
-        finally:  # what is still waiting timed out (or an error is on its way out): never reused
+                    answer, retry = self._answer(operation, status, headers, payload)
+                    if retry:
+                        failed[i] = answer
+                    else:
+                        results[i] = answer
+        finally:  # still waiting: timed out (or an error is on its way out); never reused
             for key in list(selector.get_map().values()):
                 key.data[1].close()
-                again.append(key.data[0])
+                failed[key.data[0]] = ReadTimeoutError(endpoint_url=self._url)
             selector.close()
-        error: Exception | None = None
-        for i in sorted(stale + again):
-            try:
-                results[i] = self.call(operation, params_list[i], attempt=1 if i in stale else 2)
-            except Exception as exc:  # raised below, after the other calls have had their chance
-                error = error or exc
-        for r in results:
-            if isinstance(r, Exception):
-                error = error or r
-        if error is not None:
-            raise error
-        return results
+        return failed, stale
 
-    def _first_answer(self, operation: str, status: int, headers: dict[bytes, bytes], payload: bytes) -> Any:
-        """A first attempt's answer: its dict, a ClientError not worth retrying, or None (retry)."""
+    def _answer(self, operation: str, status: int, headers: dict[bytes, bytes], payload: bytes) -> tuple[Any, bool]:
+        """(the response dict or the ClientError, whether the standard rules retry it)."""
         if status < 300:
-            return json.loads(payload) if payload else {}
+            return (json.loads(payload) if payload else {}), False
         error = _error_response(status, headers, payload)
         code = error["Error"]["Code"]
-        if code in _THROTTLING or code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
-            return None
-        error["ResponseMetadata"]["RetryAttempts"] = 0
-        return ClientError(error, operation)  # type: ignore[arg-type]
+        retry = code in _THROTTLING or code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+        return ClientError(error, operation), retry  # type: ignore[arg-type]
 
     def _send(self, operation: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
         request = self._signed(operation, body)

@@ -239,6 +239,8 @@ def test_an_unreachable_endpoint_is_transient(kind: str, monkeypatch: pytest.Mon
         queue.receive(10)
     with pytest.raises(TransientError, match="SQS DeleteMessageBatch failed"):
         queue.delete([sqs.Message("id", "rh", "", 0)])
+    with pytest.raises(TransientError, match="SQS ChangeMessageVisibilityBatch failed"):
+        queue.change_visibility([sqs.Message(f"id{i}", "rh", "", 0) for i in range(25)], 0)  # 3 batches at once
 
 
 # ---- credentials, endpoint, TLS -------------------------------------------------------------------
