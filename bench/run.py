@@ -269,12 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     global STANDIN
     STANDIN = StandIn(latency_ms=15, logdir=Path(f"/tmp/bench-logs-{os.getpid()}"))
     res["standin"] = {"endpoint": STANDIN.endpoint, "latency_ms": 15}
-    for name, step in steps:
-        log(f"== {name}")
-        started = time.monotonic()
-        res[name] = step()
-        log(f"   {json.dumps(res[name])[:300]} ({time.monotonic() - started:.0f}s)")
-    STANDIN.stop()
+    try:
+        for name, step in steps:
+            log(f"== {name}")
+            started = time.monotonic()
+            res[name] = step()
+            log(f"   {json.dumps(res[name])[:300]} ({time.monotonic() - started:.0f}s)")
+    finally:
+        STANDIN.stop()
     if args.only:  # a partial run: print its rows, keep the full results file as it is
         print(table(verdicts(res)))
         print(stage_table(res))
