@@ -184,6 +184,8 @@ def stage_table(res: dict[str, Any]) -> str:
     for stage in ORDER:
         cells = "".join(f"{frac[stage] * total:>16.0f}{frac[stage]:>8.0%}" for _, frac, total in cols)
         lines.append(f"{stage:<42}{cells}")
+    waits = "".join(f"{'':>16}{frac.get('waiting (left out)', 0):>8.0%}" for _, frac, _ in cols)
+    lines.append(f"{'(samples in a wait, left out)':<42}{waits}")
     lines.append(
         f"{'total (measured without the profiler)':<42}" + "".join(f"{total:>16.0f}{'':>8}" for _, _, total in cols)
     )
