@@ -1,16 +1,18 @@
-"""`make bench`: throughput, cost and memory of the pipeline, each against a limit measured in
-the same run (these machines are noisy: only ratios within one run mean anything).
+"""`make bench`: throughput, CPU, cost and memory of the pipeline, each against a limit measured
+in the same run (these machines are noisy: only ratios within one run mean anything).
 
-Sections (see README "Performance"):
- 1. LocalStack (host mode): raw ReceiveMessage+DeleteMessageBatch drain vs the real pipeline.
- 2. Capacity through an SQS stand-in (15 ms per call, no CPU): 1, 2, 3 worker processes and a
-    small grid of chunk size x SQS threads.
- 3. Write stage: the pipeline's own write path vs COPY + INSERT ON CONFLICT in 10,000-row batches.
+Steps (see README "Performance"):
+ 1. LocalStack (host mode, bench/localstack.py): bare receive+delete drain vs the real pipeline.
+ 2. CPU per message through the HTTP SQS stand-in (bench/standin.py, 15 ms per call): a bare
+    stock-boto3 receive+delete loop (before and after the pipeline runs) and one on the lean
+    client; the real worker + beat on each client with 1, 2, 3 processes (msg/s, CPU µs per
+    message of the worker tree + beat, the stand-in's own CPU); a py-spy profile by stage.
+ 3. Vault on vs off; write stage vs COPY + INSERT ON CONFLICT in 10,000-row batches.
  4. Cost: SQS calls per message at load; ReceiveMessage calls per minute on an idle queue.
  5. Memory: worker RSS at the start and end of a 200,000-message run.
- 6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete.
+ 6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete (stock boto3).
 
-    python -m bench.run [--quick] [--skip-localstack]
+    python -m bench.run [--quick] [--skip-localstack] [--only step,step]
 
 Writes bench/results.json and bench/throughput.png. Runs on an embedded Postgres and Redis of its own
 unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers (the machine's are never touched).
@@ -19,120 +21,40 @@ unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers (the machine's
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
-import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from bench.standin import CALLS, StandInClient
-from etl import embedded, processes, records, samples, sealing, settings, sqs, store, vault
+from bench import context, profile
+from bench.context import (
+    AWS_ENV,
+    MASKING_KEY,
+    PAYLOAD_KEY,
+    VAULT_PUBLIC_KEY,
+    Processes,
+    base_env,
+    fresh,
+    log,
+    rows,
+    rss_kb,
+)
+from bench.cpu import CpuMeter, StandIn, bare_loop
+from bench.localstack import localstack
+from bench.report import plot, stage_table, table, verdicts
+from etl import embedded, records, samples, sealing, settings, sqs, store
 from etl.masking import Masker
 from etl.store import ingest
 
-# The run's servers: yours when ETL_TEST_DATABASE_URL / ETL_TEST_BROKER_URL are set, else an
-# embedded pair of its own (etl.embedded.for_run); set in main().
-DATABASE_URL = ""
-BROKER_URL = ""
-AWS_ENV = processes.LOCAL_AWS
-
+STANDIN: StandIn  # the run's HTTP SQS stand-in (bench/standin.py), started in main()
 HERE = Path(__file__).parent
-LOCALSTACK_VENV = Path(os.environ.get("BENCH_LOCALSTACK_VENV", "/tmp/localstack-venv"))
-LOCALSTACK_PINS = [
-    "localstack-core[base-runtime]==2026.3.0",
-    "cbor2<6",
-    "pyopenssl<26",
-    "cryptography>=45.0.7,<47",
-    "service_identity",
-]
-MASKING_KEY = "bench-masking-key-0123456789abcdefghijkl"
-PAYLOAD_KEY = sealing.new_key()
-VAULT_PUBLIC_KEY = vault.new_keypair()[1]
+BARE_PROCESSES, BARE_THREADS = 2, 8  # the bare loop: as many calls in flight as LocalStack's raw drain
+PROFILE_SECONDS = 20
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "CELERY_BROKER_URL": BROKER_URL,
-        "ETL_MASKING_KEY": MASKING_KEY,
-        "ETL_PAYLOAD_KEY": PAYLOAD_KEY,
-        "ETL_FETCH_INTERVAL": "1",
-        "ETL_FETCH_SECONDS": "5",
-        "ETL_BEAT_SCHEDULE_FILE": f"/tmp/bench-beat-{os.getpid()}",
-        **extra,
-    }
-
-
-def fresh() -> store.Connection:
-    redis.Redis.from_url(BROKER_URL).flushdb()
-    return embedded.fresh_schema(DATABASE_URL)
-
-
-def rows(conn: store.Connection) -> int:
-    """Messages processed so far: rows plus rejections."""
-    return int(
-        store.query(conn, "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM rejected_messages)")[0][0]
-    )
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of a process and its children, in KiB."""
-    total = 0
-    pids = [pid] + [
-        int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    ]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-class Processes:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logdir = Path(f"/tmp/bench-logs-{os.getpid()}")
-        self.logdir.mkdir(exist_ok=True)
-
-    def worker(self, env: dict[str, str], concurrency: int, standin: bool) -> subprocess.Popen[bytes]:
-        cmd = processes.celery_command("worker")
-        cmd = [a if not a.startswith("--concurrency") else f"--concurrency={concurrency}" for a in cmd]
-        cmd = [a if not a.startswith("--loglevel") else "--loglevel=WARNING" for a in cmd]
-        if standin:
-            cmd = [sys.executable, "-m", "bench.standin_worker", *cmd[cmd.index("celery") + 1 :]]
-        return self._spawn(cmd, env, "worker")
-
-    def beat(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return self._spawn(processes.celery_command("beat"), env, "beat")
-
-    def _spawn(self, cmd: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        proc = processes.spawn(cmd, env, self.logdir / f"{name}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            processes.stop(proc, grace=20)
-        self.procs = []
-
-
-# ---- 2, 4, 5: through the stand-in -----------------------------------------------------------
+def standin_env(**extra: str) -> dict[str, str]:
+    return base_env(**AWS_ENV, AWS_ENDPOINT_URL_SQS=STANDIN.endpoint, SQS_QUEUE_URL=STANDIN.queue_url("bench"), **extra)
 
 
 def standin_run(
@@ -143,32 +65,41 @@ def standin_run(
     total: int | None = None,
     sample_rss_at: int | None = None,
     vault: bool = False,
+    client: str = "lean",
+    profile_seconds: float = 0,
 ) -> dict[str, Any]:
-    """Steady-state msg/s of the real worker + beat on the stand-in (or a fixed total)."""
+    """Steady-state msg/s and CPU per message of the real worker + beat on the HTTP stand-in."""
     conn = fresh()
-    r = redis.Redis.from_url(BROKER_URL)
-    r.delete(CALLS)
-    env = base_env(
-        SQS_QUEUE_URL="http://standin/000000000000/bench",
+    STANDIN.reset(total)
+    env = standin_env(
         ETL_CHUNK_SIZE=str(chunk),
         ETL_SQS_THREADS=str(threads),
-        BENCH_LATENCY_MS="15",
-        **({"BENCH_TOTAL": str(total)} if total is not None else {}),
+        ETL_SQS_CLIENT=client,
         **({"ETL_VAULT_PUBLIC_KEY": VAULT_PUBLIC_KEY} if vault else {}),
     )
     procs = Processes()
-    result: dict[str, Any] = {"processes": concurrency, "chunk": chunk, "threads": threads, "vault": vault}
+    result: dict[str, Any] = {
+        "client": client,
+        "processes": concurrency,
+        "chunk": chunk,
+        "threads": threads,
+        "vault": vault,
+    }
     try:
-        worker = procs.worker(env, concurrency, standin=True)
-        procs.beat(env)
+        worker = procs.worker(env, concurrency)
+        beat = procs.beat(env)
         warm = sample_rss_at or 2 * chunk * concurrency
         deadline = time.monotonic() + 120
         while rows(conn) < warm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"stand-in run made no progress; see {procs.logdir}")
             time.sleep(0.2)
+        time.sleep(1)  # past start-up: pool processes forked, connections open
         if total is None:
-            r.delete(CALLS)  # a timed window; a fixed-total run counts every call from the start
+            STANDIN.reset()  # a timed window; a fixed-total run counts every call from the start
+        meter = CpuMeter(worker.pid, beat.pid)
+        meter.start()
+        standin_cpu0 = STANDIN.cpu()
         r0, t0 = rows(conn), time.monotonic()
         result["rss_start_kb"] = rss_kb(worker.pid)
         if total is None:
@@ -177,11 +108,16 @@ def standin_run(
             while rows(conn) < total:
                 time.sleep(0.5)
         r1, t1 = rows(conn), time.monotonic()
-        time.sleep(1.2)  # let the stand-ins flush their call counters
+        cpu = meter.seconds()
+        standin_cpu = STANDIN.cpu() - standin_cpu0
+        if profile_seconds:
+            result["profile"] = profile.record([worker.pid, beat.pid], profile_seconds, procs.logdir)
         result["rss_end_kb"] = rss_kb(worker.pid)
-        calls = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in r.hgetall(CALLS).items()}
+        calls = STANDIN.stats()["calls"]
         result["msg_per_s"] = round((r1 - r0) / (t1 - t0))
         result["rows_measured"] = r1 - r0
+        result["cpu_us_per_message"] = round(cpu / max(1, r1 - r0) * 1e6, 1)
+        result["standin_cpu_us_per_message"] = round(standin_cpu / max(1, r1 - r0) * 1e6, 1)
         result["calls"] = calls
         counted = total if total is not None else r1 - r0
         result["calls_per_message"] = round(sum(calls.values()) / max(1, counted), 4)
@@ -194,18 +130,18 @@ def standin_run(
 def idle_receives(seconds: float) -> dict[str, Any]:
     """ReceiveMessage calls per minute on an empty queue, with the default fetch settings."""
     conn = fresh()
-    r = redis.Redis.from_url(BROKER_URL)
-    env = base_env(SQS_QUEUE_URL="http://standin/000000000000/idle", BENCH_TOTAL="0", BENCH_LATENCY_MS="15")
+    STANDIN.reset(0)
+    env = standin_env()
     for k in ("ETL_FETCH_INTERVAL", "ETL_FETCH_SECONDS"):
         env.pop(k)  # the defaults are what is measured
     procs = Processes()
     try:
-        procs.worker(env, 2, standin=True)
+        procs.worker(env, 2)
         procs.beat(env)
         time.sleep(10)  # start-up
-        r.delete(CALLS)
+        STANDIN.reset(0)
         time.sleep(seconds)
-        calls = int(r.hget(CALLS, "ReceiveMessage") or 0)
+        calls = int(STANDIN.stats()["calls"].get("ReceiveMessage", 0))
     finally:
         procs.stop()
         conn.close()
@@ -218,8 +154,9 @@ def idle_receives(seconds: float) -> dict[str, Any]:
 def naive(seconds: float) -> dict[str, Any]:
     """One process: receive 10 -> mask -> INSERT + COMMIT per row -> delete, via the stand-in."""
     conn = fresh()
-    client = StandInClient(0.015, None, BROKER_URL)
-    queue = sqs.Queue("http://standin/q", client=client, threads=1)  # type: ignore[arg-type]
+    STANDIN.reset()
+    os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL_SQS": STANDIN.endpoint})
+    queue = sqs.Queue(STANDIN.queue_url("naive"), sqs.make_client(kind="boto3"), threads=1)
     masker, sealer = Masker(MASKING_KEY), sealing.Sealer([PAYLOAD_KEY])
     done = 0
     started = time.monotonic()
@@ -283,267 +220,6 @@ def write_stage(total: int, chunk: int) -> dict[str, Any]:
 # ---- 1: LocalStack -------------------------------------------------------------------------------
 
 
-def python313() -> str | None:
-    root = (
-        subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
-        if shutil.which("pyenv")
-        else ""
-    )
-    for candidate in [f"{root}/versions/3.13.0/bin/python3", shutil.which("python3.13") or ""]:
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
-def ensure_localstack() -> str | None:
-    """Path of LocalStack's python, installing it if needed; None (with the reason logged) if impossible."""
-    python = LOCALSTACK_VENV / "bin" / "python"
-    if python.exists():
-        return str(python)
-    py313 = python313()
-    if not py313:
-        log("LocalStack section SKIPPED: it needs Python 3.13 (none found via pyenv or PATH)")
-        return None
-    log(f"installing LocalStack into {LOCALSTACK_VENV} (a few minutes, once)...")
-    subprocess.run([py313, "-m", "venv", str(LOCALSTACK_VENV)], check=True)
-    subprocess.run([str(LOCALSTACK_VENV / "bin" / "pip"), "install", "-q", *LOCALSTACK_PINS], check=True)
-    return str(python)
-
-
-def start_localstack(python: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = 4566 if not processes.port_in_use(4566) else processes.free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-        "GATEWAY_SERVER": "hypercorn",
-        "DNS_ADDRESS": "0",
-        "SERVICES": "sqs",
-        "EAGER_SERVICE_LOADING": "1",
-        "SQS_ENDPOINT_STRATEGY": "off",
-        "LOCALSTACK_HOST": f"localhost:{port}",
-        "DISABLE_EVENTS": "1",
-        "SKIP_SSL_CERT_DOWNLOAD": "1",
-        "FILESYSTEM_ROOT": f"/tmp/localstack-fs-{os.getpid()}",
-    }
-    proc = processes.spawn([python, "-m", "localstack.runtime.main"], env, Path(f"/tmp/localstack-{os.getpid()}.log"))
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/_localstack/health", timeout=2) as resp:  # noqa: S310
-                services = json.loads(resp.read()).get("services", {})
-            if services.get("sqs") in ("available", "running"):
-                break
-        except OSError:
-            pass
-        time.sleep(0.5)
-    time.sleep(1)
-    return proc, endpoint
-
-
-def load(queue: sqs.Queue, bodies: list[str], threads: int = 8) -> float:
-    started = time.monotonic()
-    slices = [bodies[i::threads] for i in range(threads)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(queue.send, slices))
-    return len(bodies) / (time.monotonic() - started)
-
-
-def _drain_process(url: str, threads: int) -> tuple[int, float]:
-    """One process of the raw drain: ``threads`` loops of ReceiveMessage(10) + DeleteMessageBatch."""
-    client = sqs.make_client(max_pool=threads + 2)
-    done = 0
-    last = time.time()
-    lock = threading.Lock()
-
-    def loop() -> None:
-        nonlocal done, last
-        empty = 0
-        while empty < 3:
-            got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
-            if not got:
-                empty += 1
-                continue
-            empty = 0
-            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-            client.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
-            with lock:
-                done += len(got)
-                last = time.time()
-
-    with ThreadPoolExecutor(threads) as pool:
-        for f in [pool.submit(loop) for _ in range(threads)]:
-            f.result()
-    return done, last
-
-
-def raw_drain(queue: sqs.Queue, processes: int, threads: int) -> float:
-    """Messages/s of bare receive+delete loops: as many processes and calls in flight as the pipeline."""
-    import multiprocessing
-
-    started = time.time()
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        results = pool.starmap(_drain_process, [(queue.url, threads)] * processes)
-    # until the last delete: the empty polls that end each loop are not draining time
-    return sum(n for n, _ in results) / (max(t for _, t in results) - started)
-
-
-def localstack(messages: int, receivers: int) -> dict[str, Any] | None:
-    python = ensure_localstack()
-    if python is None:
-        return None
-    proc, endpoint = start_localstack(python)
-    try:
-        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL_SQS": endpoint})
-        bodies = samples.generate(messages, seed=11)
-        queue = sqs.Queue(sqs.create_queue(f"bench-raw-{uuid.uuid4().hex[:6]}"), threads=receivers)
-        log(f"localstack: loading {messages} messages...")
-        load_rate = load(queue, bodies)
-        log(f"localstack: raw drain, 2 processes x {receivers} receivers...")
-        raw = raw_drain(queue, 2, receivers)
-
-        queue = sqs.Queue(sqs.create_queue(f"bench-pipe-{uuid.uuid4().hex[:6]}"), threads=receivers)
-        load(queue, bodies)
-        conn = fresh()
-        env = base_env(
-            **AWS_ENV, AWS_ENDPOINT_URL_SQS=endpoint, SQS_QUEUE_URL=queue.url, ETL_SQS_THREADS=str(receivers)
-        )
-        procs = Processes()
-        log("localstack: pipeline drain...")
-        try:
-            procs.worker(env, 2, standin=False)
-            procs.beat(env)
-            while queue.depth()["visible"] >= len(bodies):  # from the first receive on
-                time.sleep(0.05)
-            started = time.monotonic()
-            expected = len(bodies)
-            deadline = started + 600
-            while rows(conn) < expected and time.monotonic() < deadline:
-                time.sleep(0.2)
-            pipeline_rate = rows(conn) / (time.monotonic() - started)
-        finally:
-            procs.stop()
-            conn.close()
-        return {
-            "messages": messages,
-            "receivers": receivers,
-            "load_msg_per_s": round(load_rate),
-            "raw_drain_msg_per_s": round(raw),
-            "pipeline_msg_per_s": round(pipeline_rate),
-            "ratio": round(pipeline_rate / raw, 3),
-        }
-    finally:
-        processes.stop(proc, grace=20)
-
-
-# ---- report ----------------------------------------------------------------------------------------
-
-
-def plot(capacity: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [c["processes"] for c in capacity]
-    ax.plot(xs, [c["msg_per_s"] for c in capacity], marker="o", label="pipeline via stand-in (15 ms/call)")
-    ax.axhline(5000, color="grey", linestyle="--", label="target 5,000 msg/s")
-    ax.set_xlabel("worker processes (celery --concurrency)")
-    ax.set_ylabel("messages per second")
-    ax.set_xticks(xs)
-    ax.set_ylim(bottom=0)
-    ax.set_title("etl throughput, 2-core machine")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    out: list[tuple[str, str, str, bool | None]] = []
-    ls = res.get("localstack")
-    if ls:
-        out.append(
-            (
-                "pipeline / raw drain (LocalStack)",
-                f"{ls['pipeline_msg_per_s']} / {ls['raw_drain_msg_per_s']} msg/s",
-                f"{ls['ratio']:.2f} (>= 0.8)",
-                ls["ratio"] >= 0.8,
-            )
-        )
-    else:
-        out.append(("pipeline / raw drain (LocalStack)", "skipped", res.get("localstack_skipped", ""), None))
-    if "capacity" in res:
-        two = next(c for c in res["capacity"] if c["processes"] == 2)
-        out.append(
-            ("capacity, 2 processes (stand-in)", f"{two['msg_per_s']} msg/s", ">= 5000", two["msg_per_s"] >= 5000)
-        )
-    if "vault" in res:
-        off, on = (r["msg_per_s"] for r in res["vault"])
-        out.append(("vault on / off, 2 processes", f"{on} / {off} msg/s", f"{on / off:.2f} (>= 0.9)", on / off >= 0.9))
-    if "grid_best" in res:
-        best = res["grid_best"]
-        out.append(
-            (
-                "best settings, 2 processes",
-                f"{best['msg_per_s']} msg/s",
-                f"chunk {best['chunk']}, {best['threads']} SQS threads",
-                None,
-            )
-        )
-    if "write_stage" in res:
-        ws = res["write_stage"]
-        out.append(
-            (
-                "write stage / raw COPY+upsert",
-                f"{ws['ours_rows_per_s']} / {ws['raw_rows_per_s']} rows/s",
-                f"{ws['ratio']:.2f} (>= 0.5)",
-                ws["ratio"] >= 0.5,
-            )
-        )
-    if "memory" in res:
-        mem = res["memory"]
-        out.append(
-            (
-                "SQS calls per message at load",
-                f"{mem['calls_per_message']} (whole 200k run)",
-                "<= 0.21",
-                mem["calls_per_message"] <= 0.21,
-            )
-        )
-        growth = (mem["rss_end_kb"] - mem["rss_start_kb"]) / mem["rss_start_kb"]
-        out.append(
-            (
-                "worker RSS growth over 200k msgs",
-                f"{mem['rss_start_kb'] // 1024} -> {mem['rss_end_kb'] // 1024} MiB",
-                f"{growth:+.1%} (< 10%)",
-                growth < 0.10,
-            )
-        )
-    if "idle" in res:
-        idle = res["idle"]
-        out.append(("ReceiveMessage per minute, idle", f"{idle['per_minute']}", "<= 4", idle["per_minute"] <= 4))
-    if "naive" in res and "capacity" in res:
-        nv = res["naive"]
-        ratio = two["msg_per_s"] / max(1, nv["msg_per_s"])
-        out.append(
-            (
-                "pipeline / naive baseline",
-                f"{two['msg_per_s']} / {nv['msg_per_s']} msg/s",
-                f"{ratio:.0f}x (>= 20x)",
-                ratio >= 20,
-            )
-        )
-    return out
-
-
-def table(rows_: list[tuple[str, str, str, bool | None]]) -> str:
-    lines = [f"{'measure':<36} {'value':<28} {'ratio / target':<34} ok", "-" * 104]
-    for name, value, target, ok in rows_:
-        lines.append(f"{name:<36} {value:<28} {target:<34} {'-' if ok is None else 'yes' if ok else 'NO'}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
@@ -558,9 +234,24 @@ def main(argv: list[str] | None = None) -> int:
     defaults = settings.load({})
     chunk, threads = defaults.chunk_size, defaults.sqs_threads
 
+    def bare(kind: str) -> dict[str, Any]:
+        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL_SQS": STANDIN.endpoint})
+        return bare_loop(STANDIN.queue_url("bare"), BARE_PROCESSES, BARE_THREADS, seconds, kind)
+
+    def pair(p: int, profile_seconds: float = 0) -> list[dict[str, Any]]:
+        return [
+            standin_run(p, chunk, threads, seconds, client=c, profile_seconds=profile_seconds)
+            for c in ("boto3", "lean")
+        ]
+
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("capacity", lambda: [standin_run(p, chunk, threads, seconds) for p in (1, 2, 3)]),
-        ("grid", lambda: [standin_run(2, c, t, seconds) for c, t in ((200, 16), (500, 32), (1000, 32))]),
+        # CPU per message: the bare stock-boto3 loop before and after the pipeline runs (its mean is the
+        # yardstick), the bare loop on the lean client (the SQS client's own share), the pipeline on each client
+        ("bare_before", lambda: bare("boto3")),
+        ("capacity", lambda: [r for p in (1, 2, 3) for r in pair(p)]),
+        ("bare_lean", lambda: bare("lean")),
+        ("bare_after", lambda: bare("boto3")),
+        ("profile", lambda: pair(2, profile_seconds=PROFILE_SECONDS)),
         ("vault", lambda: [standin_run(2, chunk, threads, seconds, vault=v) for v in (False, True)]),
         ("write_stage", lambda: write_stage(20_000 if args.quick else 50_000, chunk)),
         ("naive", lambda: naive(5 if args.quick else 10)),
@@ -575,31 +266,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         steps = [s for s in steps if s[0] in wanted]
-    for name, step in steps:
-        log(f"== {name}")
-        started = time.monotonic()
-        res[name] = step()
-        log(f"   {json.dumps(res[name])[:300]} ({time.monotonic() - started:.0f}s)")
+    global STANDIN
+    STANDIN = StandIn(latency_ms=15, logdir=Path(f"/tmp/bench-logs-{os.getpid()}"))
+    res["standin"] = {"endpoint": STANDIN.endpoint, "latency_ms": 15}
+    try:
+        for name, step in steps:
+            log(f"== {name}")
+            started = time.monotonic()
+            res[name] = step()
+            log(f"   {json.dumps(res[name])[:300]} ({time.monotonic() - started:.0f}s)")
+    finally:
+        STANDIN.stop()
     if args.only:  # a partial run: print its rows, keep the full results file as it is
         print(table(verdicts(res)))
+        print(stage_table(res))
         return 0
     if res.get("localstack") is None:
         res["localstack_skipped"] = "skipped (--skip-localstack or no Python 3.13)"
-    res["grid_best"] = max(
-        res["grid"] + [c for c in res["capacity"] if c["processes"] == 2], key=lambda c: c["msg_per_s"]
-    )
     res["verdicts"] = [{"measure": n, "value": v, "target": t, "ok": ok} for n, v, t, ok in verdicts(res)]
     (HERE / "results.json").write_text(json.dumps(res, indent=2, default=str))
     plot(res["capacity"], HERE / "throughput.png")
     print(table(verdicts(res)))
+    print(stage_table(res))
     print(f"\nwrote {HERE / 'results.json'} and {HERE / 'throughput.png'}")
     return 0
 
 
 def run(argv: list[str] | None = None) -> int:
-    global DATABASE_URL, BROKER_URL
     with embedded.for_run("bench-servers-"):
-        DATABASE_URL, BROKER_URL = os.environ["ETL_TEST_DATABASE_URL"], os.environ["ETL_TEST_BROKER_URL"]
+        context.DATABASE_URL = os.environ["ETL_TEST_DATABASE_URL"]
+        context.BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
         return main(argv)
 
 

@@ -1,100 +1,172 @@
-"""An SQS stand-in for capacity benchmarks: fixed latency per call, no CPU work of its own.
+"""An HTTP-level SQS stand-in for benchmarks: the JSON protocol botocore speaks, fixed latency.
 
-It replaces only the boto3 client under etl.sqs.Queue, so the real fetch and mask_and_write
-code (batching, threads, chunking, Celery, masking, Postgres) runs unchanged. Messages are
-generated on demand from a small pool of realistic bodies; a shared Redis counter caps the total
-(``BENCH_TOTAL``), and every process adds its call counts to the Redis hash ``bench:calls``.
+`python -m bench.standin --port P [--latency-ms 15] [--total N]` serves, on HTTP/1.1 with
+keep-alive, the calls etl makes (``X-Amz-Target: AmazonSQS.<Operation>``, content type
+``application/x-amz-json-1.0``): ReceiveMessage, DeleteMessageBatch,
+ChangeMessageVisibilityBatch, GetQueueAttributes, SendMessageBatch. Every answer goes out
+``latency`` after the request (AWS from inside a region); the client's CPU is all real: it
+builds, signs, sends and parses every call as it would against AWS.
 
-Run a worker on it with:  python -m bench.standin_worker -A etl worker ...
-Environment: BENCH_LATENCY_MS (15), BENCH_TOTAL (unlimited), CELERY_BROKER_URL (for counters).
+It does as little work as it can, so the benchmark's CPU figures are the client's: one asyncio
+event loop, requests parsed by hand, response bodies assembled from pre-encoded fragments, no
+signature checks and no storage (messages are generated on demand from a pool of realistic
+bodies, up to ``--total``; deletes always succeed). Its own CPU is reported by the benchmark.
+
+Two extra targets serve the benchmark itself: ``Bench.Stats`` (calls per operation, messages
+issued) and ``Bench.Reset`` (zero the counters; a JSON body may set ``total``).
 """
 
-import os
-import threading
+import argparse
+import asyncio
+import hashlib
+import json
 import time
 import uuid
 from collections import Counter
 from typing import Any
 
-import redis
+from etl import samples
 
-from etl import runtime, samples, settings, sqs
+TARGET_PREFIX = b"AmazonSQS."
+STATS = "Bench.Stats"
+RESET = "Bench.Reset"
 
-COUNTER = "bench:issued"
-CALLS = "bench:calls"
 
+class State:
+    """What the stand-in counts; one per server process."""
 
-class StandInClient:
-    """Answers the SQS calls etl makes after ``latency`` seconds."""
-
-    def __init__(self, latency: float, total: int | None, redis_url: str) -> None:
-        self.latency = latency
+    def __init__(self, total: int | None, latency: float) -> None:
         self.total = total
-        self.bodies = samples.generate(1000, seed=42, malformed_rate=0.01)
-        self.prefix = uuid.uuid4().hex[:10]
-        self.next_id = 0
-        self.lock = threading.Lock()
+        self.latency = latency
+        self.issued = 0
         self.calls: Counter[str] = Counter()
-        self.redis = redis.Redis.from_url(redis_url)
-        threading.Thread(target=self._flush_calls, daemon=True).start()
+        self.prefix = uuid.uuid4().hex[:10]
+        # Each body pre-encoded once: '"MD5OfBody":"…","Body":"…"' with the JSON escaping done.
+        self.fragments = [
+            f'"MD5OfBody":"{hashlib.md5(b.encode("utf-8", "surrogatepass")).hexdigest()}","Body":{json.dumps(b)}'.encode()  # noqa: S324
+            for b in samples.generate(1000, seed=42, malformed_rate=0.01)
+        ]
 
-    def _count(self, name: str) -> None:
-        with self.lock:
-            self.calls[name] += 1
-
-    def _flush_calls(self) -> None:
-        while True:
-            time.sleep(0.5)
-            with self.lock:
-                calls, self.calls = self.calls, Counter()
-            for name, n in calls.items():
-                self.redis.hincrby(CALLS, name, n)
-
-    def receive_message(self, *, MaxNumberOfMessages: int = 1, WaitTimeSeconds: int = 0, **_: Any) -> dict[str, Any]:
-        self._count("ReceiveMessage")
-        n = MaxNumberOfMessages
+    def receive(self, request: dict[str, Any]) -> tuple[bytes, float]:
+        n = int(request.get("MaxNumberOfMessages", 1))
         if self.total is not None:
-            issued = int(self.redis.incrby(COUNTER, n))
-            n = max(0, min(n, self.total - (issued - n)))
-        time.sleep(self.latency if n else max(self.latency, WaitTimeSeconds))
-        now_ms = str(int(time.time() * 1000))
-        with self.lock:
-            first, self.next_id = self.next_id, self.next_id + n
-        return {
-            "Messages": [
-                {
-                    "MessageId": f"{self.prefix}-{i}",
-                    "ReceiptHandle": f"rh-{i}",
-                    "Body": self.bodies[i % len(self.bodies)],
-                    "Attributes": {"SentTimestamp": now_ms, "ApproximateReceiveCount": "1"},
-                }
-                for i in range(first, first + n)
-            ]
-        }
+            n = max(0, min(n, self.total - self.issued))
+        first = self.issued
+        self.issued += n
+        wait = self.latency if n else max(self.latency, float(request.get("WaitTimeSeconds", 0)))
+        now = str(int(time.time() * 1000)).encode()
+        frags = self.fragments
+        prefix = self.prefix.encode()
+        items = [
+            b'{"MessageId":"%s-%d","ReceiptHandle":"rh-%d",%s,"Attributes":{"SentTimestamp":"%s","ApproximateReceiveCount":"1"}}'
+            % (prefix, i, i, frags[i % len(frags)], now)
+            for i in range(first, first + n)
+        ]
+        return b'{"Messages":[' + b",".join(items) + b"]}", wait
 
-    def _batch(self, name: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
-        self._count(name)
-        time.sleep(self.latency)
-        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+    def answer(self, target: str, body: bytes) -> tuple[bytes, float]:
+        """(response body, delay) for one call."""
+        self.calls[target] += 1
+        request: dict[str, Any] = json.loads(body) if body else {}
+        if target == "ReceiveMessage":
+            return self.receive(request)
+        if target in ("DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch"):
+            entries = request.get("Entries", [])
+            if target == "SendMessageBatch":
+                ok = [{"Id": e["Id"], "MessageId": uuid.uuid4().hex, "MD5OfMessageBody": ""} for e in entries]
+            else:
+                ok = [{"Id": e["Id"]} for e in entries]
+            return json.dumps({"Successful": ok, "Failed": []}).encode(), self.latency
+        if target == "GetQueueAttributes":
+            attrs = {k: "0" for k in request.get("AttributeNames", [])}
+            return json.dumps({"Attributes": attrs}).encode(), self.latency
+        if target == STATS:
+            self.calls[target] -= 1
+            calls = {k: v for k, v in self.calls.items() if v and not k.startswith("Bench.")}
+            return json.dumps({"calls": calls, "issued": self.issued}).encode(), 0
+        if target == RESET:
+            self.calls.clear()
+            self.issued = 0
+            if "total" in request:
+                self.total = request["total"]
+            return b"{}", 0
+        self.calls[target] -= 1
+        raise KeyError(target)
 
-    def delete_message_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
-        return self._batch("DeleteMessageBatch", Entries)
 
-    def change_message_visibility_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
-        return self._batch("ChangeMessageVisibilityBatch", Entries)
-
-    def get_queue_attributes(self, **_: Any) -> dict[str, Any]:
-        self._count("GetQueueAttributes")
-        return {"Attributes": {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}}
+def _response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: standin\r\n"
+        b"%sContent-Length: %d\r\n\r\n%s" % (status, extra, len(body), body)
+    )
 
 
-def install() -> None:
-    """Make this process's etl runtime use the stand-in instead of boto3."""
-    latency = float(os.environ.get("BENCH_LATENCY_MS", "15")) / 1000
-    total = int(os.environ["BENCH_TOTAL"]) if os.environ.get("BENCH_TOTAL") else None
+class Protocol(asyncio.Protocol):
+    """One keep-alive connection: requests parsed by hand, answers scheduled ``latency`` later."""
 
-    def factory(config: settings.Settings) -> sqs.Queue:
-        client = StandInClient(latency, total, config.broker_url)
-        return sqs.Queue(config.sqs_queue_url, client=client, threads=config.sqs_threads)  # type: ignore[arg-type]
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
 
-    runtime.queue_factory = factory
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            target = ""
+            for line in self.buf[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"x-amz-target":
+                    target = value.strip().removeprefix(TARGET_PREFIX).decode()
+            if len(self.buf) < end + 4 + length:
+                return
+            body, self.buf = self.buf[end + 4 : end + 4 + length], self.buf[end + 4 + length :]
+            self.handle(target, body)
+
+    def handle(self, target: str, body: bytes) -> None:
+        try:
+            payload, delay = self.state.answer(target, body)
+            response = _response(b"200 OK", payload)
+        except (KeyError, ValueError):
+            payload = json.dumps({"__type": "com.amazonaws.sqs#InvalidAction", "message": "not served"}).encode()
+            response, delay = _response(b"400 Bad Request", payload), 0
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self.write, response)
+        else:
+            self.write(response)
+
+    def write(self, response: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(port: int, state: State) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Protocol(state), "127.0.0.1", port, backlog=512)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency-ms", type=float, default=15.0)
+    parser.add_argument("--total", type=int, default=None, help="messages to issue in all (default: unlimited)")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, State(args.total, args.latency_ms / 1000)))
+
+
+if __name__ == "__main__":
+    main()

@@ -202,3 +202,59 @@ class MotoServer:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+# where ../shared/sqs-servers.md and `make bench` install it (a machine-wide cache, like the docs say)
+LOCALSTACK_VENV = Path("/tmp/localstack-venv")  # noqa: S108
+
+
+class LocalStack:
+    """LocalStack's SQS in host mode (see ../shared/sqs-servers.md), from its own Python 3.13 venv.
+
+    ``LocalStack.python()`` is None where it is not installed; callers skip with a message.
+    """
+
+    def __init__(self, python: str, timeout: float = 90) -> None:
+        import json
+        import time
+        import urllib.request
+
+        port = 4566 if not port_in_use(4566) else free_port()
+        env = {
+            **os.environ,
+            "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+            "GATEWAY_SERVER": "hypercorn",
+            "DNS_ADDRESS": "0",
+            "SERVICES": "sqs",
+            "EAGER_SERVICE_LOADING": "1",
+            "SQS_ENDPOINT_STRATEGY": "off",
+            "LOCALSTACK_HOST": f"localhost:{port}",
+            "DISABLE_EVENTS": "1",
+            "SKIP_SSL_CERT_DOWNLOAD": "1",
+            "FILESYSTEM_ROOT": f"/tmp/localstack-fs-{os.getpid()}-{port}",  # noqa: S108  (per run: pid and port)
+        }
+        self.log_path = Path(f"/tmp/localstack-{os.getpid()}-{port}.log")  # noqa: S108
+        self.proc = spawn([python, "-m", "localstack.runtime.main"], env, self.log_path)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/_localstack/health", timeout=2) as resp:  # noqa: S310
+                    if json.loads(resp.read()).get("services", {}).get("sqs") in ("available", "running"):
+                        time.sleep(1)
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"LocalStack did not start; see {self.log_path}")
+
+    @staticmethod
+    def python() -> str | None:
+        python = LOCALSTACK_VENV / "bin" / "python"
+        return str(python) if python.exists() else None
+
+    def stop(self) -> None:
+        stop(self.proc, grace=20)

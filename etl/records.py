@@ -6,7 +6,7 @@ rejected. It never raises for bad data: every message ends as exactly one row or
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 
 from etl import appversion, events
@@ -145,9 +145,14 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
     return ChunkResult(rows, rejected, entries)
 
 
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+
+
 def pack_chunk(messages: list[Message], sealer: Sealer) -> str:
     """Seal a chunk for the broker: Redis and Flower only ever see ciphertext."""
-    return sealer.seal(json.dumps([asdict(m) for m in messages]).encode("utf-8", "surrogatepass"))
+    # the same JSON objects dataclasses.asdict made, built directly: asdict cost ~15 µs a message
+    payload = [{name: getattr(m, name) for name in _MESSAGE_FIELDS} for m in messages]
+    return sealer.seal(json.dumps(payload).encode("utf-8", "surrogatepass"))
 
 
 def unpack_chunk(sealed: str, sealer: Sealer) -> list[Message]:

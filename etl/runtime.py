@@ -5,7 +5,6 @@ rebuilt only when a connection breaks.
 """
 
 import os
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -58,11 +57,9 @@ _current: tuple[int, Runtime] | None = None
 
 
 def make_queue(config: settings.Settings) -> sqs.Queue:
-    return sqs.Queue(config.sqs_queue_url, threads=config.sqs_threads)
-
-
-# The benchmark's SQS stand-in replaces this (bench/standin.py); nothing else should.
-queue_factory: Callable[[settings.Settings], sqs.Queue] = make_queue
+    return sqs.Queue(
+        config.sqs_queue_url, sqs.make_client(config.sqs_threads + 2, config.sqs_client), config.sqs_threads
+    )
 
 
 def build(config: settings.Settings) -> Runtime:
@@ -84,7 +81,7 @@ def build(config: settings.Settings) -> Runtime:
         settings=config,
         masker=Masker(config.masking_key, config.masking_key_version),
         sealer=Sealer(list(config.payload_keys)),
-        queue=queue_factory(config),
+        queue=make_queue(config),
         coordinator=Coordinator(config.broker_url),
     )
 

@@ -37,6 +37,7 @@ class Settings:
     metrics_port: int = 9808
     metrics_address: str = "127.0.0.1"
     sqs_threads: int = 32
+    sqs_client: str = "lean"  # ETL_SQS_CLIENT: lean (hot calls over keep-alive HTTP) or boto3 (all through botocore)
     health_max_idle: float = 300.0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; empty: the worker serves no metrics
     audit_anchor: str = ""  # ETL_AUDIT_ANCHOR: file:///dir or s3://bucket/prefix for audit chain heads
@@ -93,6 +94,7 @@ _TEXT = (
     ("source", "ETL_SOURCE"),
     ("kinesis_stream_name", "KINESIS_STREAM_NAME"),
     ("kinesis_start", "ETL_KINESIS_START"),
+    ("sqs_client", "ETL_SQS_CLIENT"),
 )
 _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
@@ -176,6 +178,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values["log_format"] = str(values["log_format"]).lower()
     values["source"] = str(values["source"]).lower()
     values["kinesis_start"] = str(values["kinesis_start"]).lower()
+    values["sqs_client"] = str(values["sqs_client"]).strip().lower()
     values["payload_keys"] = tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip())
     values["vault_key"] = _secret(env, "ETL_VAULT_KEY")
     values["vault_public_key"] = _secret(env, "ETL_VAULT_PUBLIC_KEY")
@@ -192,6 +195,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"KINESIS_STREAM_NAME must be at most {MAX_STREAM_NAME} characters without '/' "
             "(it is part of every row's message_id, varchar(128))"
         )
+    if settings.sqs_client not in ("lean", "boto3"):
+        raise ConfigError(f"ETL_SQS_CLIENT must be lean or boto3, got {settings.sqs_client!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
     _require_distinct_keys(settings)

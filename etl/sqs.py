@@ -1,5 +1,8 @@
 """The only module that talks to SQS (boto3): receive, delete, visibility, send, depth.
 
+The three hot calls may go through etl.sqs_lean instead (``ETL_SQS_CLIENT=lean``), which
+raises botocore's own exceptions, so _translated below is the one place for both clients.
+
 Driver errors leave this module as the two failure kinds of etl.errors (plus ConfigError for a
 missing queue or credentials), with messages that name the operation and error code only.
 """
@@ -12,9 +15,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from etl import sqs_lean
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
 
@@ -24,23 +29,42 @@ if TYPE_CHECKING:
 MAX_BATCH = 10  # SQS's own limit for ReceiveMessage, SendMessageBatch and DeleteMessageBatch
 MAX_BATCH_BYTES = 256 * 1024  # SQS's limit for one message, and for one SendMessageBatch
 _MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+MAX_RETRIES = 3  # botocore's "max_attempts" counts retries: 4 attempts in all, jittered exponential backoff
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 30  # above the 20 s long-poll maximum
 _CLIENT_FAULTS = {"InvalidParameterValue", "MissingParameter", "InvalidAddress", "AccessDenied"}
 
 
-def make_client(max_pool: int = 10) -> "SQSClient":
+def make_client(max_pool: int = 10, kind: str = "boto3") -> "SQSClient":
     """An SQS client configured from AWS's own environment variables.
 
     AWS_ENDPOINT_URL_SQS points it at LocalStack or moto; AWS_DEFAULT_REGION defaults to
-    us-east-1 here so a local setup needs no AWS configuration at all.
+    us-east-1 here so a local setup needs no AWS configuration at all. ``kind="lean"`` sends the
+    three hot calls (receive, delete batch, visibility batch) through etl.sqs_lean with this
+    client's credentials, region, endpoint and CA bundle, and every other call through boto3;
+    where a proxy is configured for the endpoint it stays boto3 (the lean path speaks direct only).
     """
-    session = boto3.session.Session()
+    core = botocore.session.get_session()  # its public config lookup finds AWS_CA_BUNDLE / ca_bundle
+    session = boto3.session.Session(botocore_session=core)
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=30,  # above the 20 s long-poll maximum
+        retries={"mode": "standard", "max_attempts": MAX_RETRIES},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
         max_pool_connections=max_pool,
     )
-    return session.client("sqs", region_name=session.region_name or "us-east-1", config=config)
+    client = session.client("sqs", region_name=session.region_name or "us-east-1", config=config)
+    if kind != "lean" or sqs_lean.uses_proxy(client.meta.endpoint_url):
+        return client
+    lean = sqs_lean.LeanClient(
+        client,
+        session.get_credentials(),  # the chain's credentials; refreshable ones refresh themselves
+        max_pool=max_pool,
+        max_attempts=MAX_RETRIES + 1,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        verify=core.get_config_variable("ca_bundle") or True,
+    )
+    return lean  # type: ignore[return-value]  # the same methods and answers as SQSClient for what Queue calls
 
 
 @contextmanager
@@ -91,19 +115,27 @@ class Queue:
         """
         calls = 1 if wait_seconds > 0 else min(self.threads, -(-max_messages // MAX_BATCH))
         sizes = [min(MAX_BATCH, max_messages - i * MAX_BATCH) for i in range(calls)]
-        batches = self._map(lambda n: self._receive(n, wait_seconds, visibility_timeout), sizes)
-        return [m for batch in batches for m in batch]
+        requests: list[dict[str, Any]] = [
+            {
+                "QueueUrl": self.url,
+                "MaxNumberOfMessages": min(n, MAX_BATCH),
+                "WaitTimeSeconds": max(0, min(wait_seconds, 20)),
+                "VisibilityTimeout": visibility_timeout,
+                "MessageSystemAttributeNames": ["SentTimestamp", "ApproximateReceiveCount"],
+            }
+            for n in sizes
+        ]
+        responses = self._calls("ReceiveMessage", self.client.receive_message, requests)
+        return [_to_message(m) for response in responses for m in response.get("Messages", [])]
 
-    def _receive(self, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]:
-        with _translated("ReceiveMessage"):
-            response = self.client.receive_message(
-                QueueUrl=self.url,
-                MaxNumberOfMessages=min(max_messages, MAX_BATCH),
-                WaitTimeSeconds=max(0, min(wait_seconds, 20)),
-                VisibilityTimeout=visibility_timeout,
-                MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
-            )
-        return [_to_message(m) for m in response.get("Messages", [])]
+    def _calls(self, operation: str, method: Callable[..., Any], requests: list[dict[str, Any]]) -> list[Any]:
+        """One API call per request, concurrently: the lean client multiplexes them on one thread,
+        boto3 gets up to ``threads`` threads; the first error leaves as one of our kinds."""
+        call_many = getattr(self.client, "call_many", None)
+        with _translated(operation):
+            if call_many is not None and self.threads > 1:
+                return list(call_many(operation, requests))
+            return self._map(lambda r: method(**r), requests)
 
     def delete(self, messages: Sequence[Message]) -> list[str]:
         """Delete messages (concurrent batches of 10); return the ids SQS did not delete."""
@@ -114,21 +146,22 @@ class Queue:
         return self._batched("ChangeMessageVisibilityBatch", messages, seconds)
 
     def _batched(self, operation: str, messages: Sequence[Message], seconds: int | None) -> list[str]:
-        def one(batch: Sequence[Message]) -> list[str]:
-            entries: list[dict[str, Any]] = [
-                {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)
-            ]
-            with _translated(operation):
-                if seconds is None:
-                    response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
-                else:
-                    for e in entries:
-                        e["VisibilityTimeout"] = seconds
-                    response = self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
-            return [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
-
         batches = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
-        return [mid for failed in self._map(one, batches) for mid in failed]
+        extra = {} if seconds is None else {"VisibilityTimeout": seconds}
+        requests = [
+            {
+                "QueueUrl": self.url,
+                "Entries": [{"Id": str(i), "ReceiptHandle": m.receipt_handle, **extra} for i, m in enumerate(batch)],
+            }
+            for batch in batches
+        ]
+        method = self.client.delete_message_batch if seconds is None else self.client.change_message_visibility_batch
+        responses = self._calls(operation, method, requests)
+        return [
+            batch[int(f["Id"])].message_id
+            for batch, response in zip(batches, responses, strict=True)
+            for f in response.get("Failed", [])
+        ]
 
     def send(self, bodies: Sequence[str]) -> list[str]:
         """Send bodies in batches of up to 10 (and 256 KiB); return their MessageIds in order."""

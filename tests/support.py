@@ -9,6 +9,7 @@ Import this before anything reads ``etl``'s Celery config: it points this proces
 producer at the test broker.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -201,3 +202,73 @@ def chunk_lines(log: str) -> list[ChunkLine]:
 def fetched_messages(log: str) -> int:
     """Messages received from SQS, summed over the fetch runs' "fetched N messages" lines."""
     return sum(int(m[1]) for _, message in _log_lines(log) if (m := _FETCHED.match(message)))
+
+
+class FrontServer:
+    """A real HTTP server in front of an SQS server: it records what each call sent (target and
+    the access key of its signature), answers the first ``fail`` calls itself with ``status`` and
+    an SQS-style JSON error, and forwards the rest. For retries, error mapping and credential
+    refresh, the same for both SQS clients; with ``tls`` it serves HTTPS with that context."""
+
+    def __init__(self, upstream: str, tls: Any = None) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        front = self
+        self.calls: list[tuple[str, str]] = []  # (X-Amz-Target, access key id)
+        self.fail = 0
+        self.status = 503
+        self.code = "ServiceUnavailable"
+        self.query_error = ""
+        up = urlsplit(upstream)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # no access log
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                auth = self.headers.get("Authorization", "")
+                key = auth.split("Credential=", 1)[-1].split("/", 1)[0] if "Credential=" in auth else ""
+                front.calls.append((self.headers.get("X-Amz-Target", ""), key))
+                if front.fail > 0:
+                    front.fail -= 1
+                    payload = json.dumps({"__type": f"com.amazonaws.sqs#{front.code}", "message": "injected"}).encode()
+                    self.send_response(front.status)
+                    if front.query_error:
+                        self.send_header("x-amzn-query-error", front.query_error)
+                    self.send_header("Content-Type", "application/x-amz-json-1.0")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(up.hostname or "", up.port, timeout=30)
+                skip = {"host", "content-length", "connection"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                conn.request("POST", self.path, body, headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                conn.close()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self.endpoint = f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{self.port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

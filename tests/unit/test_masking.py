@@ -1,6 +1,9 @@
+import ipaddress
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from etl.errors import ConfigError
 from etl.masking import Masker, canonical_ip
@@ -49,3 +52,12 @@ def test_short_key_refused() -> None:
 
 def test_repr_hides_key() -> None:
     assert MASKING_KEY not in repr(Masker(MASKING_KEY))
+
+
+@given(st.ip_addresses(v=4).map(str) | st.from_regex(r"\A[0-9]{1,4}(\.[0-9]{1,4}){3}\Z") | st.text(max_size=20))
+def test_the_ipv4_fast_path_agrees_with_ipaddress(text: str) -> None:
+    try:
+        expected = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = text
+    assert canonical_ip(text) == expected

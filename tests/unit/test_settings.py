@@ -126,3 +126,11 @@ def test_a_key_repeated_in_a_rotation_list_or_reused_from_one_is_refused() -> No
     old = new_key()
     with pytest.raises(ConfigError, match=r"ETL_PAYLOAD_KEY \(key 2 of 2\) and ETL_VAULT_PRIVATE_KEY \(key 2 of 2\)"):
         settings.load({"ETL_PAYLOAD_KEY": f"{PAYLOAD},{old}", "ETL_VAULT_PRIVATE_KEY": f"{PRIVATE},{old}"})
+
+
+def test_the_sqs_client_is_lean_by_default_and_boto3_on_request() -> None:
+    base = {"ETL_MASKING_KEY": "m" * 32}
+    assert settings.load(base).sqs_client == "lean"
+    assert settings.load({**base, "ETL_SQS_CLIENT": " BOTO3 "}).sqs_client == "boto3"
+    with pytest.raises(ConfigError, match="ETL_SQS_CLIENT must be lean or boto3"):
+        settings.load({**base, "ETL_SQS_CLIENT": "fast"})

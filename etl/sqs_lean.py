@@ -1,0 +1,371 @@
+"""The lean path for SQS's three hot calls: ReceiveMessage, DeleteMessageBatch and
+ChangeMessageVisibilityBatch (README "Performance").
+
+botocore spends about 2 ms of CPU on each of these calls (model-driven serialization and
+validation, event hooks, urllib3, model-driven parsing); at 0.2 calls per message that was most
+of what a message cost. This client sends the three calls itself, over pooled keep-alive
+connections, and keeps from botocore everything that is hard to get right:
+
+* credentials: the boto3 session's credential chain (env, profile, SSO, container and instance
+  roles, web identity / IRSA); expiring credentials are refreshed by botocore itself, because
+  every request asks ``get_frozen_credentials()`` of the session's (refreshable) credentials;
+* region and endpoint: taken from the boto3 client botocore resolved (``AWS_ENDPOINT_URL_SQS``,
+  config files, FIPS/dual-stack, partitions);
+* signing: SigV4 (etl.sigv4, held equal to botocore's own signer by a test; botocore's costs
+  more CPU than the rest of a lean call);
+* TLS: verified against botocore's CA bundle (or ``AWS_CA_BUNDLE``), hostname checked;
+* errors: botocore's own exception classes, built as botocore's JSON parser builds them
+  (``x-amzn-query-error`` codes included), so ``etl.sqs._translated`` maps both clients' errors
+  to our kinds in one place;
+* retries: botocore's "standard" mode as etl.sqs configures it (4 attempts in all; throttling
+  codes, 5xx and connection errors; exponential backoff with full jitter, at most 20 s).
+
+Every other call (send, depth, create) goes to the boto3 client unchanged. Nothing here logs,
+and no error message carries a request or response body (they hold PII).
+"""
+
+import json
+import random
+import selectors
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+from botocore.credentials import Credentials
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    SSLError,
+)
+from botocore.httpsession import get_cert_path
+
+from etl import http1, sigv4
+
+HOT_CALLS = ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch")
+# botocore's standard retry mode (botocore/retries/standard.py): what it retries, and how long.
+_THROTTLING = {
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+}
+_TRANSIENT_CODES = {"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"}
+_TRANSIENT_STATUS = {500, 502, 503, 504}
+MAX_BACKOFF = 20.0
+
+
+class _Retryable(Exception):
+    """A connection-level failure worth another attempt (wraps the botocore error to raise)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class LeanClient:
+    """The three hot SQS calls over keep-alive HTTP; every other attribute is the boto3 client's.
+
+    Responses are returned as the same dicts boto3 returns, and failures raise the same botocore
+    exceptions, so ``etl.sqs.Queue`` uses either client unchanged.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        credentials: Credentials | None,
+        *,
+        max_pool: int = 10,
+        max_attempts: int = 3,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
+        verify: bool | str | None = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._boto = client
+        self._credentials = credentials
+        self._region: str = client.meta.region_name
+        self.endpoint_url: str = client.meta.endpoint_url
+        parts = urlsplit(self.endpoint_url)
+        self._host = parts.hostname or ""
+        self._tls: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            cafile = get_cert_path(True if verify is None else verify)  # type: ignore[arg-type]  # or a path
+            self._tls = ssl.create_default_context(cafile=cafile)
+            if verify is False:
+                self._tls.check_hostname = False
+                self._tls.verify_mode = ssl.CERT_NONE
+        self._port = parts.port or (443 if self._tls else 80)
+        # The Host header as botocore's signer derives it: lower case, default port left out.
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+            host = f"{host}:{parts.port}"
+        self._url = f"{parts.scheme}://{host}{parts.path or '/'}"
+        self._path = (parts.path or "/").encode()
+        self._signer = sigv4.Signer(host, parts.path or "/", self._region)
+        self._max_pool = max_pool
+        self._max_attempts = max_attempts
+        self._timeouts = (connect_timeout, read_timeout)
+        self._sleep = sleep
+        self._idle: list[http1.Connection] = []
+        self._lock = threading.Lock()
+        self._user_agent = f"{client.meta.config.user_agent} etl-lean-sqs".encode()
+
+    def __getattr__(self, name: str) -> Any:  # cold calls: boto3 as it is
+        return getattr(self._boto, name)
+
+    def receive_message(self, **params: Any) -> dict[str, Any]:
+        return self.call("ReceiveMessage", params)
+
+    def delete_message_batch(self, **params: Any) -> dict[str, Any]:
+        return self.call("DeleteMessageBatch", params)
+
+    def change_message_visibility_batch(self, **params: Any) -> dict[str, Any]:
+        return self.call("ChangeMessageVisibilityBatch", params)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- one call, with botocore's standard retries --------------------------------------------
+
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call, with botocore's standard retries."""
+        body = json.dumps(params, separators=(",", ":")).encode()
+        attempt = 1
+        while True:
+            try:
+                status, headers, payload = self._send(operation, body)
+            except _Retryable as failure:
+                if attempt >= self._max_attempts:
+                    raise failure.error from None
+            else:
+                answer, retry = self._answer(operation, status, headers, payload)
+                if not retry or attempt >= self._max_attempts:
+                    if isinstance(answer, Exception):
+                        raise answer
+                    return answer  # type: ignore[no-any-return]
+            self._backoff(attempt)
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> None:
+        self._sleep(random.random() * min(MAX_BACKOFF, 2 ** (attempt - 1)))
+
+    def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several calls at once from this one thread: every request goes out on its own pooled
+        connection before any answer is read (a selector waits for them), so N concurrent calls
+        cost one latency and no thread switching. Retries follow the standard rules per call, and
+        the calls to retry go out together again after one backoff; the first error that remains
+        is raised after every call has ended, as a thread pool's map would."""
+        if len(params_list) <= 1:
+            return [self.call(operation, p) for p in params_list]
+        bodies = [json.dumps(p, separators=(",", ":")).encode() for p in params_list]
+        results: list[Any] = [None] * len(params_list)
+        pending = list(range(len(params_list)))
+        attempt = 1
+        while True:
+            failed, stale = self._round(operation, bodies, pending, results)
+            while stale:  # pooled connections the server had closed: again at once, as urllib3 does
+                more, stale = self._round(operation, bodies, stale, results)
+                failed.update(more)
+            if not failed:
+                break
+            if attempt >= self._max_attempts:
+                for i, exc in failed.items():
+                    results[i] = exc
+                break
+            self._backoff(attempt)
+            attempt += 1
+            pending = sorted(failed)
+        error = next((r for r in results if isinstance(r, Exception)), None)
+        if error is not None:
+            raise error
+        return results
+
+    def _round(
+        self, operation: str, bodies: list[bytes], indices: list[int], results: list[Any]
+    ) -> tuple[dict[int, Exception], list[int]]:
+        """One attempt of the calls ``indices``, concurrently. Answers and errors not worth a retry
+        go into ``results``; returns the failures worth a retry and the calls that met a closed
+        pooled connection."""
+        failed: dict[int, Exception] = {}
+        stale: list[int] = []
+        selector = selectors.DefaultSelector()
+        try:
+            for i in indices:
+                request = self._signed(operation, bodies[i])
+                try:
+                    conn, reused = self._connection()
+                except _Retryable as failure:
+                    failed[i] = failure.error
+                    continue
+                try:
+                    conn.sock.sendall(request)
+                except OSError:
+                    conn.close()
+                    if reused:
+                        stale.append(i)
+                    else:
+                        failed[i] = ConnectionClosedError(endpoint_url=self._url)
+                    continue
+                selector.register(conn.sock, selectors.EVENT_READ, (i, conn, reused))
+            deadline = time.monotonic() + self._timeouts[1]
+            while selector.get_map():
+                ready = selector.select(max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    break  # read timeout: what is left is closed below
+                for key, _ in ready:
+                    selector.unregister(key.fileobj)
+                    i, conn, reused = key.data
+                    try:
+                        status, headers, payload = conn.read_response()
+                    except TimeoutError:
+                        conn.close()
+                        failed[i] = ReadTimeoutError(endpoint_url=self._url)
+                        continue
+                    except (OSError, ValueError, IndexError) as exc:
+                        conn.close()
+                        if reused and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                            stale.append(i)
+                        else:
+                            failed[i] = ConnectionClosedError(endpoint_url=self._url)
+                        continue
+                    self._release(conn)
+                    answer, retry = self._answer(operation, status, headers, payload)
+                    if retry:
+                        failed[i] = answer
+                    else:
+                        results[i] = answer
+        finally:  # still waiting: timed out (or an error is on its way out); never reused
+            for key in list(selector.get_map().values()):
+                key.data[1].close()
+                failed[key.data[0]] = ReadTimeoutError(endpoint_url=self._url)
+            selector.close()
+        return failed, stale
+
+    def _answer(self, operation: str, status: int, headers: dict[bytes, bytes], payload: bytes) -> tuple[Any, bool]:
+        """(the response dict or the ClientError, whether the standard rules retry it)."""
+        if status < 300:
+            return (json.loads(payload) if payload else {}), False
+        error = _error_response(status, headers, payload)
+        code = error["Error"]["Code"]
+        retry = code in _THROTTLING or code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+        return ClientError(error, operation), retry  # type: ignore[arg-type]
+
+    def _send(self, operation: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        request = self._signed(operation, body)
+        conn, reused = self._connection()
+        try:
+            answer = conn.exchange(request)
+        except TimeoutError:
+            conn.close()
+            raise _Retryable(ReadTimeoutError(endpoint_url=self._url)) from None
+        except (OSError, ValueError, IndexError) as exc:
+            conn.close()
+            if reused and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                # a pooled connection the server had closed while idle: once more on a new one, as urllib3 does
+                return self._send_fresh(request)
+            raise _Retryable(ConnectionClosedError(endpoint_url=self._url)) from None
+        self._release(conn)
+        return answer
+
+    def _send_fresh(self, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        conn = self._connect()
+        try:
+            answer = conn.exchange(request)
+        except TimeoutError:
+            conn.close()
+            raise _Retryable(ReadTimeoutError(endpoint_url=self._url)) from None
+        except (OSError, ValueError, IndexError):
+            conn.close()
+            raise _Retryable(ConnectionClosedError(endpoint_url=self._url)) from None
+        self._release(conn)
+        return answer
+
+    def _signed(self, operation: str, body: bytes) -> bytes:
+        if self._credentials is None:
+            raise NoCredentialsError()
+        frozen = self._credentials.get_frozen_credentials()  # refreshes expiring credentials
+        fixed = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("X-Amz-Target", f"AmazonSQS.{operation}"),
+            ("x-amzn-query-mode", "true"),  # as botocore sends for SQS (query-compatible error codes)
+        ]
+        keys = sigv4.Frozen(frozen.access_key or "", frozen.secret_key or "", frozen.token)
+        headers = self._signer.headers(keys, body, fixed)
+        head = "".join(f"{n}: {v}\r\n" for n, v in headers)
+        return b"POST %s HTTP/1.1\r\n%sUser-Agent: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+            self._path,
+            head.encode(),
+            self._user_agent,
+            len(body),
+            body,
+        )
+
+    # -- the pool --------------------------------------------------------------------------------
+
+    def _connection(self) -> tuple[http1.Connection, bool]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _connect(self) -> http1.Connection:
+        try:
+            return http1.Connection(self._host, self._port, self._tls, *self._timeouts)
+        except TimeoutError:
+            raise _Retryable(ConnectTimeoutError(endpoint_url=self._url)) from None
+        except ssl.SSLError as exc:  # a certificate that does not verify: not worth a retry
+            raise SSLError(endpoint_url=self._url, error=exc) from None
+        except OSError:
+            raise _Retryable(EndpointConnectionError(endpoint_url=self._url)) from None
+
+    def _release(self, conn: http1.Connection) -> None:
+        if conn.reusable:
+            with self._lock:
+                if len(self._idle) < self._max_pool:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+
+def _error_response(status: int, headers: dict[bytes, bytes], payload: bytes) -> dict[str, Any]:
+    """The error dict botocore's JSON parser would make (botocore/parsers.py, awsQueryCompatible)."""
+    try:
+        body = json.loads(payload) if payload else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    code = str(body.get("__type") or status)
+    code = code.split(":", 1)[0].rsplit("#", 1)[-1]
+    error: dict[str, Any] = {"Message": body.get("message", body.get("Message", "")), "Code": code}
+    query_error = headers.get(b"x-amzn-query-error", b"").decode("ascii", "replace").split(";")
+    if len(query_error) == 2 and query_error[0]:
+        error.update(QueryErrorCode=code, Code=query_error[0], Type=query_error[1])
+    request_id = headers.get(b"x-amzn-requestid", b"").decode("ascii", "replace")
+    return {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": request_id}}
+
+
+def uses_proxy(endpoint_url: str) -> bool:
+    """True when the environment sends this endpoint through a proxy (the lean path speaks direct only)."""
+    parts = urlsplit(endpoint_url)
+    return bool(getproxies().get(parts.scheme)) and not proxy_bypass(parts.hostname or "")
