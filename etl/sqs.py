@@ -8,6 +8,7 @@ missing queue or credentials), with messages that name the operation and error c
 """
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from etl import sqs_lean
 from etl.errors import ConfigError, TransientError
 from etl.records import Message
+
+log = logging.getLogger("etl.sqs")
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -125,17 +128,38 @@ class Queue:
             }
             for n in sizes
         ]
-        responses = self._calls("ReceiveMessage", self.client.receive_message, requests)
-        return [_to_message(m) for response in responses for m in response.get("Messages", [])]
+        # Every call's answer is kept even when another call failed: the messages it received are
+        # invisible now, and dropping them would hold them back for the whole visibility timeout.
+        responses = self._calls("ReceiveMessage", self.client.receive_message, requests, partial=len(requests) > 1)
+        errors = [r for r in responses if isinstance(r, BaseException)]
+        answers = [r for r in responses if not isinstance(r, BaseException)]
+        received = [_to_message(m) for r in answers for m in r.get("Messages", [])]
+        if errors and len(errors) == len(responses):
+            with _translated("ReceiveMessage"):
+                raise errors[0]
+        if errors:
+            log.warning(
+                "%d of %d ReceiveMessage calls failed (%s); keeping the %d messages the others received",
+                len(errors),
+                len(responses),
+                type(errors[0]).__name__,
+                len(received),
+            )
+        return received
 
-    def _calls(self, operation: str, method: Callable[..., Any], requests: list[dict[str, Any]]) -> list[Any]:
+    def _calls(
+        self, operation: str, method: Callable[..., Any], requests: list[dict[str, Any]], partial: bool = False
+    ) -> list[Any]:
         """One API call per request, concurrently: the lean client multiplexes them on one thread,
-        boto3 gets up to ``threads`` threads; the first error leaves as one of our kinds."""
+        boto3 gets up to ``threads`` threads. The first error leaves as one of our kinds, or, with
+        ``partial``, every call's answer or exception comes back in its place."""
         call_many = getattr(self.client, "call_many", None)
         with _translated(operation):
             if call_many is not None and self.threads > 1:
-                return list(call_many(operation, requests))
-            return self._map(lambda r: method(**r), requests)
+                return list(call_many(operation, requests, return_exceptions=partial))
+            if not partial:
+                return self._map(lambda r: method(**r), requests)
+            return self._map(lambda r: _answer_or_error(method, r), requests)
 
     def delete(self, messages: Sequence[Message]) -> list[str]:
         """Delete messages (concurrent batches of 10); return the ids SQS did not delete."""
@@ -228,6 +252,13 @@ def create_queue(name: str, client: "SQSClient | None" = None, dead_letter_after
 def queue_name(url: str) -> str:
     """The queue name at the end of a queue URL."""
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _answer_or_error(method: Callable[..., Any], request: dict[str, Any]) -> Any:
+    try:
+        return method(**request)
+    except (BotoCoreError, ClientError) as exc:
+        return exc
 
 
 def _to_message(raw: Any) -> Message:

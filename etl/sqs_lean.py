@@ -169,12 +169,15 @@ class LeanClient:
     def _backoff(self, attempt: int) -> None:
         self._sleep(random.random() * min(MAX_BACKOFF, 2 ** (attempt - 1)))
 
-    def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def call_many(
+        self, operation: str, params_list: list[dict[str, Any]], return_exceptions: bool = False
+    ) -> list[Any]:
         """Several calls at once from this one thread: every request goes out on its own pooled
         connection before any answer is read (a selector waits for them), so N concurrent calls
         cost one latency and no thread switching. Retries follow the standard rules per call, and
         the calls to retry go out together again after one backoff; the first error that remains
-        is raised after every call has ended, as a thread pool's map would."""
+        is raised after every call has ended, as a thread pool's map would (with
+        ``return_exceptions``, each call's answer or exception comes back in its place)."""
         if len(params_list) <= 1:
             return [self.call(operation, p) for p in params_list]
         bodies = [json.dumps(p, separators=(",", ":")).encode() for p in params_list]
@@ -196,7 +199,7 @@ class LeanClient:
             attempt += 1
             pending = sorted(failed)
         error = next((r for r in results if isinstance(r, Exception)), None)
-        if error is not None:
+        if error is not None and not return_exceptions:
             raise error
         return results
 

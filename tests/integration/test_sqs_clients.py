@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import AWS_ENV, FrontServer, receive_all
+from tests.support import AWS_ENV, FrontServer, receive_all, wait_until
 
 from etl import sqs, sqs_lean  # isort: skip
 from etl.errors import ConfigError, TransientError  # isort: skip
@@ -204,6 +204,24 @@ def test_a_lasting_5xx_is_transient_after_four_attempts(front: FrontServer, kind
     with pytest.raises(TransientError, match="SQS ReceiveMessage failed: InternalError"):
         queue.receive(10)
     assert hot_calls(front, "ReceiveMessage") == 4  # botocore's standard mode: 3 retries
+
+
+def test_one_failed_receive_of_several_keeps_what_the_others_received(front: FrontServer, kind: str) -> None:
+    """Concurrent ReceiveMessage calls, one refused for good: the messages the others took (now
+    invisible) are handed on, not held back for the whole visibility timeout."""
+    url = new_queue_url()
+    sqs.Queue(url).send([f"m{i}" for i in range(30)])
+    queue = queue_for(url, kind)
+    front.status, front.code, front.query_error, front.fail = 403, "AccessDenied", "AccessDenied;Sender", 1
+
+    got = queue.receive(30, visibility_timeout=60)
+
+    assert hot_calls(front, "ReceiveMessage") == 3 and got
+    in_flight = wait_until(lambda: queue.depth()["in_flight"] or None, 10, "SQS to count what it handed out")
+    assert len(got) == in_flight, "every message SQS handed out was returned"
+    front.fail = 3
+    with pytest.raises(ConfigError, match="refused: AccessDenied"):  # all refused: the error itself
+        queue.receive(30)
 
 
 @pytest.mark.parametrize(
