@@ -16,7 +16,7 @@ from etl import health, kinesis, logs, pii, report, seeding, settings, sqs, stor
 from etl.coordination import Coordinator, stream_key
 from etl.errors import EtlError
 from etl.progress import Bar
-from etl.sealing import Sealer, new_key
+from etl.sealing import new_key
 from etl.store import streams
 
 
@@ -121,9 +121,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     s = settings.load()
     try:
         beats = Coordinator(s.broker_url).heartbeats()
-        if s.source == "kinesis":  # shards whose last read was behind the stream's tip
+        if s.source == "kinesis":  # shards behind the tip, or with records read and not committed
             status = Coordinator(s.broker_url).entries(stream_key(s.kinesis_stream_name, "status"))
-            waiting, what = sum(1 for x in status.values() if (x.get("behind_ms") or 0) > 0), "shards behind"
+            fresh = max(60.0, 3 * s.fetch_interval)
+            recent = [x for x in status.values() if time.time() - float(x.get("at") or 0) < fresh]
+            waiting = sum(1 for x in recent if (x.get("behind_ms") or 0) > 0 or x.get("uncommitted"))
+            what = "shards behind or uncommitted"
         else:
             waiting, what = sqs.Queue(s.sqs_queue_url).depth()["visible"], "messages"
     except EtlError as exc:
@@ -164,25 +167,15 @@ def cmd_rejected_list(args: argparse.Namespace) -> int:
 def cmd_rejected_replay(args: argparse.Namespace) -> int:
     s = settings.load()
     s.require_keys()
-    sealer = Sealer(list(s.payload_keys))
-    queue = sqs.Queue(s.sqs_queue_url)
-    replayed = 0
     with store.connection(s.database_url) as conn:
         if args.dry_run:
             count = len(store.rejected_to_replay(conn, args.reason, args.limit or 10_000_000))
             print(f"would replay {count} rejected messages" + (f" with reason {args.reason}" if args.reason else ""))
             return 0
-        while args.limit is None or replayed < args.limit:
-            step = seeding.SEND_STEP if args.limit is None else min(seeding.SEND_STEP, args.limit - replayed)
-            batch = store.rejected_to_replay(conn, args.reason, step)
-            if not batch:
-                break
-            bodies = [sealer.open(sealed).decode("utf-8", "surrogatepass") for _, sealed in batch]
-            new_ids = queue.send(bodies)
-            store.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
-            replayed += len(batch)
-            print(f"replayed {replayed} messages", file=sys.stderr)
-    print(f"replayed {replayed} rejected messages to {s.sqs_queue_url}; each is recorded in rejected_replays")
+        replayed, target = seeding.replay_rejected(
+            s, conn, args.reason, args.limit, lambda n: print(f"replayed {n} messages", file=sys.stderr)
+        )
+    print(f"replayed {replayed} rejected messages to {target}; each is recorded in rejected_replays")
     return 0
 
 

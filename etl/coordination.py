@@ -86,6 +86,13 @@ class Coordinator:
         except redis.RedisError as exc:
             raise TransientError(f"Redis HSET failed: {type(exc).__name__}") from None
 
+    def forget(self, name: str, key: str) -> None:
+        """Remove ``key`` from the hash ``name``."""
+        try:
+            self._redis.hdel(name, key)
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis HDEL failed: {type(exc).__name__}") from None
+
     def entries(self, name: str) -> dict[str, dict[str, Any]]:
         """Every JSON record in the hash ``name``, by key."""
         try:

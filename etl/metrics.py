@@ -101,14 +101,21 @@ class StreamCollector(Collector):
         age = GaugeMetricFamily(
             "etl_stream_checkpoint_age_seconds", "Seconds since each shard's checkpoint last moved", labels=["shard"]
         )
+        uncommitted = GaugeMetricFamily(
+            "etl_stream_uncommitted",
+            "1 where the last fetch handed records on past the shard's checkpoint (read, not yet committed)",
+            labels=["shard"],
+        )
         now = time.time()
         for shard, s in sorted(status.items()):
             if s.get("behind_ms") is not None:
                 lag.add_metric([shard], float(s["behind_ms"]))
             if s.get("checkpoint_moved_at") is not None:
                 age.add_metric([shard], max(0.0, now - float(s["checkpoint_moved_at"])))
+            uncommitted.add_metric([shard], 1.0 if s.get("uncommitted") else 0.0)
         yield lag
         yield age
+        yield uncommitted
         yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
 
 

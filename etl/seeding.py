@@ -1,10 +1,12 @@
 """Putting events on the queue or stream: from a file or the generator, reporting progress."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from etl import kinesis, samples, sqs
+from etl import kinesis, samples, settings, sqs, store
 from etl.progress import Progress
+from etl.sealing import Sealer
 
 SEND_STEP = 100  # messages per progress step
 
@@ -47,3 +49,35 @@ def put(stream: kinesis.Stream, bodies: list[str], progress: Progress) -> list[s
         done = total
 
     return stream.put([(partition_key(b), b) for b in bodies], advance)
+
+
+def replay_rejected(
+    s: settings.Settings,
+    conn: store.Connection,
+    reason: str | None,
+    limit: int | None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[int, str]:
+    """Send rejected bodies back to where the pipeline reads (the queue, or the stream with
+    ETL_SOURCE=kinesis), each replay recorded; returns (how many, where to)."""
+    sealer = Sealer(list(s.payload_keys))
+    send: Callable[[list[str]], list[str]]
+    if s.source == "kinesis":
+        stream = kinesis.Stream(s.kinesis_stream_name)
+        target = stream.name
+
+        def send(bodies: list[str]) -> list[str]:
+            return stream.put([(partition_key(b), b) for b in bodies])
+    else:
+        send, target = sqs.Queue(s.sqs_queue_url).send, s.sqs_queue_url
+    replayed = 0
+    while limit is None or replayed < limit:
+        step = SEND_STEP if limit is None else min(SEND_STEP, limit - replayed)
+        batch = store.rejected_to_replay(conn, reason, step)
+        if not batch:
+            break
+        new_ids = send([sealer.open(sealed).decode("utf-8", "surrogatepass") for _, sealed in batch])
+        store.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
+        replayed += len(batch)
+        progress(replayed)
+    return replayed, target

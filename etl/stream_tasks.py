@@ -8,6 +8,7 @@ on). State lives where it must survive what it guards against:
   Redis: losing them costs a re-read, never a record.
 """
 
+import contextlib
 import logging
 import random
 import time
@@ -105,6 +106,10 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         )
 
     candidates = shards.readable(listed, known)
+    with contextlib.suppress(TransientError):  # finished or vanished shards report nothing any more
+        readable = {c.shard_id for c in candidates}
+        for stale in set(rt.coordinator.entries(stream_key(stream.name, "status"))) - readable:
+            rt.coordinator.forget(stream_key(stream.name, "status"), stale)
     random.shuffle(candidates)  # fetch runs on several workers spread over the shards
     with ExitStack() as stack:
         cursors: list[streaming.Cursor] = []
@@ -188,6 +193,9 @@ def publish_status(
                     "at": now,
                     "pointer": c.pointer.seq,
                     "checkpoint_moved_at": cp.moved_at if cp else None,
+                    # handed on past the checkpoint this run started from: records read but not
+                    # known committed (a shard stuck here has lag 0 and an ageing checkpoint)
+                    "uncommitted": bool(cp) and int(c.pointer.seq) > int(cp.seq if cp else 0),
                 },
             )
         except TransientError:

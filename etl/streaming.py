@@ -49,6 +49,7 @@ class Cursor:
     backoff: float = 0.0
     behind_ms: int | None = None
     read: int = 0
+    gap_after: str | None = None  # Kinesis refused the pointer: the next read starts at the trim horizon
 
 
 @dataclass
@@ -82,8 +83,9 @@ def fetch(
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
     reported to ``ended`` and dropped. A failed dispatch stops the run with the pointer where it
-    was. A pointer Kinesis no longer accepts (its records are past the stream's retention) is
-    reported to ``expired`` and the shard is read on from its oldest record kept.
+    was. A pointer Kinesis no longer accepts (past the stream's retention) makes the shard read
+    on from its oldest record kept; if records are found there, the ones between expired unread
+    and are reported to ``expired``.
     """
     started = clock()
     deadline = started + budget_seconds
@@ -124,6 +126,12 @@ def fetch(
         report.calls += 1
         cursor.backoff = 0.0
         cursor.behind_ms = batch.behind_ms
+        if cursor.gap_after is not None:
+            # Records found past a refused pointer: whatever lay between them expired unread. None
+            # found: the pointer's own record aged out of an idle shard, and nothing was missed.
+            if batch.messages:
+                expired(cursor)
+            cursor.gap_after = None
         if batch.messages:
             position = Position(reader.name, shard_id, cursor.pointer.seq, batch.messages[-1].receipt_handle)
             dispatch(position, batch.messages)
@@ -152,7 +160,7 @@ def _iterator(reader: ShardReader, cursor: Cursor, expired: Callable[[Cursor], N
     except TerminalError:
         if cursor.pointer.seq == START:
             raise
-        expired(cursor)  # the records after the pointer are gone: say so, and read what is left
+        cursor.gap_after = cursor.pointer.seq  # judged by what the trim horizon holds (see fetch)
         return reader.iterator(shard_id, START, None)
 
 

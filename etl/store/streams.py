@@ -23,7 +23,9 @@ INSERT INTO stream_ranges (stream, shard_id, after_seq, last_seq) VALUES (%s, %s
 ON CONFLICT DO NOTHING
 """
 _RANGES = "SELECT after_seq, last_seq FROM stream_ranges WHERE stream = %s AND shard_id = %s AND last_seq > %s"
-_MOVE = "UPDATE stream_checkpoints SET checkpoint = %s, moved_at = now() WHERE stream = %s AND shard_id = %s"
+_MOVE = (
+    "UPDATE stream_checkpoints SET checkpoint = %s, moved_at = clock_timestamp() WHERE stream = %s AND shard_id = %s"
+)
 _FORGET = "DELETE FROM stream_ranges WHERE stream = %s AND shard_id = %s AND last_seq <= %s"
 
 

@@ -154,6 +154,12 @@ def test_every_record_once_and_checkpoints_at_the_end(
     assert all(s["ranges_waiting"] == 0 and s["behind_ms"] is not None for s in stats["shards"])
     verdict = json.loads(etl_command(streaming, "health", "--json"))
     assert verdict["healthy"], verdict
+    # a replay goes back onto the stream (the pipeline reads nothing else), and is read from it
+    out = etl_command(streaming, "rejected", "replay", "--limit", "3")
+    assert "replayed 3 rejected messages to " + stream.name in out
+    wait_until(lambda: counts(conn)[1] == rejected + 3, 60, "the replayed records to be read again")
+    replays = store.query(conn, "SELECT new_message_id FROM rejected_replays")
+    assert len(replays) == 3 and all(r[0].startswith(stream.name + "/") for r in replays)
 
 
 def etl_command(group: ProcessGroup, *args: str) -> str:

@@ -88,9 +88,11 @@ class Reader:
     def __init__(self, records: dict[str, list[int]], closed: set[str] = frozenset(), fail: list[Exception] = ()):
         self.records, self.closed, self.fail = records, closed, list(fail)
         self.calls: list[tuple[str, float]] = []
+        self.iterators: list[str] = []  # where each iterator asked for starts
         self.now = 0.0
 
     def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str:
+        self.iterators.append(after)
         return f"{shard_id}:{after}"
 
     def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
@@ -154,6 +156,7 @@ def test_fetch_respects_five_reads_per_second_per_shard_and_idles() -> None:
 def test_fetch_backs_off_when_throttled_and_renews_expired_iterators() -> None:
     reader = Reader({"a": [1, 2]}, fail=[Throttled("t"), Throttled("t"), IteratorExpired("x"), TransientError("e")])
     sent, report = run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], budget=10.0)
+    assert reader.iterators[:3] == ["0", "0", "0"]  # renewed from the pointer each time, then read on
     assert [(p.after, p.last) for p in sent] == [("0", "2")]
     assert report.throttled == 2  # type: ignore[attr-defined]
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(reader.calls)]
@@ -196,3 +199,10 @@ def test_records_past_retention_are_reported_and_reading_goes_on() -> None:
     sent, _ = run(reader, [streaming.Cursor(Shard("a"), Pointer("2"))], expired=lambda c: expired.append(c.pointer.seq))
     assert expired == ["2"]
     assert [(p.after, p.last) for p in sent] == [("2", "6")]  # the range covers the gap: it is gone for good
+
+
+def test_an_idle_shard_whose_last_record_aged_out_is_no_loss() -> None:
+    reader = Trimmed({"a": []})  # the committed record 2 expired; nothing came after it
+    expired: list[str] = []
+    sent, _ = run(reader, [streaming.Cursor(Shard("a"), Pointer("2"))], expired=lambda c: expired.append(c.pointer.seq))
+    assert sent == [] and expired == []
