@@ -144,10 +144,11 @@ def busy_pool_process(exclude: list[int], timeout: float) -> tuple[int, str] | N
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            active = app.control.inspect(timeout=0.5).active() or {}
-        except Exception:  # e.g. this process's broker connection died with a restarted Redis: ask again
-            app.pool.force_close_all()
+        try:  # a connection of its own each time: one that died with a restarted Redis is not reused,
+            # and the app's shared pool (which the tests' producers use) is left alone
+            with app.connection_for_write() as connection:
+                active = app.control.inspect(timeout=0.5, connection=connection).active() or {}
+        except Exception:  # the broker is unreachable right now: ask again
             active = {}
         for tasks in active.values():
             for task in tasks:
