@@ -26,9 +26,9 @@ from etl.sealing import Sealer
 from etl.shards import Pointer, Position
 from etl.store import streams
 from etl.tasks import (
+    CHUNK_TASK_OPTIONS,
     MASK_AND_WRITE_STREAM,
     QUEUE,
-    ChunkTask,
     _shutting_down,
     cancel_after_soft_limit,
     chunk_argsrepr,
@@ -202,18 +202,7 @@ def publish_status(
             return
 
 
-@app.task(
-    base=ChunkTask,
-    name=MASK_AND_WRITE_STREAM,
-    bind=True,
-    acks_late=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=2,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=5,
-    ignore_result=True,
-)
+@app.task(name=MASK_AND_WRITE_STREAM, **CHUNK_TASK_OPTIONS)
 def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> dict[str, int]:
     """Validate, mask and write one chunk of one shard; its checkpoint moves in the same commit.
 

@@ -229,18 +229,21 @@ class ChunkTask(app.Task):  # type: ignore[misc]
         return super().signature_from_request(request, args, kwargs, queue, **extra)
 
 
-@app.task(
-    base=ChunkTask,
-    name=MASK_AND_WRITE,
-    bind=True,
-    acks_late=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=2,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=5,
-    ignore_result=True,
-)
+# Every chunk task (SQS and stream): acked after it ran, transient failures retried with backoff.
+CHUNK_TASK_OPTIONS: dict[str, Any] = {
+    "base": ChunkTask,
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": (TransientError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 5,
+    "ignore_result": True,
+}
+
+
+@app.task(name=MASK_AND_WRITE, **CHUNK_TASK_OPTIONS)
 def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     """Validate, mask and write one chunk in one transaction, then delete it from SQS.
 

@@ -100,6 +100,20 @@ def pipeline_env(queue_url: str, endpoint: str, at_defaults: bool = False, **ext
     return env
 
 
+def run_demo(cwd: Path, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
+    """`etl demo` as `make demo` runs it (no Flower), in ``cwd`` with ``env``; its output kept."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "etl.cli", "demo", "--flower-port", "0", "--timeout", "120"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def officer_env(env: dict[str, str]) -> dict[str, str]:
     """A worker's environment plus what only the PII officers' tooling holds: the private key."""
     return {**env, "ETL_VAULT_PRIVATE_KEY": VAULT_PRIVATE_KEY}

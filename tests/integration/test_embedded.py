@@ -4,7 +4,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from etl.errors import ConfigError
 from etl.masking import Masker
 from etl.records import Message
 from etl.sealing import Sealer, new_key
-from tests.support import MASKING_KEY, ProcessGroup
+from tests.support import MASKING_KEY, ProcessGroup, run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +65,7 @@ def test_the_demo_runs_twice_on_its_embedded_servers(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env["ETL_EMBEDDED"] = "always"
     for run in (1, 2):
-        out = subprocess.run(
-            [sys.executable, "-m", "etl.cli", "demo", "--flower-port", "0", "--timeout", "120"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = run_demo(tmp_path, env)
         assert out.returncode == 0, f"run {run}: {out.stdout[-2000:]}"
         assert "embedded Postgres on 127.0.0.1:" in out.stdout and "embedded Redis on 127.0.0.1:" in out.stdout
         assert "\nrejected   " in out.stdout and "queue      0 waiting, 0 in flight" in out.stdout

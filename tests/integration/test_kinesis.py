@@ -30,6 +30,7 @@ from tests.support import (
     DATABASE_URL,
     ProcessGroup,
     pipeline_env,
+    run_demo,
     wait_until,
 )
 
@@ -379,14 +380,7 @@ def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
     """`ETL_SOURCE=kinesis make demo`: the whole pipeline through a Kinesis stream, on servers of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "AWS_ENDPOINT", "DATABASE", "CELERY"))}
     env.update(ETL_SOURCE="kinesis", ETL_EMBEDDED="always", ETL_METRICS_PORT="0")
-    done = subprocess.run(
-        [sys.executable, "-m", "etl.cli", "demo", "--flower-port", "0", "--timeout", "120"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_demo(tmp_path, env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     sent = int(re.search(r"^sent\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
     rows = int(re.search(r"^rows\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
