@@ -15,8 +15,6 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
-
 from etl import metrics, records, runtime, shards, streaming
 from etl.celery_app import app
 from etl.coordination import stream_key
@@ -30,10 +28,9 @@ from etl.tasks import (
     MASK_AND_WRITE_STREAM,
     QUEUE,
     _shutting_down,
-    cancel_after_soft_limit,
     chunk_argsrepr,
-    record,
-    request_fetch_if_starving,
+    chunk_attempt,
+    committed,
 )
 
 log = logging.getLogger("etl.stream_tasks")
@@ -212,10 +209,14 @@ def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> d
     rt = runtime.get()
     messages = records.unpack_chunk(sealed, rt.sealer)
     where = Position(**position)
-    watchdog = None
-    try:
-        conn = rt.conn()
-        watchdog = cancel_after_soft_limit(self, conn)
+    with chunk_attempt(
+        self,
+        rt,
+        "its records stay in the stream",
+        lambda: log.warning(
+            "chunk %s: time limit hit; shard %s will be read again from its checkpoint", self.request.id, where.shard_id
+        ),
+    ) as conn:
         report = streaming.process_chunk(
             messages,
             where,
@@ -225,26 +226,5 @@ def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> d
             label=self.request.id or "",
             vault=rt.vault(),
         )
-    except TransientError as exc:
-        rt.drop_conn()
-        metrics.RETRIES.inc()
-        log.warning(
-            "chunk %s: %s (attempt %d); its records stay in the stream",
-            self.request.id,
-            exc,
-            self.request.retries + 1,
-        )
-        raise
-    except SoftTimeLimitExceeded:
-        rt.drop_conn()
-        log.warning(
-            "chunk %s: time limit hit; shard %s will be read again from its checkpoint", self.request.id, where.shard_id
-        )
-        raise
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-    rt.coordinator.heartbeat("commit", self.request.hostname or "?")
-    record(report, messages, deleted=False)
-    request_fetch_if_starving(rt, fetch_stream)
+    committed(self, rt, report, messages, fetch_stream, deleted=False)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

@@ -9,7 +9,8 @@ import re
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -22,7 +23,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from etl import logs, metrics, pipeline, records, runtime, settings
+from etl import logs, metrics, pipeline, records, runtime, settings, store
 from etl.celery_app import app
 from etl.coordination import stream_key
 from etl.errors import ConfigError, TransientError
@@ -200,6 +201,53 @@ def fetch(self: Any) -> dict[str, Any]:
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 
 
+def _release_on_time_limit(task: Any, rt: runtime.Runtime, messages: list[Message]) -> None:
+    log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", task.request.id, len(messages))
+    pipeline.release(rt.queue, messages)
+
+
+@contextmanager
+def chunk_attempt(
+    task: Any, rt: runtime.Runtime, kept: str, on_time_limit: Callable[[], None]
+) -> Iterator[store.Connection]:
+    """One attempt at a chunk, for both sources: the process's connection (taken inside, so an
+    unreachable Postgres is a transient failure like any other) with a watchdog for the soft
+    time limit. A transient failure drops the connection, is counted and logged with where the
+    records stay (``kept``) and retried by Celery; at the time limit ``on_time_limit`` runs."""
+    watchdog: threading.Timer | None = None
+    try:
+        conn = rt.conn()
+        watchdog = cancel_after_soft_limit(task, conn)
+        yield conn
+    except TransientError as exc:
+        rt.drop_conn()
+        metrics.RETRIES.inc()
+        log.warning("chunk %s: %s (attempt %d); %s", task.request.id, exc, task.request.retries + 1, kept)
+        raise
+    except SoftTimeLimitExceeded:
+        rt.drop_conn()
+        on_time_limit()
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def committed(
+    task: Any,
+    rt: runtime.Runtime,
+    report: pipeline.ChunkReport,
+    messages: list[Message],
+    fetch_task: Any,
+    deleted: bool,
+) -> None:
+    """After a chunk's commit: heartbeat, metrics (``deleted``: from SQS), and a fetch
+    (``fetch_task``) if the broker runs low."""
+    rt.coordinator.heartbeat("commit", task.request.hostname or "?")
+    record(report, messages, deleted=deleted)
+    request_fetch_if_starving(rt, fetch_task)
+
+
 def cancel_after_soft_limit(task: Any, conn: Any) -> threading.Timer | None:
     """The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
     cancel the statement just after it, so the task's time-limit handling runs at once."""
@@ -252,10 +300,9 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     """
     rt = runtime.get()
     messages = records.unpack_chunk(sealed, rt.sealer)
-    watchdog: threading.Timer | None = None
-    try:
-        conn = rt.conn()  # inside the try: an unreachable Postgres is a transient failure like any other
-        watchdog = cancel_after_soft_limit(self, conn)
+    with chunk_attempt(
+        self, rt, "its messages stay in SQS", lambda: _release_on_time_limit(self, rt, messages)
+    ) as conn:
         report = pipeline.process_chunk(
             messages,
             masker=rt.masker,
@@ -266,22 +313,5 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
             label=self.request.id or "",
             vault=rt.vault(),
         )
-    except TransientError as exc:
-        rt.drop_conn()
-        metrics.RETRIES.inc()
-        log.warning(
-            "chunk %s: %s (attempt %d); its messages stay in SQS", self.request.id, exc, self.request.retries + 1
-        )
-        raise
-    except SoftTimeLimitExceeded:
-        rt.drop_conn()
-        log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", self.request.id, len(messages))
-        pipeline.release(rt.queue, messages)
-        raise
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-    rt.coordinator.heartbeat("commit", self.request.hostname or "?")
-    record(report, messages)
-    request_fetch_if_starving(rt)
+    committed(self, rt, report, messages, fetch, deleted=True)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}
