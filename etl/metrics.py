@@ -53,48 +53,46 @@ STREAM_EXPIRED = Counter(
 )
 
 
-class QueueCollector(Collector):
-    """SQS depth and broker queue length, read when Prometheus scrapes (cached ``ttl`` s)."""
+class ScrapedCollector(Collector):
+    """The source's numbers and the broker queue length, read when Prometheus scrapes (cached
+    ``ttl`` s); a subclass turns the source's snapshot into metric families."""
 
-    def __init__(self, depth: Callable[[], dict[str, int]], queued: Callable[[], int], ttl: float = 5) -> None:
-        self._depth, self._queued, self._ttl = depth, queued, ttl
-        self._cache: tuple[float, dict[str, int], int] | None = None
+    def __init__(self, read: Callable[[], Any], queued: Callable[[], int], ttl: float = 5) -> None:
+        self._read, self._queued, self._ttl = read, queued, ttl
+        self._cache: tuple[float, Any, int] | None = None
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             if self._cache is None or time.monotonic() - self._cache[0] > self._ttl:
                 try:
-                    self._cache = (time.monotonic(), self._depth(), self._queued())
+                    self._cache = (time.monotonic(), self._read(), self._queued())
                 except Exception:  # a scrape must not fail because SQS or Redis is down
                     self._cache = None
                     return
-            _, depth, queued = self._cache
-        sqs = GaugeMetricFamily("etl_sqs_messages", "Approximate SQS queue depth", labels=["state"])
-        for state in ("visible", "in_flight", "delayed"):
-            sqs.add_metric([state], depth.get(state, 0))
-        yield sqs
+            _, snapshot, queued = self._cache
+        yield from self.families(snapshot)
         yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
 
+    def families(self, snapshot: Any) -> Iterator[Metric]:
+        raise NotImplementedError
 
-class StreamCollector(Collector):
-    """Per-shard lag (MillisBehindLatest at the last read) and checkpoint age, as the last fetch
-    runs published them, and the broker queue length; read at scrape (cached ``ttl`` s)."""
 
-    def __init__(self, status: Callable[[], dict[str, dict[str, Any]]], queued: Callable[[], int], ttl: float = 5):
-        self._status, self._queued, self._ttl = status, queued, ttl
-        self._cache: tuple[float, dict[str, dict[str, Any]], int] | None = None
-        self._lock = threading.Lock()
+class QueueCollector(ScrapedCollector):
+    """SQS depth (``read`` returns Queue.depth()) and the broker queue length."""
 
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            if self._cache is None or time.monotonic() - self._cache[0] > self._ttl:
-                try:
-                    self._cache = (time.monotonic(), self._status(), self._queued())
-                except Exception:  # a scrape must not fail because Redis is down
-                    self._cache = None
-                    return
-            _, status, queued = self._cache
+    def families(self, snapshot: Any) -> Iterator[Metric]:
+        sqs = GaugeMetricFamily("etl_sqs_messages", "Approximate SQS queue depth", labels=["state"])
+        for state in ("visible", "in_flight", "delayed"):
+            sqs.add_metric([state], snapshot.get(state, 0))
+        yield sqs
+
+
+class StreamCollector(ScrapedCollector):
+    """Per-shard lag (MillisBehindLatest at the last read), checkpoint age and records not yet
+    committed, as the last fetch runs published them (``read`` returns the status hash)."""
+
+    def families(self, snapshot: Any) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
             "etl_stream_lag_milliseconds", "MillisBehindLatest of each shard's last read", labels=["shard"]
         )
@@ -107,7 +105,7 @@ class StreamCollector(Collector):
             labels=["shard"],
         )
         now = time.time()
-        for shard, s in sorted(status.items()):
+        for shard, s in sorted(snapshot.items()):
             if s.get("behind_ms") is not None:
                 lag.add_metric([shard], float(s["behind_ms"]))
             if s.get("checkpoint_moved_at") is not None:
@@ -116,7 +114,6 @@ class StreamCollector(Collector):
         yield lag
         yield age
         yield uncommitted
-        yield GaugeMetricFamily("etl_broker_queued_chunks", "Chunks waiting in the Redis broker", value=queued)
 
 
 def clear_stale() -> None:
