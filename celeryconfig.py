@@ -1,6 +1,6 @@
 """Celery settings only. Every line says why; values come from etl.settings.
 
-Loaded by etl.celery_app with ``app.config_from_object("celeryconfig")``, Celery's own default
+Loaded by etl.worker.celery with ``app.config_from_object("celeryconfig")``, Celery's own default
 name. It is installed as a top-level module (pyproject ``py-modules``), so the ``etl`` command
 and ``celery -A etl`` find it from any working directory.
 """

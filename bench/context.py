@@ -7,10 +7,13 @@ from pathlib import Path
 
 import redis
 
-from etl import embedded, processes, sealing, store, vault
+from etl import store
 
 # The run's servers: yours when ETL_TEST_DATABASE_URL / ETL_TEST_BROKER_URL are set, else an
-# embedded pair of its own (etl.embedded.for_run); set by bench.run.run().
+from etl.crypto import sealing, vault
+from etl.demo import embedded, processes
+
+# embedded pair of its own (etl.demo.embedded.for_run); set by bench.run.run().
 DATABASE_URL = ""
 BROKER_URL = ""
 AWS_ENV = processes.LOCAL_AWS

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from etl import processes, sqs
+from etl.demo import processes
+from etl.sources.sqs import queue as sqs
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -23,8 +23,12 @@ from typing import Any
 
 import boto3
 
-from etl import embedded, kinesis, processes, samples, sealing, seeding, store, vault
+from etl import store
+from etl.crypto import sealing, vault
+from etl.demo import embedded, processes
+from etl.ops import samples, seeding
 from etl.progress import Bar
+from etl.sources.kinesis import stream as kinesis
 
 HERE = Path(__file__).parent
 

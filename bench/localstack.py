@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import AWS_ENV, Processes, base_env, fresh, log, rows
-from etl import processes, samples, sqs
+from etl.demo import processes
+from etl.ops import samples
+from etl.sources.sqs import queue as sqs
 
 LOCALSTACK_VENV = processes.LOCALSTACK_VENV
 LOCALSTACK_PINS = [

@@ -18,9 +18,9 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     (
         "SQS client",
         (
-            "etl/sqs.py",
-            "etl/sqs_lean.py",
-            "etl/sigv4.py",
+            "etl/sources/sqs/queue.py",
+            "etl/sources/sqs/lean.py",
+            "etl/sources/sqs/sigv4.py",
             "/botocore/",
             "/boto3/",
             "/urllib3/",
@@ -28,14 +28,23 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "/ssl.py",
         ),
     ),
-    ("sealing", ("etl/sealing.py",)),
-    ("masking", ("etl/masking.py",)),
-    ("vault", ("etl/vault.py", "etl/pii.py")),
-    ("parse + rows", ("etl/events.py", "etl/records.py", "etl/appversion.py")),
+    ("sealing", ("etl/crypto/sealing.py",)),
+    ("masking", ("etl/crypto/masking.py",)),
+    ("vault", ("etl/crypto/vault.py", "etl/pii/service.py")),
+    ("parse + rows", ("etl/model/events.py", "etl/model/records.py", "etl/model/appversion.py")),
     ("Postgres client", ("/psycopg2/", "etl/store/")),
     (
         "Celery/kombu",
-        ("/celery/", "/kombu/", "/billiard/", "/redis/", "/vine/", "/amqp/", "etl/tasks.py", "etl/coordination.py"),
+        (
+            "/celery/",
+            "/kombu/",
+            "/billiard/",
+            "/redis/",
+            "/vine/",
+            "/amqp/",
+            "etl/worker/tasks.py",
+            "etl/worker/coordination.py",
+        ),
     ),
 ]
 ORDER = [name for name, _ in STAGES] + ["other"]

@@ -43,8 +43,13 @@ from bench.context import (
 from bench.cpu import CpuMeter, StandIn, bare_loop
 from bench.localstack import localstack
 from bench.report import plot, stage_table, table, verdicts
-from etl import embedded, records, samples, sealing, settings, sqs, store
-from etl.masking import Masker
+from etl import settings, store
+from etl.crypto import sealing
+from etl.crypto.masking import Masker
+from etl.demo import embedded
+from etl.model import records
+from etl.ops import samples
+from etl.sources.sqs import queue as sqs
 from etl.store import ingest
 
 STANDIN: StandIn  # the run's HTTP SQS stand-in (bench/standin.py), started in main()

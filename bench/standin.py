@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from etl import samples
+from etl.ops import samples
 
 TARGET_PREFIX = b"AmazonSQS."
 STATS = "Bench.Stats"

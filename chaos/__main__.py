@@ -7,7 +7,7 @@ are never touched.
 
 import sys
 
-from etl import embedded
+from etl.demo import embedded
 
 
 def main() -> int:

@@ -40,8 +40,13 @@ os.environ["CELERY_BROKER_URL"] = BROKER_URL
 
 from chaos import hostile  # noqa: E402
 from chaos.proxy import Proxy  # noqa: E402
-from etl import embedded, events, processes, samples, sealing, sqs, store, vault  # noqa: E402
-from etl.processes import MotoServer, ProcessGroup  # noqa: E402
+from etl import store  # noqa: E402
+from etl.crypto import sealing, vault  # noqa: E402
+from etl.demo import embedded, processes  # noqa: E402
+from etl.demo.processes import MotoServer, ProcessGroup  # noqa: E402
+from etl.model import events  # noqa: E402
+from etl.ops import samples  # noqa: E402
+from etl.sources.sqs import queue as sqs  # noqa: E402
 
 KEYS = {
     "ETL_MASKING_KEY": "chaos-masking-key-0123456789abcdefghijklmn",
@@ -139,8 +144,8 @@ def pool_processes(ctx: Ctx, timeout: float) -> list[int]:
 def busy_pool_process(exclude: list[int], timeout: float) -> tuple[int, str] | None:
     """(pid, task id) of a pool process running an etl.mask_and_write now, asked of the worker
     itself (Celery's ``inspect active``); None if none was seen within ``timeout`` seconds."""
-    from etl import app
-    from etl.tasks import MASK_AND_WRITE
+    from etl.worker.celery import app
+    from etl.worker.tasks import MASK_AND_WRITE
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -251,8 +256,8 @@ def bounce_redis(down: float) -> None:
 
 def park_chunks(ctx: Ctx, count: int) -> int:
     """Receive up to ``count`` messages and queue them as chunks on the broker, as fetch does."""
-    from etl import tasks
-    from etl.sealing import Sealer
+    from etl.crypto.sealing import Sealer
+    from etl.worker import tasks
 
     received: list[Any] = []
     for _ in range(count // 10):

@@ -1,8 +1,5 @@
-"""etl: SQS login events -> masked rows in Postgres, on Celery.
+"""etl: SQS or Kinesis login events -> masked rows in Postgres, on Celery.
 
-``celery -A etl worker`` and ``celery -A etl beat`` find the app here.
+Importing this package loads nothing: the Celery app lives in etl.worker (``celery -A etl.worker
+worker``), the ``etl`` command in etl.ops.cli. docs/NOTES.md has the map of the wings.
 """
-
-from etl.celery_app import app
-
-__all__ = ["app"]

@@ -8,9 +8,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from etl import keys
+from etl.crypto import keys
+from etl.crypto.keys import KEYGEN_HINT
 from etl.errors import ConfigError
-from etl.keys import KEYGEN_HINT
 
 __all__ = ["KEYGEN_HINT", "Settings", "load"]
 

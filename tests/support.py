@@ -1,4 +1,4 @@
-"""Helpers for the integration tests: real services, real processes (started by etl.processes).
+"""Helpers for the integration tests: real services, real processes (started by etl.demo.processes).
 
 Servers of the run's own: unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers you
 started (CI does, see .ci/run), importing this module starts an embedded PostgreSQL and Redis on
@@ -22,11 +22,11 @@ from typing import Any
 
 
 def _own_servers() -> None:
-    """The run's servers (etl.embedded.for_run), kept until this test process exits."""
+    """The run's servers (etl.demo.embedded.for_run), kept until this test process exits."""
     import atexit
     from contextlib import ExitStack
 
-    from etl import embedded  # etl's Celery config is read lazily: not yet, so the broker set below holds
+    from etl.demo import embedded  # etl's Celery config is read lazily: not yet, so the broker set below holds
 
     stack = ExitStack()
     stack.enter_context(embedded.for_run("etl-test-servers-"))
@@ -39,8 +39,11 @@ BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
 # Tasks sent from this process (tests that park chunks on the broker) must reach the test broker.
 os.environ["CELERY_BROKER_URL"] = BROKER_URL
 
-from etl import embedded, processes, sealing, sqs, store, vault  # noqa: E402
-from etl.processes import MotoServer, ProcessGroup  # noqa: E402
+from etl import store  # noqa: E402
+from etl.crypto import sealing, vault  # noqa: E402
+from etl.demo import embedded, processes  # noqa: E402
+from etl.demo.processes import MotoServer, ProcessGroup  # noqa: E402
+from etl.sources.sqs import queue as sqs  # noqa: E402
 
 MASKING_KEY = "integration-test-masking-key-0123456789"
 PAYLOAD_KEY = sealing.new_key()
@@ -54,7 +57,7 @@ def pg_dump(*args: str) -> bytes:
     embedded_dir = os.environ.get("ETL_TEST_EMBEDDED_DIR")
     binary = "pg_dump"
     if embedded_dir:
-        from etl import embedded
+        from etl.demo import embedded
 
         binary = str(embedded.Postgres(Path(embedded_dir) / "postgres").bin / "pg_dump")
     return subprocess.run([binary, *args, DATABASE_URL], capture_output=True, check=True).stdout
@@ -105,7 +108,7 @@ def run_demo(cwd: Path, env: dict[str, str]) -> "subprocess.CompletedProcess[str
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "etl.cli", "demo", "--flower-port", "0", "--timeout", "120"],
+        [sys.executable, "-m", "etl.ops.cli", "demo", "--flower-port", "0", "--timeout", "120"],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -5,7 +5,7 @@
   database roles with their grants;
 * ``ingest``: the chunk write (rows, rejections, vault entries in one transaction);
 * ``reports``: stats, rejections and their replays, the analysts' report;
-* ``pii``: vault entries, data keys and the audit log (used by etl.pii only);
+* ``pii``: vault entries, data keys and the audit log (used by etl.pii.service only);
 * ``streams``: Kinesis shard checkpoints and the committed ranges behind them.
 
 The names most callers need are re-exported here: ``from etl import store``.

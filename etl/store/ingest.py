@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from psycopg2.extras import execute_values
 
-from etl.records import ChunkResult, LoginRow
-from etl.shards import Position
+from etl.model.records import ChunkResult, LoginRow
+from etl.model.shards import Position
 from etl.store.connection import Connection, transaction
 from etl.store.streams import record_range
 

@@ -198,7 +198,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE public.pii_audit ADD COLUMN IF NOT EXISTS scheme smallint NOT NULL DEFAULT 1;
 
         -- Hash scheme 2: canonical JSON of every field (no separator ambiguity; NULL is not '').
-        -- etl audit verify recomputes it outside the database (etl/auditchain.py).
+        -- etl audit verify recomputes it outside the database (etl/crypto/auditchain.py).
         CREATE OR REPLACE FUNCTION public.etl_audit_hash_v2(prev text, at timestamptz, actor text,
                 action text, field text, token text, subject text, reason text, outcome text) RETURNS text
             LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$

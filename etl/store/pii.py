@@ -1,6 +1,6 @@
 """The PII tables: vault entries, sealed data keys, reveal requests and the audit log.
 
-Only etl.pii calls these. Officers reach ciphertext only through the auditing SECURITY DEFINER
+Only etl.pii.service calls these. Officers reach ciphertext only through the auditing SECURITY DEFINER
 functions of migration 8 (reveal request, release, outcome; erase), each pinned to
 search_path = pg_catalog, pg_temp. The selections the rotations use read the tables directly
 and so need the tables' owner (the admin login).
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from psycopg2.extras import execute_values
 
-from etl.auditchain import AuditRow
+from etl.crypto.auditchain import AuditRow
 from etl.store.connection import Connection, query, transaction
 from etl.store.ingest import INSERT_VAULT
 
@@ -46,7 +46,7 @@ def audit(
 
 def audit_rows(conn: Connection) -> list[AuditRow]:
     """Every audit row as stored, read with nothing but pg_catalog on the search path: the hashes
-    are recomputed by the caller (etl.auditchain), never by a function the owner could replace."""
+    are recomputed by the caller (etl.crypto.auditchain), never by a function the owner could replace."""
     with transaction(conn, "audit rows") as cur:
         cur.execute("SET LOCAL search_path = pg_catalog")
         cur.execute(

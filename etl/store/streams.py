@@ -2,15 +2,15 @@
 
 A chunk records its range in its own write transaction (``record_range``), and in that same
 transaction the shard's checkpoint moves over every committed range that starts at or before
-it (``etl.shards.advance``). The checkpoint row is locked first, so two chunks of one shard
+it (``etl.model.shards.advance``). The checkpoint row is locked first, so two chunks of one shard
 committing at once take turns, and the later one sees the earlier one's range.
 """
 
 from decimal import Decimal
 from typing import Any
 
-from etl import shards
-from etl.shards import Checkpoint, Position
+from etl.model import shards
+from etl.model.shards import Checkpoint, Position
 from etl.store.connection import Connection, query, transaction
 
 _ENSURE = """

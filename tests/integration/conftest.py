@@ -28,7 +28,8 @@ from tests.support import (
     wait_until,
 )
 
-from etl import store, sqs  # isort: skip  (after tests.support, which points Celery at the test broker)
+from etl import store  # isort: skip  (after tests.support, which points Celery at the test broker)
+from etl.sources.sqs import queue as sqs
 
 __all__ = ["DATABASE_URL", "MASKING_KEY", "PAYLOAD_KEY", "ProcessGroup", "drained", "wait_until"]
 
@@ -77,7 +78,7 @@ def conn() -> Iterator[store.Connection]:
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    from etl import app
+    from etl.worker.celery import app
 
     assert app.conf.broker_url == BROKER_URL, "the test process must send to the test broker"
     client = redis.Redis.from_url(BROKER_URL)

@@ -1,4 +1,4 @@
-"""etl.anchor against S3 as moto's server speaks it (a real HTTP server in this process, no mocks).
+"""etl.pii.anchor against S3 as moto's server speaks it (a real HTTP server in this process, no mocks).
 
 What moto 5.2.5 does, and these tests hold: PutObject honours If-None-Match: * (412
 PreconditionFailed when the key exists) and stores Object Lock mode and retain-until date per
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from etl import anchor
-from etl.anchor import Anchor
+from etl.demo.processes import LOCAL_AWS, MotoServer
 from etl.errors import ConfigError
-from etl.processes import LOCAL_AWS, MotoServer
+from etl.pii import anchor
+from etl.pii.anchor import Anchor
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def moto() -> Iterator[MotoServer]:
 
 @pytest.fixture
 def s3(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """An S3 client made exactly as etl.anchor makes its own, pointed at moto by the environment."""
+    """An S3 client made exactly as etl.pii.anchor makes its own, pointed at moto by the environment."""
     for name, value in LOCAL_AWS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.endpoint)
@@ -79,7 +79,7 @@ def test_locked_anchor_cannot_be_overwritten_deleted_or_hidden(s3: Any) -> None:
     assert "(Object Lock COMPLIANCE until " in anchor.write(url, original)
     key = f"p/{original.name}"
 
-    # etl.anchor itself refuses: If-None-Match: * makes S3 answer 412.
+    # etl.pii.anchor itself refuses: If-None-Match: * makes S3 answer 412.
     with pytest.raises(ConfigError, match="PutObject refused: PreconditionFailed"):
         anchor.write(url, Anchor(7, H2, original.at))
     with pytest.raises(ClientError) as refused:

@@ -6,7 +6,7 @@ import pytest
 
 from etl import store
 from etl.errors import TerminalError
-from etl.records import ChunkResult, LoginRow
+from etl.model.records import ChunkResult, LoginRow
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from etl import embedded, processes, records, store
+from etl import store
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer, new_key
+from etl.demo import embedded, processes
 from etl.errors import ConfigError
-from etl.masking import Masker
-from etl.records import Message
-from etl.sealing import Sealer, new_key
+from etl.model import records
+from etl.model.records import Message
 from tests.support import MASKING_KEY, ProcessGroup, run_demo
 
 pytestmark = pytest.mark.integration

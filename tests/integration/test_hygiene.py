@@ -13,8 +13,11 @@ import redis
 
 from tests.support import PAYLOAD_KEY, ProcessGroup, drained, processes, wait_until
 
-from etl import records, sqs, store  # isort: skip  (after tests.support, which points Celery at the test broker)
-from etl.sealing import Sealer  # isort: skip
+from etl.model import records  # isort: skip  (after tests.support, which points Celery at the test broker)
+from etl import store
+from etl.sources.sqs import queue as sqs
+
+from etl.crypto.sealing import Sealer  # isort: skip
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +82,8 @@ def sealed_chunk(count: int) -> str:
 
 
 def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker: redis.Redis) -> None:
-    from etl import app, tasks
+    from etl.worker import tasks
+    from etl.worker.celery import app
 
     sealed = sealed_chunk(3)
     tasks.mask_and_write.apply_async(args=[sealed])  # as Celery itself re-publishes: no argsrepr
@@ -95,7 +99,7 @@ def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker: redi
 
 def test_a_retried_chunk_keeps_its_argsrepr(pipeline: ProcessGroup, queue: sqs.Queue, broker: redis.Redis) -> None:
     """Postgres down: the chunk is retried (autoretry on TransientError), re-published by Celery."""
-    from etl import tasks
+    from etl.worker import tasks
 
     queue.send([event(f"hyg-retry-{i}", ip, dev) for i, (ip, dev) in enumerate(zip(IPS, DEVICES, strict=True))])
     received: list[records.Message] = []

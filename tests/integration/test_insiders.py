@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from etl import sqs, store
+from etl import store
+from etl.sources.sqs import queue as sqs
 from tests.support import DATABASE_URL, ProcessGroup, drained, officer_env, wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,9 @@ RAW = ["203.0.113.50", "ann-phone", "198.51.100.4", "bob-phone"]
 
 
 def etl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "etl.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "etl.ops.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture

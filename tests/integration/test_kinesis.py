@@ -34,7 +34,11 @@ from tests.support import (
     wait_until,
 )
 
-from etl import events, kinesis, samples, seeding, shards, store  # isort: skip
+from etl.model import events, shards  # isort: skip
+from etl import store
+from etl.ops import samples, seeding
+from etl.sources.kinesis import stream as kinesis
+
 from etl.progress import Progress  # isort: skip
 
 pytestmark = pytest.mark.integration
@@ -166,7 +170,7 @@ def test_every_record_once_and_checkpoints_at_the_end(
 def etl_command(group: ProcessGroup, *args: str) -> str:
     """The `etl` command, run as an operator would, with the pipeline's environment."""
     done = subprocess.run(
-        [sys.executable, "-m", "etl.cli", *args], env=group.env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "etl.ops.cli", *args], env=group.env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -424,7 +428,7 @@ def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
         finally:
             fresh.close()
         # kombu 5.7 once failed here for good ("Unrecoverable error") restoring the unacknowledged
-        # chunk through the lost connection: etl.celery_app._survive_broker_loss
+        # chunk through the lost connection: etl.worker.celery._survive_broker_loss
         assert "Unrecoverable error" not in p.log("worker")
     finally:
         blocker.close()

@@ -8,7 +8,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import sqs, store
+from etl import store
+from etl.sources.sqs import queue as sqs
 from tests.support import ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from etl import sqs, store
+from etl import store
+from etl.sources.sqs import queue as sqs
 from tests.support import ProcessGroup, TaskRun, drained, fetched_messages, task_runs, wait_until
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ def event(user: str, version: str = "1.0") -> str:
 
 def etl(pipeline: ProcessGroup, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "etl.cli", *args], env=pipeline.env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "etl.ops.cli", *args], env=pipeline.env, capture_output=True, text=True, timeout=60
     )
 
 

@@ -7,7 +7,8 @@ import sys
 import psycopg2
 import pytest
 
-from etl import sqs, store
+from etl import store
+from etl.sources.sqs import queue as sqs
 from tests.support import DATABASE_URL, ProcessGroup, drained, officer_env, pg_dump, wait_until
 
 pytestmark = pytest.mark.integration
@@ -18,7 +19,9 @@ def ev(user: str, ip: str, device: str) -> str:
 
 
 def etl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "etl.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "etl.ops.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def reveal(env: dict[str, str], field: str, token: str, reason: str = "check") -> subprocess.CompletedProcess[str]:
@@ -114,7 +117,7 @@ def test_a_worker_host_decrypts_nothing(loaded: ProcessGroup, conn: store.Connec
     assert audit_rows(conn)[-1][3] == "refused: no private key"
     # nor can it start holding the private key
     wrong = subprocess.run(
-        [sys.executable, "-c", "from etl import runtime, settings; runtime.build(settings.load())"],
+        [sys.executable, "-c", "from etl import settings; from etl.worker import runtime; runtime.build(settings.load())"],
         env=officer_env(loaded.env),
         capture_output=True,
         text=True,
@@ -198,7 +201,7 @@ def test_masking_key_rotation_keeps_duplicates_findable(
 
 
 def test_new_key_pair_reseals_everything(loaded: ProcessGroup, conn: store.Connection) -> None:
-    from etl import vault
+    from etl.crypto import vault
 
     new_private, new_public = vault.new_keypair()
     old_private = officer_env(loaded.env)["ETL_VAULT_PRIVATE_KEY"]
@@ -219,7 +222,7 @@ def test_new_key_pair_reseals_everything(loaded: ProcessGroup, conn: store.Conne
 
 def test_legacy_vault_entries_migrate_to_sealed_keys(conn: store.Connection) -> None:
     """A vault written before sealing (data key wrapped by ETL_VAULT_KEY) is re-sealed, audited."""
-    from etl import vault
+    from etl.crypto import vault
     from tests.support import VAULT_PRIVATE_KEY, VAULT_PUBLIC_KEY
 
     master = vault.new_master_key()

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from etl import appversion, events, records, samples, sqs, store
-from etl.masking import Masker
-from etl.sealing import Sealer
+from etl import store
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer
+from etl.model import appversion, events, records
+from etl.ops import samples
+from etl.sources.sqs import queue as sqs
 from etl.store import schema
 from tests.conftest import shared_samples_path
 from tests.support import (
@@ -133,7 +136,7 @@ def test_a_chunk_delivered_twice_by_the_broker_writes_once(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker: redis.Redis
 ) -> None:
     """Celery redelivery (acks_late after a lost worker) of the same chunk is harmless."""
-    from etl import tasks
+    from etl.worker import tasks
 
     queue.send([event(f"10.1.0.{i}", f"d-{i}", f"u{i}") for i in range(10)])
     received = receive_all(queue, 10, visibility_timeout=60)
@@ -202,7 +205,7 @@ def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
 def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from etl import tasks
+    from etl.worker import tasks
 
     ips = [f"192.0.2.{i}" for i in range(1, 21)]
     devices = [f"{i:03d}-55-{i:04d}" for i in range(1, 21)]
@@ -276,7 +279,7 @@ def assert_absent(secrets: list[str], haystack: bytes, where: str) -> None:
 def test_worker_refuses_to_start_without_a_masking_key(pipeline: ProcessGroup) -> None:
     env = {k: v for k, v in pipeline.env.items() if k != "ETL_MASKING_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "etl", "worker", "--loglevel=INFO"],
+        [sys.executable, "-m", "celery", "-A", "etl.worker", "worker", "--loglevel=INFO"],
         env=env,
         capture_output=True,
         text=True,
@@ -302,7 +305,7 @@ def test_migrations_adopt_a_preexisting_exercise_table(conn: store.Connection) -
 
 def test_cli_seed_and_stats(queue: sqs.Queue, conn: store.Connection) -> None:
     env = {**os.environ, "SQS_QUEUE_URL": queue.url, "DATABASE_URL": DATABASE_URL}
-    etl = [sys.executable, "-m", "etl.cli"]
+    etl = [sys.executable, "-m", "etl.ops.cli"]
     seeded = subprocess.run([*etl, "seed", "--count", "25", "--seed", "7"], env=env, capture_output=True, text=True)
     assert seeded.returncode == 0, seeded.stderr
     assert "sent 25 messages" in seeded.stdout and "25/25" in seeded.stderr  # the progress bar

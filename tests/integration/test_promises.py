@@ -13,11 +13,15 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from etl import pii, records, settings, sqs, store, vault
+from etl import settings, store
+from etl.crypto import vault
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer
 from etl.errors import ConfigError, Forbidden, TerminalError, TransientError
-from etl.masking import Masker
-from etl.records import Message
-from etl.sealing import Sealer
+from etl.model import records
+from etl.model.records import Message
+from etl.pii import service as pii
+from etl.sources.sqs import queue as sqs
 from tests.support import (
     BROKER_URL,
     DATABASE_URL,
@@ -88,7 +92,7 @@ def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
     write is stalled by a table lock; its messages were received with a 60 s visibility timeout.
     They must be visible again long before those 60 s.
     """
-    from etl import tasks
+    from etl.worker import tasks
 
     queue.send([event(i) for i in range(5)])
     received = receive_all(queue, 5, visibility_timeout=60)
@@ -206,7 +210,7 @@ def test_backpressure_bounds_the_broker_queue_while_writes_are_stalled(
 
 
 def test_a_message_received_five_times_moves_to_the_dead_letter_queue(queue: sqs.Queue) -> None:
-    """The redrive wiring etl.sqs.create_queue sets up (README "Runbook: the dead-letter queue")."""
+    """The redrive wiring etl.sources.sqs.queue.create_queue sets up (README "Runbook: the dead-letter queue")."""
     (message_id,) = queue.send([event(1)])
     for attempt in range(1, 6):
         (got,) = wait_until(lambda: queue.receive(1, wait_seconds=1, visibility_timeout=0), 10, f"receive {attempt}")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from etl import sqs, store
+from etl import store
+from etl.sources.sqs import queue as sqs
 from tests.support import ProcessGroup, drained, wait_until
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def test_report_shows_shared_tokens_and_writes_a_chart(
     wait_until(drained(queue, conn, 4), 60, "the queue to drain")
     png = tmp_path / "per_day.png"
     out = subprocess.run(
-        [sys.executable, "-m", "etl.cli", "report", "--png", str(png)],
+        [sys.executable, "-m", "etl.ops.cli", "report", "--png", str(png)],
         env=pipeline.env,
         capture_output=True,
         text=True,

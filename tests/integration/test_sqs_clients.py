@@ -2,7 +2,7 @@
 server and against LocalStack where it is installed: the same assertions on both clients.
 
 What boto3 gives and the lean client must keep: the calls' answers (bodies, attributes, partial
-batch failures), error codes mapped to our kinds (etl.sqs._translated), retries with backoff on
+batch failures), error codes mapped to our kinds (etl.sources.sqs.queue._translated), retries with backoff on
 throttling and 5xx, credentials from the chain with refresh, endpoint resolution through
 AWS_ENDPOINT_URL_SQS and the region, TLS verification (and AWS_CA_BUNDLE). Faults come from a real
 HTTP server in front of the real SQS server (tests.support.FrontServer), never from mocks.
@@ -22,9 +22,9 @@ import pytest
 
 from tests.support import AWS_ENV, FrontServer, receive_all, wait_until
 
-from etl import sqs, sqs_lean  # isort: skip
+from etl.sources.sqs import queue as sqs, lean as sqs_lean  # isort: skip
 from etl.errors import ConfigError, TransientError  # isort: skip
-from etl.processes import LocalStack, free_port  # isort: skip
+from etl.demo.processes import LocalStack, free_port  # isort: skip
 
 KINDS = ["lean", "boto3"]
 

@@ -1,4 +1,4 @@
-"""etl.anchor with file:// locations (a tmp directory) and the pure check()."""
+"""etl.pii.anchor with file:// locations (a tmp directory) and the pure check()."""
 
 import json
 import stat
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from etl import anchor
-from etl.anchor import Anchor
 from etl.errors import ConfigError
+from etl.pii import anchor
+from etl.pii.anchor import Anchor
 
 H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
 

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etl import appversion
+from etl.model import appversion
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl.processes import COMMANDS
+from etl.demo.processes import COMMANDS
 
 ROOT = Path(__file__).parents[2]
 

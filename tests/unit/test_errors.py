@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
 
 from etl.errors import ConfigError, Forbidden, TerminalError, TransientError
-from etl.sqs import _translated
+from etl.sources.sqs.queue import _translated
 from etl.store.connection import translate
 
 

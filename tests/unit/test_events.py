@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from etl import events, samples
+from etl.model import events
+from etl.ops import samples
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 CASES = [json.loads(line) for line in (FIXTURES / "edge_cases.jsonl").read_text().splitlines()]

@@ -1,12 +1,12 @@
-"""pipeline.fetch against a small in-memory SQS (a real implementation, not a mock)."""
+"""etl.sources.sqs.fetch.fetch against a small in-memory SQS (a real implementation, not a mock)."""
 
 import threading
 import time
 
 import pytest
 
-from etl import pipeline
-from etl.records import Message
+from etl.model.records import Message
+from etl.sources.sqs import fetch as sqs_fetch
 
 
 class MemoryQueue:
@@ -44,7 +44,7 @@ class Clock:
 
 def run(queue: MemoryQueue, dispatch, **kw):  # type: ignore[no-untyped-def]
     options = {"chunk_size": 25, "max_messages": 1000, "budget_seconds": 5, "visibility_timeout": 30}
-    return pipeline.fetch(queue, dispatch, clock=Clock(), **{**options, **kw})
+    return sqs_fetch.fetch(queue, dispatch, clock=Clock(), **{**options, **kw})
 
 
 def test_chunks_are_full_except_the_last_and_nothing_is_missed() -> None:
@@ -113,7 +113,7 @@ def test_visibility_is_extended_while_work_is_in_progress() -> None:
     queue = SlowQueue(3, until=3)
     messages = queue.receive(3)
     entered = time.monotonic()
-    with pipeline.kept_invisible(queue, messages, visibility_timeout=1):
+    with sqs_fetch.kept_invisible(queue, messages, visibility_timeout=1):
         assert queue.reached.wait(30), f"only {len(queue.extensions)} extensions while the work ran"
     done = len(queue.extensions)
     assert not [t for t in threading.enumerate() if t.name == "etl-visibility"], "the keeper outlived the work"
@@ -128,6 +128,6 @@ def test_a_chunk_that_waited_long_is_extended_at_once() -> None:
 
     queue = SlowQueue(2)
     old = [dataclasses.replace(m, received_at=time.time() - 100) for m in queue.receive(2)]
-    with pipeline.kept_invisible(queue, old, visibility_timeout=120):
+    with sqs_fetch.kept_invisible(queue, old, visibility_timeout=120):
         pass
     assert queue.extensions == [120]

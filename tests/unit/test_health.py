@@ -1,4 +1,4 @@
-from etl.health import assess
+from etl.ops.health import assess
 
 NOW = 10_000.0
 

@@ -384,7 +384,7 @@ def test_dockerignore_translation() -> None:
     assert not excluded("tests/keep.py", rules)
     assert excluded("__pycache__/x.pyc", rules) and excluded("etl/store/__pycache__/y", rules)
     assert excluded("etl.egg-info/PKG-INFO", rules) and not excluded("etl/x.egg-info", rules)
-    assert not excluded("etl/cli.py", rules) and not excluded("etl/tests.py", rules)
+    assert not excluded("etl/ops/cli.py", rules) and not excluded("etl/tests.py", rules)
 
 
 def test_installed_etl_command_runs(built: Built) -> None:
@@ -399,7 +399,10 @@ def test_installed_etl_command_runs(built: Built) -> None:
 
 
 def test_installed_app_imports_from_another_directory(built: Built) -> None:
-    code = "import celeryconfig, etl; print(etl.app.conf.task_default_queue, etl.__file__, celeryconfig.__file__)"
+    code = (
+        "import celeryconfig, etl, etl.worker.celery as c; "
+        "print(c.app.conf.task_default_queue, etl.__file__, celeryconfig.__file__)"
+    )
     result = run([built.venv.python, "-c", code], built.elsewhere, built.venv.env)
     assert result.returncode == 0, output(result)
     queue, *files = result.stdout.split()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from etl.processes import COMMANDS
+from etl.demo.processes import COMMANDS
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -90,7 +90,7 @@ def test_secrets_come_from_the_secret_not_the_configmap() -> None:
 
 
 def metric_names() -> set[str]:
-    source = (ROOT / "etl" / "metrics.py").read_text()
+    source = (ROOT / "etl" / "worker" / "metrics.py").read_text()
     names = set(re.findall(r'(?:Counter|Histogram|GaugeMetricFamily)\(\s*"(etl_[a-z_]+)"', source))
     return names | {n + "_total" for n in names} | {n + "_bucket" for n in names} | {n + "_count" for n in names}
 

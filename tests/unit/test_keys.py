@@ -1,13 +1,13 @@
-"""Strict key decoding and one-key-one-purpose (etl.keys), and the Sealer's use of them."""
+"""Strict key decoding and one-key-one-purpose (etl.crypto.keys), and the Sealer's use of them."""
 
 import base64
 import os
 
 import pytest
 
-from etl import keys
+from etl.crypto import keys
+from etl.crypto.sealing import Sealer, new_key
 from etl.errors import ConfigError
-from etl.sealing import Sealer, new_key
 
 RAW = bytes(range(32))
 GOOD = base64.urlsafe_b64encode(RAW).decode()  # "AAECAwQF...Hx8=" style, with one "=" of padding

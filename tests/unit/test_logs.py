@@ -45,7 +45,7 @@ def test_drivers_never_get_louder_than_the_root(levels: None) -> None:
 
 
 def test_the_worker_logging_signal_quiets_the_drivers(levels: None) -> None:
-    from etl import tasks
+    from etl.worker import tasks
 
     logging.getLogger().setLevel(logging.DEBUG)
     logging.getLogger("botocore").setLevel(logging.NOTSET)

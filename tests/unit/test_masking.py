@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from etl.crypto.masking import Masker, canonical_ip
 from etl.errors import ConfigError
-from etl.masking import Masker, canonical_ip
 from tests.conftest import MASKING_KEY
 
 

@@ -6,10 +6,10 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import events, records
-from etl.masking import Masker
-from etl.records import Message
-from etl.sealing import Sealer, new_key
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer, new_key
+from etl.model import events, records
+from etl.model.records import Message
 from tests.conftest import MASKING_KEY
 
 MASKER = Masker(MASKING_KEY)

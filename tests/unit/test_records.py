@@ -1,10 +1,10 @@
 import json
 from datetime import date
 
-from etl import records
-from etl.masking import Masker
-from etl.records import Message
-from etl.sealing import Sealer, new_key
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer, new_key
+from etl.model import records
+from etl.model.records import Message
 from tests.conftest import MASKING_KEY
 
 EVENT = {

@@ -2,7 +2,8 @@ import gzip
 import json
 from pathlib import Path
 
-from etl import events, samples
+from etl.model import events
+from etl.ops import samples
 
 
 def test_generator_is_deterministic_and_mixes_in_duplicates_and_malformed() -> None:

@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from etl import runtime, settings
+from etl import settings
+from etl.crypto.sealing import new_key
 from etl.errors import ConfigError
-from etl.sealing import new_key
+from etl.worker import runtime
 from tests.conftest import MASKING_KEY
 
 

@@ -1,5 +1,5 @@
-"""Shard lineage, checkpoint advance and where a fetch reads on (etl.shards), and the stream
-fetch loop (etl.streaming.fetch) against an in-memory shard reader."""
+"""Shard lineage, checkpoint advance and where a fetch reads on (etl.model.shards), and the stream
+fetch loop (etl.sources.kinesis.fetch.fetch) against an in-memory shard reader."""
 
 import itertools
 import random
@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import shards, streaming
 from etl.errors import TerminalError, TransientError
-from etl.records import Message
-from etl.shards import Batch, Checkpoint, IteratorExpired, Pointer, Position, Shard, Throttled
+from etl.model import shards
+from etl.model.records import Message
+from etl.model.shards import Batch, Checkpoint, IteratorExpired, Pointer, Position, Shard, Throttled
+from etl.sources.kinesis import fetch as streaming
 
 
 def test_children_wait_for_every_listed_parent() -> None:

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from etl import vault
+from etl.crypto import vault
 from etl.errors import ConfigError, TerminalError
 
 TOKEN = "k1:" + "a" * 64

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from etl import keys
+from etl.crypto import keys
 from etl.errors import ConfigError, TerminalError
 
 _RAW = serialization.Encoding.Raw

@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 
-from etl import appversion, events
-from etl.masking import Masker, canonical_ip
-from etl.sealing import Sealer
-from etl.vault import Vault
+from etl.crypto.masking import Masker, canonical_ip
+from etl.crypto.sealing import Sealer
+from etl.crypto.vault import Vault
+from etl.model import appversion, events
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: wiring only. The logic lives in etl.pipeline.
+"""Thin Celery tasks: wiring only. The logic lives in etl.sources.sqs.fetch and etl.load.
 
 Task names are explicit and stable: queued work must survive a refactor.
 """
@@ -23,17 +23,20 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from etl import logs, metrics, pipeline, records, runtime, settings, store
-from etl.celery_app import app
-from etl.coordination import stream_key
+from etl import load, logs, settings, store
+from etl.crypto.sealing import Sealer
 from etl.errors import ConfigError, TransientError
-from etl.records import Message
-from etl.sealing import Sealer
+from etl.model import records
+from etl.model.records import Message
+from etl.sources.sqs import fetch as sqs_fetch
+from etl.worker import metrics, runtime
+from etl.worker.celery import app
+from etl.worker.coordination import stream_key
 
 log = logging.getLogger("etl.tasks")
 QUEUE = "etl"  # celeryconfig.task_default_queue
 MASK_AND_WRITE = "etl.mask_and_write"
-MASK_AND_WRITE_STREAM = "etl.mask_and_write_stream"  # etl.stream_tasks
+MASK_AND_WRITE_STREAM = "etl.mask_and_write_stream"  # etl.worker.stream_tasks
 CHUNK_TASKS = (MASK_AND_WRITE, MASK_AND_WRITE_STREAM)
 SEALED = "<sealed chunk>"  # argsrepr of a chunk whose size is not known where it is published
 _OURS = re.compile(r"<sealed chunk( of \d+ messages)?>")
@@ -119,7 +122,7 @@ def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     metrics.RECEIVED.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
 
 
-def record(report: pipeline.ChunkReport, messages: list[Message], deleted: bool = True) -> None:
+def record(report: load.ChunkReport, messages: list[Message], deleted: bool = True) -> None:
     """Move the metrics by what one committed chunk did (``deleted``: from SQS)."""
     metrics.ROWS.inc(report.inserted)
     metrics.DUPLICATES.inc(report.duplicates)
@@ -171,7 +174,7 @@ def fetch(self: Any) -> dict[str, Any]:
         if not held:
             return {"skipped": "another fetch is running"}
         rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
-        report = pipeline.fetch(
+        report = sqs_fetch.fetch(
             rt.queue,
             lambda chunk: send_chunk(chunk, rt.sealer),
             chunk_size=s.chunk_size,
@@ -203,7 +206,7 @@ def fetch(self: Any) -> dict[str, Any]:
 
 def _release_on_time_limit(task: Any, rt: runtime.Runtime, messages: list[Message]) -> None:
     log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", task.request.id, len(messages))
-    pipeline.release(rt.queue, messages)
+    sqs_fetch.release(rt.queue, messages)
 
 
 @contextmanager
@@ -236,7 +239,7 @@ def chunk_attempt(
 def committed(
     task: Any,
     rt: runtime.Runtime,
-    report: pipeline.ChunkReport,
+    report: load.ChunkReport,
     messages: list[Message],
     fetch_task: Any,
     deleted: bool,
@@ -303,7 +306,7 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     with chunk_attempt(
         self, rt, "its messages stay in SQS", lambda: _release_on_time_limit(self, rt, messages)
     ) as conn:
-        report = pipeline.process_chunk(
+        report = sqs_fetch.process_chunk(
             messages,
             masker=rt.masker,
             sealer=rt.sealer,

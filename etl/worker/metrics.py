@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from etl import settings
 
 # prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, when it is imported; the process that
-# starts a worker sets it (the image, compose, k8s, etl.processes). It must exist before the
+# starts a worker sets it (the image, compose, k8s, etl.demo.processes). It must exist before the
 # first metric below is created.
 DIRECTORY = settings.load().metrics_dir
 if DIRECTORY:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from etl import store
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer
+from etl.crypto.vault import Vault
 from etl.errors import TerminalError, TransientError
-from etl.masking import Masker
-from etl.pipeline import ChunkReport, chunk_report, write
-from etl.records import Message
-from etl.sealing import Sealer
-from etl.shards import START, Batch, IteratorExpired, Pointer, Position, Shard, Throttled, at_end
-from etl.vault import Vault
+from etl.load import ChunkReport, chunk_report, write
+from etl.model.records import Message
+from etl.model.shards import START, Batch, IteratorExpired, Pointer, Position, Shard, Throttled, at_end
 
 log = logging.getLogger("etl.streaming")
 

@@ -4,9 +4,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from etl import kinesis, samples, settings, sqs, store
+from etl import settings, store
+from etl.crypto.sealing import Sealer
+from etl.ops import samples
 from etl.progress import Progress
-from etl.sealing import Sealer
+from etl.sources.kinesis import stream as kinesis
+from etl.sources.sqs import queue as sqs
 
 SEND_STEP = 100  # messages per progress step
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from etl import appversion
+from etl.model import appversion
 
 # Stable rejection reason codes (stored in rejected_messages.reason; analysts filter on them).
 INVALID_JSON = "invalid_json"

@@ -1,6 +1,6 @@
 """The only module that talks to SQS (boto3): receive, delete, visibility, send, depth.
 
-The three hot calls may go through etl.sqs_lean instead (``ETL_SQS_CLIENT=lean``), which
+The three hot calls may go through etl.sources.sqs.lean instead (``ETL_SQS_CLIENT=lean``), which
 raises botocore's own exceptions, so _translated below is the one place for both clients.
 
 Driver errors leave this module as the two failure kinds of etl.errors (plus ConfigError for a
@@ -20,9 +20,9 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from etl import sqs_lean
 from etl.errors import ConfigError, TransientError
-from etl.records import Message
+from etl.model.records import Message
+from etl.sources.sqs import lean as sqs_lean
 
 log = logging.getLogger("etl.sqs")
 
@@ -43,7 +43,7 @@ def make_client(max_pool: int = 10, kind: str = "boto3") -> "SQSClient":
 
     AWS_ENDPOINT_URL_SQS points it at LocalStack or moto; AWS_DEFAULT_REGION defaults to
     us-east-1 here so a local setup needs no AWS configuration at all. ``kind="lean"`` sends the
-    three hot calls (receive, delete batch, visibility batch) through etl.sqs_lean with this
+    three hot calls (receive, delete batch, visibility batch) through etl.sources.sqs.lean with this
     client's credentials, region, endpoint and CA bundle, and every other call through boto3;
     where a proxy is configured for the endpoint it stays boto3 (the lean path speaks direct only).
     """

@@ -12,12 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from etl import health, kinesis, logs, pii, report, seeding, settings, sqs, store, vault
-from etl.coordination import Coordinator, stream_key
+from etl import logs, settings, store
+from etl.crypto import vault
+from etl.crypto.sealing import new_key
 from etl.errors import EtlError
+from etl.ops import health, report, seeding
+from etl.pii import service as pii
 from etl.progress import Bar
-from etl.sealing import new_key
+from etl.sources.kinesis import stream as kinesis
+from etl.sources.sqs import queue as sqs
 from etl.store import streams
+from etl.worker.coordination import Coordinator, stream_key
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -282,7 +287,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from etl import demo
+    from etl.demo import demo
 
     return demo.run(file=Path(args.file) if args.file else None, timeout=args.timeout, flower_port=args.flower_port)
 

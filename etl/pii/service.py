@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from etl import anchor, auditchain, vault
+from etl.crypto import auditchain, vault
+from etl.crypto.masking import Masker
 from etl.errors import ConfigError, EtlError, Forbidden, TerminalError
-from etl.masking import Masker
+from etl.pii import anchor
 from etl.progress import Progress
 from etl.settings import Settings
 from etl.store import Connection

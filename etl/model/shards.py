@@ -11,8 +11,8 @@
   ``after < sequence number <= last`` is in the chunk; the checkpoint advances over a committed
   range only when the range starts at or before it, so it never passes an uncommitted record.
 
-``Batch``, ``IteratorExpired`` and ``Throttled`` are what a shard reader (etl.kinesis) returns
-and raises, so the fetch loop (etl.streaming) never imports the driver.
+``Batch``, ``IteratorExpired`` and ``Throttled`` are what a shard reader (etl.sources.kinesis.stream) returns
+and raises, so the fetch loop (etl.sources.kinesis.fetch) never imports the driver.
 
 Sequence numbers are decimal strings (up to 128 digits), compared as integers; "0" is the
 position before a shard's first record.
@@ -21,7 +21,7 @@ position before a shard's first record.
 from dataclasses import dataclass
 
 from etl.errors import TransientError
-from etl.records import Message
+from etl.model.records import Message
 
 START = "0"  # the position before a shard's first record
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 COMMANDS = {
-    "worker": ["celery", "-A", "etl", "worker", "--loglevel=INFO", "--concurrency=2"],
-    "beat": ["celery", "-A", "etl", "beat", "--loglevel=INFO"],
-    "flower": ["celery", "-A", "etl", "flower", "--max_tasks=10000"],
+    "worker": ["celery", "-A", "etl.worker", "worker", "--loglevel=INFO", "--concurrency=2"],
+    "beat": ["celery", "-A", "etl.worker", "beat", "--loglevel=INFO"],
+    "flower": ["celery", "-A", "etl.worker", "flower", "--max_tasks=10000"],
 }
 
 
@@ -54,7 +54,7 @@ def free_port() -> int:
     it is meant for binds it. Whoever binds it must notice that and take another: servers in this
     process bind port 0 instead (MotoServer, the chaos proxy); child servers are checked to hold
     their own port and restarted on a new one if they do not (``ProcessGroup.start_listening``,
-    ``etl.embedded``).
+    ``etl.demo.embedded``).
     """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

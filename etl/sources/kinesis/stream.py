@@ -1,7 +1,7 @@
 """The only module that talks to Kinesis Data Streams (boto3): shards, iterators, reads, puts.
 
 Driver errors leave this module as etl.errors kinds, naming the operation and error code only
-(never a record's data). Two transient kinds have their own class (etl.shards), because a fetch
+(never a record's data). Two transient kinds have their own class (etl.model.shards), because a fetch
 handles them per shard: an expired iterator (get a new one) and a throttled shard (back off).
 """
 
@@ -15,10 +15,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from etl import shards
 from etl.errors import ConfigError, TerminalError, TransientError
-from etl.records import Message
-from etl.shards import Batch, IteratorExpired, Shard, Throttled
+from etl.model import shards
+from etl.model.records import Message
+from etl.model.shards import Batch, IteratorExpired, Shard, Throttled
 
 MAX_PUT = 500  # PutRecords: records per call
 MAX_PUT_BYTES = 5 * 1024 * 1024  # PutRecords: bytes per call (data + partition keys)

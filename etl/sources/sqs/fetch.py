@@ -1,9 +1,10 @@
-"""The two steps of the pipeline, written against narrow interfaces (no Celery here).
+"""The SQS fetch loop and chunk processing, written against a narrow interface (no Celery here).
 
 * ``fetch``: pull SQS batches for a bounded time and hand them on in chunks, pausing when the
   broker already holds enough work (backpressure) or the worker is shutting down.
-* ``process_chunk``: transform a chunk, write it in one transaction, and only after the commit
-  delete its messages from SQS, keeping them invisible in SQS while the work is in progress.
+* ``process_chunk``: transform a chunk, write it in one transaction (etl.load), and only after
+  the commit delete its messages from SQS, keeping them invisible in SQS while the work is in
+  progress.
 
 Both take their I/O objects as arguments, so tests hand in real ones and the Celery tasks stay
 thin wrappers that only wire settings to these functions.
@@ -18,13 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from etl import records, store
-from etl.errors import TerminalError
-from etl.masking import Masker
-from etl.records import ChunkResult, Message
-from etl.sealing import Sealer
-from etl.shards import Position
-from etl.vault import Vault
+from etl import store
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer
+from etl.crypto.vault import Vault
+from etl.load import ChunkReport, chunk_report, write
+from etl.model.records import Message
 
 log = logging.getLogger("etl.pipeline")
 
@@ -44,18 +44,6 @@ class FetchReport:
     receive_calls: int
     seconds: float
     stopped: str  # why the run ended: budget, max_messages, or what ``pause`` said
-
-
-@dataclass(frozen=True)
-class ChunkReport:
-    messages: int
-    inserted: int
-    duplicates: int
-    rejected: int
-    not_deleted: int
-    seconds: float
-    write_seconds: float  # transform + write + commit, without the SQS delete
-    rejected_by_reason: dict[str, int]
 
 
 def fetch(
@@ -203,86 +191,3 @@ def process_chunk(
             len(not_deleted),
         )
     return report
-
-
-def write(
-    messages: list[Message],
-    *,
-    masker: Masker,
-    sealer: Sealer,
-    conn: store.Connection,
-    label: str = "",
-    vault: Vault | None = None,
-    position: Position | None = None,
-) -> store.WriteResult:
-    """Transform a chunk and write it in one transaction (with a stream chunk's ``position``);
-    if Postgres refuses the chunk, write its messages one by one."""
-    result = records.transform(messages, masker, sealer, vault)
-    try:
-        return store.write_chunk(conn, result, position)
-    except TerminalError as exc:
-        log.warning("chunk %s: Postgres refused the chunk (%s); writing its messages one by one", label, exc)
-        written = write_one_by_one(conn, messages, result, sealer)
-        if position is not None:  # every message is now a row or a rejection: the range is done
-            store.write_chunk(conn, ChunkResult([], []), position)
-        return written
-
-
-def chunk_report(
-    messages: list[Message],
-    written: store.WriteResult,
-    not_deleted: list[str],
-    started: float,
-    write_seconds: float,
-    label: str,
-) -> ChunkReport:
-    """The report of one committed chunk, logged with its counts as fields."""
-    report = ChunkReport(
-        messages=len(messages),
-        inserted=written.inserted,
-        duplicates=written.duplicates,
-        rejected=written.rejected,
-        not_deleted=len(not_deleted),
-        seconds=time.monotonic() - started,
-        write_seconds=write_seconds,
-        rejected_by_reason=written.rejected_by_reason,
-    )
-    log.info(
-        "chunk %s: %d messages -> %d rows, %d already written, %d rejected, %d not deleted, %.3fs",
-        label,
-        report.messages,
-        report.inserted,
-        report.duplicates,
-        report.rejected,
-        report.not_deleted,
-        report.seconds,
-        extra={
-            "chunk": label,
-            "messages": report.messages,
-            "inserted": report.inserted,
-            "duplicates": report.duplicates,
-            "rejected": report.rejected,
-            "not_deleted": report.not_deleted,
-            "seconds": round(report.seconds, 4),
-        },
-    )
-    return report
-
-
-def write_one_by_one(
-    conn: store.Connection, messages: list[Message], result: ChunkResult, sealer: Sealer
-) -> store.WriteResult:
-    """The safety net for a chunk Postgres refused: isolate the row(s) it will not take.
-
-    Each message is written in its own transaction; one that Postgres still refuses becomes a
-    ``db_refused`` rejection, so the good messages beside it are never held back.
-    """
-    by_id = {m.message_id: m for m in messages}
-    results = []
-    for message_id, single in result.singles():
-        try:
-            results.append(store.write_chunk(conn, single))
-        except TerminalError as exc:
-            refused = records.refused(by_id[message_id], str(exc), sealer)
-            results.append(store.write_chunk(conn, ChunkResult([], [refused])))
-    return store.WriteResult.total(results)

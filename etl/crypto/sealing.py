@@ -5,7 +5,7 @@ broker, rejected bodies kept in Postgres for replay - they travel sealed with Fe
 (AES-128-CBC + HMAC-SHA256) under ETL_PAYLOAD_KEY. Several comma-separated keys may be given:
 the first seals, all of them open, so keys can be rotated without losing queued work.
 
-Each key is checked strictly (etl.keys.decode) before Fernet sees it: Fernet's own decoding
+Each key is checked strictly (etl.crypto.keys.decode) before Fernet sees it: Fernet's own decoding
 skips characters outside the base64 alphabet, so a key with junk in it would silently be a
 different key from the one written down.
 """
@@ -14,7 +14,7 @@ import base64
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from etl import keys as keycheck
+from etl.crypto import keys as keycheck
 from etl.errors import ConfigError, TerminalError
 
 KEY_BYTES = 32  # a Fernet key: 16 bytes of HMAC-SHA256 key, 16 of AES-128 key

@@ -1,6 +1,6 @@
 """Thin Celery tasks for a stream source (ETL_SOURCE=kinesis): wiring only.
 
-The logic lives in etl.streaming (reading, chunk writing) and etl.shards (lineage, where to read
+The logic lives in etl.sources.kinesis.fetch (reading, chunk writing) and etl.model.shards (lineage, where to read
 on). State lives where it must survive what it guards against:
 
 * the committed position of each shard (checkpoint) in Postgres, in each chunk's transaction;
@@ -15,15 +15,17 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from etl import metrics, records, runtime, shards, streaming
-from etl.celery_app import app
-from etl.coordination import stream_key
+from etl.crypto.sealing import Sealer
 from etl.errors import TransientError
-from etl.records import Message
-from etl.sealing import Sealer
-from etl.shards import Pointer, Position
+from etl.model import records, shards
+from etl.model.records import Message
+from etl.model.shards import Pointer, Position
+from etl.sources.kinesis import fetch as streaming
 from etl.store import streams
-from etl.tasks import (
+from etl.worker import metrics, runtime
+from etl.worker.celery import app
+from etl.worker.coordination import stream_key
+from etl.worker.tasks import (
     CHUNK_TASK_OPTIONS,
     MASK_AND_WRITE_STREAM,
     QUEUE,

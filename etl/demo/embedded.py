@@ -22,8 +22,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from etl.demo.processes import free_port
 from etl.errors import ConfigError
-from etl.processes import free_port
 
 if TYPE_CHECKING:
     from etl import store

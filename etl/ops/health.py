@@ -45,7 +45,7 @@ def assess(
         last_fetch = _latest(heartbeats, "fetch")
         fetch_limit = max(3 * fetch_interval, 60)
         if last_fetch is None or now - last_fetch > fetch_limit:
-            reasons.append(f"no fetch has run for over {fetch_limit:.0f}s: is `celery -A etl beat` running?")
+            reasons.append(f"no fetch has run for over {fetch_limit:.0f}s: is `celery -A etl.worker beat` running?")
         if waiting and (last_commit is None or now - last_commit > max_idle):
             reasons.append(
                 f"{waiting} {waiting_what} wait but nothing was committed for over {max_idle:.0f}s: "

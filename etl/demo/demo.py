@@ -14,9 +14,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from etl import embedded, kinesis, processes, sealing, seeding, settings, sqs, store, vault
+from etl import settings, store
+from etl.crypto import sealing, vault
+from etl.demo import embedded, processes
 from etl.errors import ConfigError
+from etl.ops import seeding
 from etl.progress import Bar
+from etl.sources.kinesis import stream as kinesis
+from etl.sources.sqs import queue as sqs
 from etl.store import streams
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_logins.json.gz"

@@ -11,13 +11,13 @@ connections, and keeps from botocore everything that is hard to get right:
   every request asks ``get_frozen_credentials()`` of the session's (refreshable) credentials;
 * region and endpoint: taken from the boto3 client botocore resolved (``AWS_ENDPOINT_URL_SQS``,
   config files, FIPS/dual-stack, partitions);
-* signing: SigV4 (etl.sigv4, held equal to botocore's own signer by a test; botocore's costs
+* signing: SigV4 (etl.sources.sqs.sigv4, held equal to botocore's own signer by a test; botocore's costs
   more CPU than the rest of a lean call);
 * TLS: verified against botocore's CA bundle (or ``AWS_CA_BUNDLE``), hostname checked;
 * errors: botocore's own exception classes, built as botocore's JSON parser builds them
-  (``x-amzn-query-error`` codes included), so ``etl.sqs._translated`` maps both clients' errors
+  (``x-amzn-query-error`` codes included), so ``etl.sources.sqs.queue._translated`` maps both clients' errors
   to our kinds in one place;
-* retries: botocore's "standard" mode as etl.sqs configures it (4 attempts in all; throttling
+* retries: botocore's "standard" mode as etl.sources.sqs.queue configures it (4 attempts in all; throttling
   codes, 5xx and connection errors; exponential backoff with full jitter, at most 20 s).
 
 Every other call (send, depth, create) goes to the boto3 client unchanged. Nothing here logs,
@@ -47,7 +47,7 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 
-from etl import http1, sigv4
+from etl.sources.sqs import http1, sigv4
 
 HOT_CALLS = ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch")
 # botocore's standard retry mode (botocore/retries/standard.py): what it retries, and how long.
@@ -83,7 +83,7 @@ class LeanClient:
     """The three hot SQS calls over keep-alive HTTP; every other attribute is the boto3 client's.
 
     Responses are returned as the same dicts boto3 returns, and failures raise the same botocore
-    exceptions, so ``etl.sqs.Queue`` uses either client unchanged.
+    exceptions, so ``etl.sources.sqs.queue.Queue`` uses either client unchanged.
     """
 
     def __init__(

@@ -8,12 +8,16 @@ import os
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from etl import kinesis, pii, settings, sqs, store, vault
-from etl.coordination import Coordinator
+from etl import settings, store
+from etl.crypto import vault
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer
+from etl.crypto.vault import Vault
 from etl.errors import ConfigError
-from etl.masking import Masker
-from etl.sealing import Sealer
-from etl.vault import Vault
+from etl.pii import service as pii
+from etl.sources.kinesis import stream as kinesis
+from etl.sources.sqs import queue as sqs
+from etl.worker.coordination import Coordinator
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Pure cryptography: key decoding, masking, sealing chunks, the vault's envelope, the audit chain."""

@@ -1,0 +1,1 @@
+"""What operators run: the ``etl`` command, reports, health, seeding and the sample events."""

@@ -1,0 +1,1 @@
+"""The PII officers' service (reveal, erase, rotations, audit verify) and the audit anchors."""

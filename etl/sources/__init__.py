@@ -1,0 +1,1 @@
+"""Where messages come from: SQS (sources.sqs) and Kinesis (sources.kinesis)."""

@@ -1,0 +1,1 @@
+"""The Kinesis source: the stream reader (the only Kinesis client) and the fetch loop."""
