@@ -27,3 +27,8 @@ class TerminalError(EtlError):
 
 class Forbidden(TerminalError):
     """The database refused the login a privilege (SQLSTATE 42501): terminal, and worth naming."""
+
+
+class Expired(TerminalError):
+    """A sealed chunk older than its messages' visibility timeout: by now the source hands its
+    messages out again, so the chunk is dropped, never written (a captured chunk cannot be replayed)."""

@@ -11,11 +11,12 @@ different key from the one written down.
 """
 
 import base64
+import time
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from etl.crypto import keys as keycheck
-from etl.errors import ConfigError, TerminalError
+from etl.errors import ConfigError, Expired, TerminalError
 
 KEY_BYTES = 32  # a Fernet key: 16 bytes of HMAC-SHA256 key, 16 of AES-128 key
 
@@ -38,11 +39,18 @@ class Sealer:
     def seal(self, data: bytes) -> str:
         return self._fernet.encrypt(data).decode("ascii")
 
-    def open(self, token: str) -> bytes:
+    def open(self, token: str, max_age: float | None = None) -> bytes:
+        """The sealed bytes; with ``max_age``, Expired for a token sealed longer ago than that."""
         try:
-            return self._fernet.decrypt(token.encode("ascii"))
+            data = self._fernet.decrypt(token.encode("ascii"))
         except (InvalidToken, UnicodeEncodeError):
             raise TerminalError("sealed payload cannot be opened with the configured payload keys") from None
+        if max_age is not None:
+            # Authentic now (decrypt checked the HMAC): bytes 1-8 are the big-endian seal time.
+            sealed_at = int.from_bytes(base64.urlsafe_b64decode(token[:12])[1:9], "big")
+            if time.time() - sealed_at > max_age:
+                raise Expired(f"sealed {time.time() - sealed_at:.0f}s ago, over the {max_age:.0f}s allowed")
+        return data
 
 
 def _name(index: int, count: int) -> str:

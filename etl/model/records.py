@@ -6,7 +6,9 @@ rejected. It never raises for bad data: every message ends as exactly one row or
 """
 
 import json
-from dataclasses import dataclass, field, fields
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime
 
 from etl.crypto.masking import Masker, canonical_ip
@@ -42,6 +44,7 @@ class LoginRow:
     locale: str | None
     app_version: int
     create_date: date
+    sent_at: datetime | None = None  # when the source received it (not a column: decides erasure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,8 @@ def to_row(message: Message, event: events.LoginEvent, masker: Masker) -> LoginR
         masked_device_id=masker.mask_device_id(event.device_id),
         locale=event.locale,
         app_version=appversion.encode(event.app_version),
-        create_date=sent_at(message.sent_timestamp_ms).date(),
+        create_date=(sent := sent_at(message.sent_timestamp_ms)).date(),
+        sent_at=sent,
     )
 
 
@@ -145,6 +149,37 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
     return ChunkResult(rows, rejected, entries)
 
 
+ERASED = "erased:"  # the prefix of a random stand-in token (etl_erase writes the same)
+
+
+def forget_erased(chunk: ChunkResult, erased: Mapping[str, datetime]) -> ChunkResult:
+    """A chunk as it may be stored once some of its users were erased (``erased``: user id ->
+    when). A message of such a user sent up to its erasure, however late it arrives (SQS
+    redelivery, a restored or replayed chunk, a stream re-read), keeps no token (random stand-ins,
+    as etl_erase leaves), brings no vault entry and leaves no rejected body. Later messages are
+    new data and are stored as usual.
+    """
+    if not erased:
+        return chunk
+
+    def gone(user_id: str | None, sent: datetime | None) -> bool:
+        at = erased.get(user_id or "")
+        return at is not None and (sent is None or sent <= at)
+
+    rows = [
+        replace(r, masked_ip=f"{ERASED}{uuid.uuid4()}", masked_device_id=f"{ERASED}{uuid.uuid4()}")
+        if gone(r.user_id, r.sent_at)
+        else r
+        for r in chunk.rows
+    ]
+    used = {(f, t) for r in rows for f, t in (("ip", r.masked_ip), ("device_id", r.masked_device_id))}
+    return ChunkResult(
+        rows,
+        [r for r in chunk.rejected if not gone(r.user_id, r.sent_at)],
+        [v for v in chunk.vault if (v.field, v.token) in used],
+    )
+
+
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
 
 
@@ -155,5 +190,6 @@ def pack_chunk(messages: list[Message], sealer: Sealer) -> str:
     return sealer.seal(json.dumps(payload).encode("utf-8", "surrogatepass"))
 
 
-def unpack_chunk(sealed: str, sealer: Sealer) -> list[Message]:
-    return [Message(**m) for m in json.loads(sealer.open(sealed).decode("utf-8", "surrogatepass"))]
+def unpack_chunk(sealed: str, sealer: Sealer, max_age: float | None = None) -> list[Message]:
+    """The chunk's messages; Expired (errors) when it was sealed over ``max_age`` seconds ago."""
+    return [Message(**m) for m in json.loads(sealer.open(sealed, max_age).decode("utf-8", "surrogatepass"))]

@@ -163,9 +163,10 @@ def cmd_rejected_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'reason':<18} {'count':>7} {'replayed':>9}  {'first':<19}  {'last':<19}")
     for reason, count, replayed, first, last, details in summary:
+        reason = report.printable(reason)
         print(f"{reason:<18} {count:>7} {replayed:>9}  {first:%Y-%m-%d %H:%M:%S}  {last:%Y-%m-%d %H:%M:%S}")
         for detail in details or []:
-            print(f"{'':<20}- {detail}")
+            print(f"{'':<20}- {report.printable(detail)}")
     return 0
 
 
@@ -205,6 +206,8 @@ def cmd_reveal(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"etl reveal: cannot read {args.tokens_file}: {exc.strerror}", file=sys.stderr)
             return 2
+    # malformed tokens or reason: refused here, before any SQL (the server would log the values)
+    pii.check_request(args.field, [*([args.token] if args.token else []), *listed], args.reason)
     with store.connection(s.database_url) as conn:
         tokens = pii.select_tokens(conn, args.field, args.token, listed, args.user_id)
         try:
@@ -216,6 +219,13 @@ def cmd_reveal(args: argparse.Namespace) -> int:
         print(r.json())
     counts = {o: sum(r.outcome == o for r in revealed) for o in ("revealed", "not found", "failed")}
     print(", ".join(f"{n} {o}" for o, n in counts.items()) + " (each recorded in the audit log)", file=sys.stderr)
+    if args.user_id is not None and not tokens:
+        print(
+            f"etl reveal: no {args.field} token in any row of that user id (no rows, or all erased):"
+            " check the id (the request is recorded in the audit log)",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if not counts["failed"] else 1
 
 
@@ -249,10 +259,19 @@ def cmd_erase(args: argparse.Namespace) -> int:
         except pii.Refused as exc:
             print(f"etl erase: {exc}", file=sys.stderr)
             return 1
+    if result.found_nothing and result.erased_before is None:
+        print(
+            "etl erase: no rows and no rejected messages of that user id: check the id. The erasure is recorded"
+            " anyway (audited): a message of that id sent before now that arrives later keeps no value",
+            file=sys.stderr,
+        )
+        return 1
+    before = f" (erased before on {result.erased_before:%Y-%m-%d %H:%M:%S %Z})" if result.erased_before else ""
     print(
-        f"user {args.user_id}: {result['tokens']} tokens, {result['erased']} vault entries erased, "
-        f"{result['kept_shared']} kept because other users share them; {result['rows']} rows re-tokenized "
-        f"with random stand-ins; {result['rejected']} rejected bodies deleted (one transaction, audited)"
+        f"user {report.printable(args.user_id)}{before}: {result.tokens} tokens, {result.erased} vault entries"
+        f" erased, {result.kept_shared} kept because other users share them; {result.rows} rows re-tokenized"
+        f" with random stand-ins; {result.rejected} rejected bodies deleted (one transaction, audited);"
+        " messages sent before now that arrive later keep no value"
     )
     return 0
 

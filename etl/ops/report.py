@@ -1,5 +1,7 @@
-"""`etl report`: the analysts' tables, as text (pure formatting; the data comes from db.report)."""
+"""`etl report`: the analysts' tables, as text (pure formatting; the data comes from
+etl.store.reports). Every stored text is shown through ``printable``."""
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +16,16 @@ TITLES = {
 }
 
 
+# C0 and C1 controls (ESC, BEL, CSI ...) and the bidirectional overrides that reorder what a
+# terminal shows: a stored field (a locale is whatever a sender wrote) must not drive the screen.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any) -> str:
+    """``value`` as text a terminal shows as it is: controls come out as \\uXXXX escapes."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m[0]):04x}", str(value))
+
+
 def short_token(value: Any) -> str:
     """Tokens are 67 characters; 20 are plenty to tell them apart on screen."""
     text = str(value)
@@ -21,7 +33,7 @@ def short_token(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[short_token(c) for c in row] for row in rows]
+    cells = [[printable(short_token(c)) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

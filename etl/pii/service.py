@@ -6,6 +6,7 @@ caller of the store functions that write audit rows. Workers only seal new entri
 """
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +21,13 @@ from etl.progress import Progress
 from etl.settings import Settings
 from etl.store import Connection
 from etl.store import pii as tables
+from etl.store.migrations.finality import REASON_MAX
 
 ROTATE_BATCH = 500  # vault entries per transaction in a rotation
 FIELDS = ("ip", "device_id")
+MAX_TOKENS = 10_000  # per reveal (etl_reveal_request refuses more)
+TOKEN = re.compile(r"k[0-9]+:[0-9a-f]{64}")  # crypto.masking's tokens: k<key version>:<hex HMAC>
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class Refused(EtlError):
@@ -45,6 +50,20 @@ def _privates(config: Settings) -> list[X25519PrivateKey]:
     return vault.parse_private_keys(config.vault_private_key)
 
 
+def _public_key_opens(config: Settings) -> None:
+    """Before a rotation writes anything: the public key it seals to must belong to one of the
+    private keys at hand, or the re-sealed vault could never be opened again."""
+    if not config.vault_public_key:
+        raise ConfigError("ETL_VAULT_PUBLIC_KEY is not set: nothing to seal to")
+    public = vault.fingerprint(vault.parse_public_key(config.vault_public_key))
+    if public not in {vault.fingerprint(p.public_key()) for p in _privates(config)}:
+        raise ConfigError(
+            f"ETL_VAULT_PUBLIC_KEY ({public}) belongs to none of the keys in ETL_VAULT_PRIVATE_KEY: re-sealing to"
+            " it could lock the vault for good; nothing was changed. Put the new key pair's private key first"
+            " in ETL_VAULT_PRIVATE_KEY, the old ones after it"
+        )
+
+
 def _open(config: Settings, key_id: str, material: bytes, recipient: str | None) -> vault.Vault:
     if recipient is not None:
         return vault.open_sealed(_privates(config), key_id, material, recipient)
@@ -64,6 +83,33 @@ class Revealed:
         return json.dumps({"token": self.token, "value": self.value, "outcome": self.outcome})
 
 
+def check_request(field: str, tokens: Sequence[str], reason: str) -> None:
+    """Refuse a malformed reveal before any SQL: PostgreSQL logs a failing statement with its
+    values, so a raw value typed where a token belongs must never reach it. Names no value."""
+    if field not in FIELDS:
+        raise ConfigError(f"field must be one of {', '.join(FIELDS)}")
+    bad = sum(not TOKEN.fullmatch(t) for t in tokens)
+    if bad:
+        raise ConfigError(
+            f"{bad} of {len(tokens)} tokens are not tokens (k<version>:<64 hex>, as `etl report` and the rows"
+            " show them); nothing was sent to the database"
+        )
+    if len(tokens) > MAX_TOKENS:
+        raise ConfigError(f"at most {MAX_TOKENS} tokens per reveal ({len(tokens)} given); split the list")
+    check_reason(reason)
+
+
+def check_reason(reason: str) -> None:
+    """A reason goes into the append-only audit log for good: 1 to REASON_MAX printable characters."""
+    if not reason.strip():
+        raise ConfigError("a reason is required: it is recorded in the audit log")
+    if len(reason) > REASON_MAX or _CONTROL.search(reason):
+        raise ConfigError(
+            f"a reason is at most {REASON_MAX} characters on one line, without control characters"
+            f" ({len(reason)} given); it is kept for good in the audit log, so name a ticket, not data"
+        )
+
+
 def select_tokens(
     conn: Connection, field: str, token: str | None, tokens: Sequence[str], user_id: str | None
 ) -> list[str]:
@@ -71,6 +117,8 @@ def select_tokens(
     if field not in FIELDS:
         raise ConfigError(f"field must be one of {', '.join(FIELDS)}")
     if user_id is not None:
+        if not 1 <= len(user_id) <= 128 or _CONTROL.search(user_id):
+            raise ConfigError("a user id is 1 to 128 characters without control characters")
         try:
             return tables.user_tokens(conn, field, user_id)
         except Forbidden:  # not even the rows: ask anyway, so the refusal is audited
@@ -81,26 +129,25 @@ def select_tokens(
 def reveal(config: Settings, conn: Connection, field: str, tokens: Sequence[str], reason: str) -> list[Revealed]:
     """Original values behind ``tokens``. Every attempt is audited, with its outcome.
 
-    1. the request and one audit row per token commit (refused ones too: then Refused is raised);
-    2. the database releases the ciphertexts of that committed request, to its requester only;
-    3. each is decrypted here with the private key, and its outcome audited.
-    A caller who stops after step 2 has still left the step-1 rows behind.
+    1. the request commits, with one audit row per token that the database decides: ``released``
+       (it has a vault entry: count it as revealed) or ``not found`` (refused ones too: then
+       Refused is raised);
+    2. the database releases the ciphertexts of the released tokens of that request, to its
+       requester only and only once step 1 has committed;
+    3. each is decrypted here with the private key, and ``revealed`` or ``failed`` audited beside it.
+    Nothing is sent to the database for a malformed request or without the private key.
     """
-    if not reason.strip():
-        raise ConfigError("a reason is required: it is recorded in the audit log")
+    check_request(field, tokens, reason)
+    _privates(config)  # no private key: nothing to ask for
     request = tables.reveal_request(conn, field, tokens, reason)
     if request is None:
         raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
-    if not config.vault_private_key:
-        for t in tokens:
-            tables.reveal_outcome(conn, request, t, "refused: no private key")
-        raise Refused("refused: ETL_VAULT_PRIVATE_KEY is not set (recorded in the audit log)")
     released = {t: (c, k, m, r) for t, c, k, m, r in tables.reveal_release(conn, request)}
     vaults: dict[str, vault.Vault] = {}
     results = []
     for t in tokens:
         if t not in released:
-            results.append(Revealed(t, None, "not found"))
+            results.append(Revealed(t, None, "not found"))  # the database audited it so at step 1
             continue
         stored, key_id, material, recipient = released[t]
         try:
@@ -109,19 +156,35 @@ def reveal(config: Settings, conn: Connection, field: str, tokens: Sequence[str]
             results.append(Revealed(t, vault.decrypt(vaults, field, t, stored), "revealed"))
         except (TerminalError, ConfigError):
             results.append(Revealed(t, None, "failed"))
-    for r in results:
-        tables.reveal_outcome(conn, request, r.token, r.outcome)
+        tables.reveal_outcome(conn, request, t, results[-1].outcome)
     return results
 
 
-def erase(conn: Connection, user_id: str, reason: str) -> dict[str, int]:
-    """Erase a user: unshared vault entries, tokens and rejected bodies, with the audit, in one transaction."""
-    if not reason.strip():
-        raise ConfigError("a reason is required: it is recorded in the audit log")
+@dataclass(frozen=True)
+class Erased:
+    tokens: int
+    kept_shared: int
+    erased: int
+    rejected: int
+    rows: int
+    erased_before: datetime | None  # an earlier erasure of the same user (None: never)
+
+    @property
+    def found_nothing(self) -> bool:
+        return not (self.tokens or self.rows or self.rejected)
+
+
+def erase(conn: Connection, user_id: str, reason: str) -> Erased:
+    """Erase a user: unshared vault entries, tokens and rejected bodies, with the audit, in one
+    transaction, and a tombstone so that none of it comes back with a late delivery of a message
+    sent before now."""
+    check_reason(reason)
+    if not 1 <= len(user_id) <= 128 or _CONTROL.search(user_id):
+        raise ConfigError("a user id is 1 to 128 characters without control characters")
     result = tables.erase(conn, user_id, reason)
     if result is None:
         raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
-    return result
+    return Erased(**result)
 
 
 class _Vaults(dict[str, vault.Vault]):
@@ -161,6 +224,7 @@ def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress
     Returns (tokens, rows) moved.
     """
     config.require_keys()
+    _public_key_opens(config)
     masker = Masker(config.masking_key, config.masking_key_version)
     vaults = _Vaults(config, conn)
     writer = writer_vault(config, conn)
@@ -199,6 +263,7 @@ def rotate_vault_key(config: Settings, conn: Connection, reason: str, progress: 
     and the migration of legacy entries (ETL_VAULT_KEY set). Resumable: sealed entries are skipped.
     Returns (entries re-sealed, the public key's fingerprint).
     """
+    _public_key_opens(config)
     vaults = _Vaults(config, conn)
     writer = writer_vault(config, conn)
     if writer is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from psycopg2.extras import execute_values
 
-from etl.model.records import ChunkResult, LoginRow
+from etl.model.records import ChunkResult, LoginRow, forget_erased
 from etl.model.shards import Position
 from etl.store.connection import Connection, transaction
 from etl.store.streams import record_range
@@ -66,6 +66,8 @@ VALUES %s
 ON CONFLICT DO NOTHING
 RETURNING reason
 """
+# The chunk's erased users (and a lock that holds an erasure back until this chunk commits).
+_ERASURES = "SELECT user_id, erased_at FROM etl_erasures_for(%s)"
 INSERT_VAULT = "INSERT INTO pii_vault (field, token, ciphertext) VALUES %s ON CONFLICT (field, token) DO NOTHING"
 
 
@@ -76,13 +78,18 @@ def write_chunk(conn: Connection, chunk: ChunkResult, position: Position | None 
     shard's checkpoint (etl.store.streams): the checkpoint and the rows commit together.
 
     Rows are sorted by message id so two chunks sharing ids (a redelivery racing the original)
-    take their index locks in the same order and cannot deadlock.
+    take their index locks in the same order and cannot deadlock. Messages of erased users sent
+    before their erasure are stored as the erasure left them (records.forget_erased).
     """
-    rows = sorted(chunk.rows, key=lambda r: r.message_id)
-    rejected = sorted(chunk.rejected, key=lambda r: r.message_id)
     inserted = 0
     new_reasons: Counter[str] = Counter()
     with transaction(conn, "write chunk") as cur:
+        users = sorted({r.user_id for r in chunk.rows} | {r.user_id for r in chunk.rejected if r.user_id})
+        if users:  # first, before pii_vault: an erasure and this chunk never interleave
+            cur.execute(_ERASURES, (users,))
+            chunk = forget_erased(chunk, dict(cur.fetchall()))
+        rows = sorted(chunk.rows, key=lambda r: r.message_id)
+        rejected = sorted(chunk.rejected, key=lambda r: r.message_id)
         if conn not in _staged and (rows or chunk.vault):
             cur.execute(_STAGE)  # once per session (remembered only after the commit)
             cur.execute(_STAGE_VAULT)

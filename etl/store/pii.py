@@ -7,6 +7,7 @@ and so need the tables' owner (the admin login).
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from psycopg2.extras import execute_values
 
@@ -87,14 +88,17 @@ def reveal_outcome(conn: Connection, request: int, token: str, outcome: str) -> 
         cur.execute("SELECT etl_reveal_outcome(%s, %s, %s)", (request, token, outcome))
 
 
-def erase(conn: Connection, user_id: str, reason: str) -> dict[str, int] | None:
-    """Erase a user in one transaction with its audit row (None: refused, and that refusal audited)."""
+def erase(conn: Connection, user_id: str, reason: str) -> dict[str, Any] | None:
+    """Erase a user in one transaction with its audit row and tombstone (None: refused, and that
+    refusal audited)."""
     with transaction(conn, "erase") as cur:
         cur.execute("SELECT * FROM etl_erase(%s, %s)", (user_id, reason))
         found = cur.fetchone()
     if found is None:
         return None
-    return dict(zip(("tokens", "kept_shared", "erased", "rejected", "rows"), (int(n) for n in found), strict=True))
+    *counts, before = found
+    names = ("tokens", "kept_shared", "erased", "rejected", "rows")
+    return {**dict(zip(names, (int(n) for n in counts), strict=True)), "erased_before": before}
 
 
 # Entries still to move in a masking-key rotation: tokens made with an older key ("k<version>:...").

@@ -32,6 +32,8 @@ REVOKE ALL ON pii_vault, vault_keys, vault_data_keys FROM pii_officer;
 REVOKE ALL ON FUNCTION etl_audit(text, text, text, text, text, text) FROM pii_officer;
 GRANT EXECUTE ON FUNCTION etl_erase(text, text), etl_reveal_release(bigint),
     etl_reveal_outcome(bigint, text, text) TO pii_officer;
+-- workers: the erased users among a chunk's (and a lock that keeps an erasure from racing the chunk)
+GRANT EXECUTE ON FUNCTION etl_erasures_for(text[]) TO etl_writer;
 -- anyone may ask to reveal: the function refuses non-officers and audits the attempt
 GRANT EXECUTE ON FUNCTION etl_reveal_request(text, text[], text) TO etl_writer, analyst, pii_officer;
 -- temporary objects only for the workers (their COPY staging tables); where this login owns the

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from etl.crypto.sealing import Sealer
-from etl.errors import TransientError
+from etl.errors import Expired, TransientError
 from etl.model import records, shards
 from etl.model.records import Message
 from etl.model.shards import Pointer, Position
@@ -209,7 +209,11 @@ def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> d
     checkpoint back; the next fetch reads on from the checkpoint after SQS_VISIBILITY_TIMEOUT.
     """
     rt = runtime.get()
-    messages = records.unpack_chunk(sealed, rt.sealer)
+    try:  # a chunk older than the visibility timeout is dropped: a replayed capture writes nothing
+        messages = records.unpack_chunk(sealed, rt.sealer, max_age=rt.settings.visibility_timeout)
+    except Expired as exc:
+        log.warning("chunk %s: dropped, %s; its records are read again from the checkpoint", self.request.id, exc)
+        return {"inserted": 0, "rejected": 0, "duplicates": 0}
     where = Position(**position)
     with chunk_attempt(
         self,

@@ -25,7 +25,7 @@ from celery.signals import (
 
 from etl import load, logs, settings, store
 from etl.crypto.sealing import Sealer
-from etl.errors import ConfigError, TransientError
+from etl.errors import ConfigError, Expired, TransientError
 from etl.model import records
 from etl.model.records import Message
 from etl.sources.sqs import fetch as sqs_fetch
@@ -302,7 +302,11 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     SQS when their visibility timeout runs out (and to the dead-letter queue after 5 receives).
     """
     rt = runtime.get()
-    messages = records.unpack_chunk(sealed, rt.sealer)
+    try:  # a chunk older than the visibility timeout is dropped: a replayed capture writes nothing
+        messages = records.unpack_chunk(sealed, rt.sealer, max_age=rt.settings.visibility_timeout)
+    except Expired as exc:
+        log.warning("chunk %s: dropped, %s; its messages come back from SQS", self.request.id, exc)
+        return {"inserted": 0, "rejected": 0, "duplicates": 0}
     with chunk_attempt(
         self, rt, "its messages stay in SQS", lambda: _release_on_time_limit(self, rt, messages)
     ) as conn:

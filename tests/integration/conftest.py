@@ -5,6 +5,7 @@ runs in this process (moto's ThreadedMotoServer) and Celery runs as real subproc
 exactly the command lines the demo and compose use.
 """
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,12 @@ from tests.support import (
 
 from etl import store  # isort: skip  (after tests.support, which points Celery at the test broker)
 from etl.sources.sqs import queue as sqs
+
+# What the insider tests' workers ingest (tests/integration/test_insiders.py and test_pii_finality.py).
+INSIDER_EVENTS = [
+    {"user_id": "ann", "device_type": "ios", "ip": "203.0.113.50", "device_id": "ann-phone", "app_version": "1.0"},
+    {"user_id": "bob", "device_type": "ios", "ip": "198.51.100.4", "device_id": "bob-phone", "app_version": "1.0"},
+]
 
 __all__ = ["DATABASE_URL", "MASKING_KEY", "PAYLOAD_KEY", "ProcessGroup", "drained", "wait_until"]
 
@@ -95,3 +102,29 @@ def pipeline(
     p = ProcessGroup(env=pipeline_env(queue.url, sqs_endpoint), workdir=tmp_path)
     yield p
     p.stop()
+
+
+@pytest.fixture
+def logins(conn: store.Connection) -> Iterator[dict[str, str]]:
+    """One login per project role: {"etl_writer": url, "analyst": url, "pii_officer": url}."""
+    assert store.migrate(conn) == []
+    store.create_roles(conn)
+    suffix = uuid.uuid4().hex[:6]
+    names = {role: f"t_{role}_{suffix}" for role in ("etl_writer", "analyst", "pii_officer")}
+    with conn, conn.cursor() as cur:
+        for role, name in names.items():
+            cur.execute(f"CREATE ROLE {name} LOGIN IN ROLE {role}")
+    yield {role: DATABASE_URL.replace("postgres@", f"{name}@") for role, name in names.items()}
+    with conn, conn.cursor() as cur:
+        for name in names.values():
+            cur.execute(f"DROP OWNED BY {name}; DROP ROLE {name}")
+
+
+@pytest.fixture
+def written(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, logins: dict[str, str]) -> ProcessGroup:
+    """Workers that log in as an etl_writer, as production runs them, after ingesting EVENTS."""
+    pipeline.env["DATABASE_URL"] = logins["etl_writer"]
+    queue.send([json.dumps(e) for e in INSIDER_EVENTS])
+    pipeline.start("worker", "beat")
+    wait_until(drained(queue, conn, len(INSIDER_EVENTS)), 60, "the workers to write as etl_writer")
+    return pipeline

@@ -85,14 +85,13 @@ def test_reveal_by_token_file_and_user_round_trips_and_audits_each_outcome(
     by_user = etl(officer, "reveal", "--field", "device_id", "--user-id", "bob", "--reason", "case 43")
     assert values(by_user) == ["bob-phone"]
     outcomes = [(r[2], r[3]) for r in audit_rows(conn)]
-    assert outcomes == [
-        ("case 42", "requested"),
+    assert outcomes == [  # the database decides released / not found when the request commits
+        ("case 42", "released"),
         ("case 42", "revealed"),
-        ("audit", "requested"),
-        ("audit", "requested"),
-        ("audit", "revealed"),
+        ("audit", "released"),
         ("audit", "not found"),
-        ("case 43", "requested"),
+        ("audit", "revealed"),
+        ("case 43", "released"),
         ("case 43", "revealed"),
     ]
 
@@ -111,13 +110,18 @@ def test_reveal_output_escapes_control_characters(
 
 def test_a_worker_host_decrypts_nothing(loaded: ProcessGroup, conn: store.Connection) -> None:
     """The worker's whole environment (public key, masking and payload keys, its DB login) opens no entry."""
+    audited = audit_rows(conn)
     out = reveal(loaded.env, "ip", token_of(conn, "masked_ip", "cy"), "I am a worker")
-    assert out.returncode == 1 and "2001:db8::1" not in out.stdout + out.stderr
+    assert out.returncode == 2 and "2001:db8::1" not in out.stdout + out.stderr
     assert "ETL_VAULT_PRIVATE_KEY is not set" in out.stderr
-    assert audit_rows(conn)[-1][3] == "refused: no private key"
+    assert audit_rows(conn) == audited  # nothing to open with: nothing was asked of the database
     # nor can it start holding the private key
     wrong = subprocess.run(
-        [sys.executable, "-c", "from etl import settings; from etl.worker import runtime; runtime.build(settings.load())"],
+        [
+            sys.executable,
+            "-c",
+            "from etl import settings; from etl.worker import runtime; runtime.build(settings.load())",
+        ],
         env=officer_env(loaded.env),
         capture_output=True,
         text=True,

@@ -83,3 +83,59 @@ def test_a_rejection_keeps_its_valid_user_id_for_erasure() -> None:
     users = [r.user_id for r in sorted(result.rejected, key=lambda r: r.message_id)]
     assert users == ["u-1", None, None, None]
     assert all("u-1" not in r.detail for r in result.rejected)
+
+
+def test_an_erased_users_earlier_messages_keep_no_token_vault_entry_or_body() -> None:
+    from datetime import UTC, datetime
+
+    from etl.crypto import vault as vaults
+
+    masker, sealer = Masker(MASKING_KEY), Sealer([new_key()])
+    writer, _ = vaults.new_writer(vaults.parse_public_key(vaults.new_keypair()[1]))
+    erased_at = datetime.fromtimestamp(LAST_MS_OF_DAY / 1000, tz=UTC)
+    bob = {**EVENT, "user_id": "bob", "device_id": "bob-phone"}  # shares u-1's ip
+    chunk = records.transform(
+        [
+            message(json.dumps(EVENT), mid="before"),
+            message(json.dumps(bob), mid="bob"),
+            message('{"user_id": "u-1"}', mid="rejected"),
+            message(json.dumps(EVENT), ms=LAST_MS_OF_DAY + 1, mid="after"),
+        ],
+        masker,
+        sealer,
+        writer,
+    )
+    kept = records.forget_erased(chunk, {"u-1": erased_at})
+    rows = {r.message_id: r for r in kept.rows}
+    assert rows["before"].masked_ip.startswith("erased:") and rows["before"].masked_device_id.startswith("erased:")
+    assert rows["after"] == next(r for r in chunk.rows if r.message_id == "after")  # new data: as it came
+    assert rows["bob"] == next(r for r in chunk.rows if r.message_id == "bob")
+    assert [r.message_id for r in kept.rejected] == []  # u-1's body is not kept
+    # the shared ip and the later message's device keep their entries; nothing else of u-1's does
+    assert {(v.field, v.token) for v in kept.vault} == {
+        ("ip", rows["bob"].masked_ip),
+        ("device_id", rows["bob"].masked_device_id),
+        ("device_id", rows["after"].masked_device_id),
+    }
+    assert records.forget_erased(chunk, {}) is chunk
+
+
+def test_a_chunk_sealed_longer_ago_than_allowed_is_expired() -> None:
+    import time
+
+    import pytest
+    from cryptography.fernet import Fernet
+
+    from etl.errors import Expired, TerminalError
+
+    key = new_key()
+    sealer = Sealer([key])
+    fresh = records.pack_chunk([message("b")], sealer)
+    assert records.unpack_chunk(fresh, sealer, max_age=120)[0].body == "b"
+    payload = json.dumps([{"message_id": "m", "receipt_handle": "r", "body": "b", "sent_timestamp_ms": 1}])
+    old = Fernet(key.encode()).encrypt_at_time(payload.encode(), int(time.time()) - 121).decode()
+    with pytest.raises(Expired):
+        records.unpack_chunk(old, sealer, max_age=120)
+    assert records.unpack_chunk(old, sealer)[0].body == "b"  # without a limit (tools, tests): as before
+    with pytest.raises(TerminalError):
+        records.unpack_chunk(old[:-4] + "AAAA", sealer, max_age=10**9)  # tampered: refused, not dated
