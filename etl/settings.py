@@ -45,6 +45,7 @@ class Settings:
     kinesis_stream_name: str = "login-stream"
     kinesis_start: str = "trim_horizon"  # where a shard never read before starts: trim_horizon or latest
     kinesis_shards_per_fetch: int = 4  # shards one fetch run leases at most (spreads shards over workers)
+    flower_basic_auth: str = ""  # FLOWER_BASIC_AUTH, as Flower reads it: only `etl.worker.flower` checks it
 
     def __repr__(self) -> str:  # never print the keys
         return (
@@ -67,6 +68,36 @@ class Settings:
             raise ConfigError(f"ETL_MASKING_KEY is too short (at least 32 characters); {KEYGEN_HINT}")
         if not self.payload_keys:
             raise ConfigError(f"ETL_PAYLOAD_KEY is not set: workers refuse to start without it; {KEYGEN_HINT}")
+
+    def require_flower_logins(self) -> tuple[str, ...]:
+        """FLOWER_BASIC_AUTH's logins (``user:password`` each); ConfigError unless it is set and
+        every login is well formed. Only Flower's launcher asks: a worker never needs it."""
+        return flower_logins(self.flower_basic_auth)
+
+
+FLOWER_HINT = "set FLOWER_BASIC_AUTH=user:password (several logins: user:password,user2:password2)"
+
+
+def flower_logins(raw: str) -> tuple[str, ...]:
+    """``raw`` split as Flower splits FLOWER_BASIC_AUTH (on commas, nothing stripped), each login
+    checked to be ``user:password``. Errors name the login by position, never its text."""
+    if not raw:
+        raise ConfigError(f"FLOWER_BASIC_AUTH is not set: Flower refuses to start without a login; {FLOWER_HINT}")
+    logins = tuple(raw.split(","))
+    for i, login in enumerate(logins, 1):
+        user, colon, password = login.partition(":")
+        checks = (
+            (not colon, "has no ':' between user and password"),
+            (not user, "has an empty user"),
+            (not password, "has an empty password"),
+            (login != login.strip() or any(c.isspace() for c in user), "has whitespace in its user or around it"),
+            (not login.isprintable(), "has control characters"),
+        )
+        problem = next((text for failed, text in checks if failed), "")
+        if problem:
+            where = f"login {i} of {len(logins)}" if len(logins) > 1 else "the login"
+            raise ConfigError(f"FLOWER_BASIC_AUTH is malformed ({where} {problem}); {FLOWER_HINT}")
+    return logins
 
 
 def redact(url: str) -> str:
@@ -183,6 +214,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values["vault_key"] = _secret(env, "ETL_VAULT_KEY")
     values["vault_public_key"] = _secret(env, "ETL_VAULT_PUBLIC_KEY")
     values["vault_private_key"] = ",".join(_key_list(_secret(env, "ETL_VAULT_PRIVATE_KEY")))
+    values["flower_basic_auth"] = env.get("FLOWER_BASIC_AUTH", "")  # checked by Flower's launcher only
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"ETL_LOG_FORMAT must be text or json, got {settings.log_format!r}")

@@ -21,7 +21,9 @@ from pathlib import Path
 COMMANDS = {
     "worker": ["celery", "-A", "etl.worker", "worker", "--loglevel=INFO", "--concurrency=2"],
     "beat": ["celery", "-A", "etl.worker", "beat", "--loglevel=INFO"],
-    "flower": ["celery", "-A", "etl.worker", "flower", "--max_tasks=10000"],
+    # Flower only through etl's launcher: it refuses to start without FLOWER_BASIC_AUTH and puts
+    # every page, /metrics and /healthcheck included, behind that login (etl/worker/flower.py).
+    "flower": ["python", "-m", "etl.worker.flower", "--max_tasks=10000"],
 }
 
 
@@ -44,7 +46,8 @@ def local_env(*, database_url: str, broker_url: str, queue_url: str, sqs_endpoin
 
 def celery_command(kind: str) -> list[str]:
     """COMMANDS[kind], run with this interpreter (so the .venv need not be on PATH)."""
-    return [sys.executable, "-m", *COMMANDS[kind]]
+    cmd = COMMANDS[kind]
+    return [sys.executable, *cmd[1:]] if cmd[0] == "python" else [sys.executable, "-m", *cmd]
 
 
 def free_port() -> int:
