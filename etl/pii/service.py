@@ -110,6 +110,12 @@ def check_reason(reason: str) -> None:
         )
 
 
+def check_user_id(user_id: str) -> None:
+    """A user id as user_logins holds them (varchar(128)), checked before any SQL."""
+    if not 1 <= len(user_id) <= 128 or _CONTROL.search(user_id):
+        raise ConfigError("a user id is 1 to 128 characters without control characters")
+
+
 def select_tokens(
     conn: Connection, field: str, token: str | None, tokens: Sequence[str], user_id: str | None
 ) -> list[str]:
@@ -117,8 +123,7 @@ def select_tokens(
     if field not in FIELDS:
         raise ConfigError(f"field must be one of {', '.join(FIELDS)}")
     if user_id is not None:
-        if not 1 <= len(user_id) <= 128 or _CONTROL.search(user_id):
-            raise ConfigError("a user id is 1 to 128 characters without control characters")
+        check_user_id(user_id)
         try:
             return tables.user_tokens(conn, field, user_id)
         except Forbidden:  # not even the rows: ask anyway, so the refusal is audited
@@ -179,8 +184,7 @@ def erase(conn: Connection, user_id: str, reason: str) -> Erased:
     transaction, and a tombstone so that none of it comes back with a late delivery of a message
     sent before now."""
     check_reason(reason)
-    if not 1 <= len(user_id) <= 128 or _CONTROL.search(user_id):
-        raise ConfigError("a user id is 1 to 128 characters without control characters")
+    check_user_id(user_id)
     result = tables.erase(conn, user_id, reason)
     if result is None:
         raise Refused("refused: the database user is not a pii_officer (recorded in the audit log)")
