@@ -117,7 +117,11 @@ def test_a_worker_host_decrypts_nothing(loaded: ProcessGroup, conn: store.Connec
     assert audit_rows(conn)[-1][3] == "refused: no private key"
     # nor can it start holding the private key
     wrong = subprocess.run(
-        [sys.executable, "-c", "from etl import settings; from etl.worker import runtime; runtime.build(settings.load())"],
+        [
+            sys.executable,
+            "-c",
+            "from etl import settings; from etl.worker import runtime; runtime.build(settings.load())",
+        ],
         env=officer_env(loaded.env),
         capture_output=True,
         text=True,
