@@ -20,9 +20,10 @@ from etl.ops import health, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
 from etl.sources.kinesis import stream as kinesis
+from etl.sources.kinesis.fetch import stream_key
 from etl.sources.sqs import queue as sqs
 from etl.store import streams
-from etl.worker.coordination import Coordinator, stream_key
+from etl.worker.coordination import Coordinator
 
 
 def cmd_init(args: argparse.Namespace) -> int:
