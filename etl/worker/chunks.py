@@ -54,13 +54,15 @@ shutting_down = multiprocessing.Event()
 def _refuse_to_start_without_keys(**_: Any) -> None:
     """A worker without its secrets would fail every chunk: refuse to start, and say why.
 
-    Also readies the metrics directory, before the pool forks and writes samples into it."""
+    Also readies the metrics directory before the pool forks, and makes the instruments there so
+    that every counter is served (at zero) from the start; pool processes inherit them."""
     try:
         rt = runtime.get()
     except ConfigError as exc:
         print(f"etl worker: {exc}", file=sys.stderr)
         sys.exit(2)
     metrics.prepare(rt.settings.metrics_dir)
+    metrics.instruments()
 
 
 @after_setup_logger.connect

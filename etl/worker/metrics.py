@@ -25,8 +25,8 @@ class Instruments:
     """The pipeline's counters and histograms, made once per process by ``instruments()``.
 
     In multiprocess mode each one opens a file in PROMETHEUS_MULTIPROC_DIR when it is made, so
-    they are made on first use (in a worker: in its pool processes, after ``prepare``), never at
-    import.
+    they are made on first use (in a worker: when it starts, after ``prepare``; its pool processes
+    inherit them and move to files of their own), never at import.
     """
 
     def __init__(self) -> None:
