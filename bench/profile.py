@@ -43,6 +43,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "/vine/",
             "/amqp/",
             "etl/worker/tasks.py",
+            "etl/worker/chunks.py",
             "etl/worker/coordination.py",
         ),
     ),

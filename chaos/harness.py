@@ -145,7 +145,7 @@ def busy_pool_process(exclude: list[int], timeout: float) -> tuple[int, str] | N
     """(pid, task id) of a pool process running an etl.mask_and_write now, asked of the worker
     itself (Celery's ``inspect active``); None if none was seen within ``timeout`` seconds."""
     from etl.worker.celery import app
-    from etl.worker.tasks import MASK_AND_WRITE
+    from etl.worker.chunks import MASK_AND_WRITE
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -80,8 +80,8 @@ class Source:
         self.queue, self.stream = queue, stream
 
     @classmethod
-    def start(cls, env: dict[str, str]) -> "Source":
-        config = settings.load(env)
+    def start(cls, env: dict[str, str], config: settings.Settings) -> "Source":
+        """Create the stream, or the queue (its URL goes into ``env`` for the demo's processes)."""
         if config.source == "kinesis":
             stream = kinesis.Stream(config.kinesis_stream_name)
             stream.create(2)
@@ -135,8 +135,6 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
                 )
             }
         )
-        source = Source.start(env)
-
         mode = env.get("ETL_EMBEDDED", "auto").lower()
         if mode not in ("auto", "always", "never"):
             raise ConfigError(f"ETL_EMBEDDED must be auto, always or never, got {mode!r}")
@@ -147,7 +145,8 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         env.update(
             stack.enter_context(embedded.running(LOG_DIR, postgres=own["DATABASE_URL"], redis=own["CELERY_BROKER_URL"]))
         )
-        config = settings.load(env)
+        config = settings.load(env)  # once: the queue's URL, made below, goes to the processes via env
+        source = Source.start(env, config)
         os.environ["CELERY_BROKER_URL"] = config.broker_url  # this process's own producer, if any
         for name, what, url in (
             ("DATABASE_URL", "Postgres", config.database_url),

@@ -20,13 +20,13 @@ from etl.ops import health, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
 from etl.sources.kinesis import stream as kinesis
+from etl.sources.kinesis.fetch import stream_key
 from etl.sources.sqs import queue as sqs
 from etl.store import streams
-from etl.worker.coordination import Coordinator, stream_key
+from etl.worker.coordination import Coordinator
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_init(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         applied = store.migrate(conn)
     print("schema: " + ("applied " + "; ".join(applied) if applied else "up to date"))
@@ -44,8 +44,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_seed(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_seed(args: argparse.Namespace, s: settings.Settings) -> int:
     try:
         bodies = seeding.bodies(Path(args.file) if args.file else None, args.count, args.seed)
     except (OSError, ValueError) as exc:
@@ -62,8 +61,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_stats(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         result = store.stats(conn)
     if s.source == "kinesis":
@@ -122,8 +120,7 @@ def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: b
     return 0
 
 
-def cmd_health(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_health(args: argparse.Namespace, s: settings.Settings) -> int:
     try:
         beats = Coordinator(s.broker_url).heartbeats()
         if s.source == "kinesis":  # shards behind the tip, or with records read and not committed
@@ -154,8 +151,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if verdict.healthy else 1
 
 
-def cmd_rejected_list(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_rejected_list(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         summary = store.rejected_summary(conn)
     if not summary:
@@ -170,8 +166,7 @@ def cmd_rejected_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rejected_replay(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_rejected_replay(args: argparse.Namespace, s: settings.Settings) -> int:
     s.require_keys()
     with store.connection(s.database_url) as conn:
         if args.dry_run:
@@ -185,8 +180,7 @@ def cmd_rejected_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_report(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         data = store.report(conn, args.limit)
     print(report.render(data))
@@ -196,9 +190,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reveal(args: argparse.Namespace) -> int:
+def cmd_reveal(args: argparse.Namespace, s: settings.Settings) -> int:
     """Original values for a pii_officer holding the private key, as JSON lines; every attempt audited."""
-    s = settings.load()
     listed: list[str] = []
     if args.tokens_file:
         try:
@@ -229,8 +222,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
     return 0 if not counts["failed"] else 1
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_audit_verify(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         check = pii.verify_audit(conn, s.audit_anchor)
     if check.problems:
@@ -243,16 +235,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_anchor(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_audit_anchor(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         head, where = pii.anchor_head(conn, s.audit_anchor)
     print(f"anchored audit row {head.id} ({head.hash[:16]}…) at {where}")
     return 0
 
 
-def cmd_erase(args: argparse.Namespace) -> int:
-    s = settings.load()
+def cmd_erase(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         try:
             result = pii.erase(conn, args.user_id, args.reason)
@@ -276,18 +266,16 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rotate_masking_key(args: argparse.Namespace) -> int:
+def cmd_rotate_masking_key(args: argparse.Namespace, s: settings.Settings) -> int:
     """Re-tokenize every row whose token predates the active masking key, from the vault."""
-    s = settings.load()
     with store.connection(s.database_url) as conn, Bar("token") as bar:
         tokens, rows = pii.rotate_masking_key(s, conn, args.reason, bar)
     print(f"re-tokenized {tokens} tokens in {rows} rows to masking key version {s.masking_key_version}")
     return 0
 
 
-def cmd_rotate_vault_key(args: argparse.Namespace) -> int:
+def cmd_rotate_vault_key(args: argparse.Namespace, s: settings.Settings) -> int:
     """Re-seal every vault entry to the current public key (new key pair, or legacy migration)."""
-    s = settings.load()
     with store.connection(s.database_url) as conn, Bar("entry") as bar:
         entries, recipient = pii.rotate_vault_key(s, conn, args.reason, bar)
     print(f"re-sealed {entries} vault entries to public key {recipient}")
@@ -397,11 +385,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# keygen makes the keys settings need, and the demo makes its processes' environment itself.
+WITHOUT_SETTINGS = (cmd_keygen, cmd_demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.quiet_drivers()  # botocore at DEBUG would print raw SQS bodies
     try:
-        return int(args.func(args))
+        if args.func in WITHOUT_SETTINGS:
+            return int(args.func(args))
+        return int(args.func(args, settings.load()))  # the command's settings, read once
     except EtlError as exc:
         print(f"etl {args.command}: {exc}", file=sys.stderr)
         return 2

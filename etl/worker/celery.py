@@ -1,14 +1,17 @@
-"""Builds the Celery app from the top-level celeryconfig module; no I/O at import."""
+"""Builds the Celery app from the top-level celeryconfig module (read lazily, on first use of
+``app.conf``); no I/O, no settings read and no library patched at import. A starting worker
+patches kombu (``survive_broker_loss``, on Celery's worker_init signal)."""
 
 import functools
 import logging
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu.transport import redis as kombu_redis
 
 
-def _survive_broker_loss() -> None:
+def survive_broker_loss(**_: Any) -> None:
     """Keep a worker alive when Redis goes away while it holds unacknowledged chunks.
 
     kombu 5.7 closes the lost connection and then tries to put the worker's unacknowledged
@@ -18,8 +21,12 @@ def _survive_broker_loss() -> None:
     gone, and a chunk's records are still in SQS (redelivered after the visibility timeout) or in
     the stream (read again from the checkpoint). So the failed restore is logged and the worker
     reconnects as it does when nothing was unacknowledged.
+
+    Applied once per process (a second call finds it applied); the pool's processes inherit it.
     """
     restore = kombu_redis.QoS.restore_unacked
+    if getattr(restore, "etl_survives_broker_loss", False):
+        return
 
     @functools.wraps(restore)
     def restore_unacked(self: Any, client: Any = None) -> Any:
@@ -33,13 +40,14 @@ def _survive_broker_loss() -> None:
             self._delivered.clear()
             return None
 
+    restore_unacked.etl_survives_broker_loss = True  # type: ignore[attr-defined]
     kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
 
-
-_survive_broker_loss()
 
 app = Celery("etl")
 app.config_from_object("celeryconfig")
 # Importing the task modules registers etl.fetch and etl.mask_and_write (SQS), and
 # etl.fetch_stream and etl.mask_and_write_stream (Kinesis), with the app.
 app.conf.imports = ("etl.worker.tasks", "etl.worker.stream_tasks")
+# Before the worker connects to the broker and forks its pool.
+worker_init.connect(survive_broker_loss, weak=False)

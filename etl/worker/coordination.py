@@ -6,7 +6,8 @@ same Redis.)
 * a lease lock, so overlapping fetch runs (two beats, a slow run) do not stack;
 * the broker queue's length, for backpressure;
 * progress heartbeats (last fetch, last commit per worker), for ``etl health``;
-* small JSON records in hashes: a stream's read pointers and per-shard status.
+* small JSON records in hashes: a stream's read pointers and per-shard status (their keys:
+  etl.sources.kinesis.fetch.stream_key).
 """
 
 import json
@@ -20,11 +21,6 @@ import redis
 from etl.errors import TransientError
 
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
-
-
-def stream_key(stream: str, what: str) -> str:
-    """A Kinesis stream's Redis key: "pointers" and "status" (hashes by shard), "lease:<shard>"."""
-    return f"etl:stream:{stream}:{what}"
 
 
 class Coordinator:

@@ -20,37 +20,48 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from etl import settings
 
-# prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself, when it is imported; the process that
-# starts a worker sets it (the image, compose, k8s, etl.demo.processes). It must exist before the
-# first metric below is created.
-DIRECTORY = settings.load().metrics_dir
-if DIRECTORY:
-    os.makedirs(DIRECTORY, exist_ok=True)
+class Instruments:
+    """The pipeline's counters and histograms, made once per process by ``instruments()``.
 
-RECEIVED = Counter("etl_messages_received", "Messages received from SQS by fetch runs")
-ROWS = Counter("etl_rows_written", "New user_logins rows committed")
-DUPLICATES = Counter("etl_duplicates_skipped", "Redelivered messages whose row was already written")
-REJECTED = Counter("etl_rejected", "Messages recorded in rejected_messages, by reason", ["reason"])
-DELETED = Counter("etl_messages_deleted", "Messages deleted from SQS after their commit")
-RETRIES = Counter("etl_chunk_retries", "Chunk attempts that failed transiently and will be retried")
-CHUNK_SECONDS = Histogram(
-    "etl_chunk_write_seconds",
-    "Time to transform, write and commit one chunk",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-LAG = Histogram(
-    "etl_end_to_end_lag_seconds",
-    "From SQS SentTimestamp to the commit of the message's row",
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-)
+    In multiprocess mode each one opens a file in PROMETHEUS_MULTIPROC_DIR when it is made, so
+    they are made on first use (in a worker: when it starts, after ``prepare``; its pool processes
+    inherit them and move to files of their own), never at import.
+    """
+
+    def __init__(self) -> None:
+        self.received = Counter("etl_messages_received", "Messages received from SQS by fetch runs")
+        self.rows = Counter("etl_rows_written", "New user_logins rows committed")
+        self.duplicates = Counter("etl_duplicates_skipped", "Redelivered messages whose row was already written")
+        self.rejected = Counter("etl_rejected", "Messages recorded in rejected_messages, by reason", ["reason"])
+        self.deleted = Counter("etl_messages_deleted", "Messages deleted from SQS after their commit")
+        self.retries = Counter("etl_chunk_retries", "Chunk attempts that failed transiently and will be retried")
+        self.chunk_seconds = Histogram(
+            "etl_chunk_write_seconds",
+            "Time to transform, write and commit one chunk",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.lag = Histogram(
+            "etl_end_to_end_lag_seconds",
+            "From SQS SentTimestamp to the commit of the message's row",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+        )
+        self.stream_read = Counter("etl_stream_records_read", "Records read from the Kinesis stream by fetch runs")
+        self.stream_expired = Counter(
+            "etl_stream_retention_gaps",
+            "Times a shard's next records had expired (past retention) before they were read",
+        )
 
 
-STREAM_READ = Counter("etl_stream_records_read", "Records read from the Kinesis stream by fetch runs")
-STREAM_EXPIRED = Counter(
-    "etl_stream_retention_gaps", "Times a shard's next records had expired (past retention) before they were read"
-)
+_instruments: Instruments | None = None
+
+
+def instruments() -> Instruments:
+    """This process's instruments, made on first use."""
+    global _instruments
+    if _instruments is None:
+        _instruments = Instruments()
+    return _instruments
 
 
 class ScrapedCollector(Collector):
@@ -116,12 +127,14 @@ class StreamCollector(ScrapedCollector):
         yield uncommitted
 
 
-def clear_stale() -> None:
-    """Remove samples other processes left in the directory (a restarted worker starts at zero).
-
-    Called in the worker's main process before it forks its pool: every other file is stale.
-    """
-    for path in glob.glob(os.path.join(DIRECTORY, "*.db")) if DIRECTORY else []:
+def prepare(directory: str) -> None:
+    """Make the worker's metrics directory and remove samples other processes left in it (a
+    restarted worker starts at zero). Called when the worker starts, in its main process before
+    it forks its pool: every file already there is stale."""
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
         if not path.endswith(f"_{os.getpid()}.db"):
             os.unlink(path)
 

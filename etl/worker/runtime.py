@@ -57,7 +57,16 @@ class Runtime:
         self._conn = None
 
 
+_config: settings.Settings | None = None
 _current: tuple[int, Runtime] | None = None
+
+
+def config() -> settings.Settings:
+    """This worker's settings, read from the environment once (its pool processes inherit them)."""
+    global _config
+    if _config is None:
+        _config = settings.load()
+    return _config
 
 
 def make_queue(config: settings.Settings) -> sqs.Queue:
@@ -91,8 +100,8 @@ def build(config: settings.Settings) -> Runtime:
 
 
 def get() -> Runtime:
-    """This process's runtime (built on first use)."""
+    """This process's runtime (built on first use, from ``config()``)."""
     global _current
     if _current is None or _current[0] != os.getpid():
-        _current = (os.getpid(), build(settings.load()))
+        _current = (os.getpid(), build(config()))
     return _current[1]

@@ -1,153 +1,33 @@
-"""Thin Celery tasks: wiring only. The logic lives in etl.sources.sqs.fetch and etl.load.
+"""Thin Celery tasks for SQS: wiring only. The logic lives in etl.sources.sqs.fetch and etl.load,
+what both sources' tasks share in etl.worker.chunks.
 
 Task names are explicit and stable: queued work must survive a refactor.
 """
 
 import logging
-import multiprocessing
-import re
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import (
-    after_setup_logger,
-    after_setup_task_logger,
-    before_task_publish,
-    worker_init,
-    worker_ready,
-    worker_shutting_down,
-)
-
-from etl import load, logs, settings, store
 from etl.crypto.sealing import Sealer
-from etl.errors import ConfigError, Expired, TransientError
+from etl.errors import TransientError
 from etl.model import records
 from etl.model.records import Message
 from etl.sources.sqs import fetch as sqs_fetch
-from etl.worker import metrics, runtime
+from etl.worker import chunks, metrics, runtime
 from etl.worker.celery import app
-from etl.worker.coordination import stream_key
+from etl.worker.chunks import CHUNK_TASK_OPTIONS, MASK_AND_WRITE
 
 log = logging.getLogger("etl.tasks")
-QUEUE = "etl"  # celeryconfig.task_default_queue
-MASK_AND_WRITE = "etl.mask_and_write"
-MASK_AND_WRITE_STREAM = "etl.mask_and_write_stream"  # etl.worker.stream_tasks
-CHUNK_TASKS = (MASK_AND_WRITE, MASK_AND_WRITE_STREAM)
-SEALED = "<sealed chunk>"  # argsrepr of a chunk whose size is not known where it is published
-_OURS = re.compile(r"<sealed chunk( of \d+ messages)?>")
-# Made here, in the worker's main process before it forks its pool: a threading.Event would be
-# set in the main process only, never seen by the fetch running in a pool process.
-_shutting_down = multiprocessing.Event()
-
-
-@worker_init.connect
-def _refuse_to_start_without_keys(**_: Any) -> None:
-    """A worker without its secrets would fail every chunk: refuse to start, and say why."""
-    try:
-        runtime.get()
-    except ConfigError as exc:
-        print(f"etl worker: {exc}", file=sys.stderr)
-        sys.exit(2)
-    metrics.clear_stale()
-
-
-@after_setup_logger.connect
-@after_setup_task_logger.connect
-def _json_logs(logger: logging.Logger, **_: Any) -> None:
-    logs.quiet_drivers()  # at --loglevel=DEBUG botocore would log raw SQS bodies
-    if settings.load().log_format == "json":
-        logs.use_json(logger)
-
-
-def chunk_argsrepr(count: int) -> str:
-    return f"<sealed chunk of {count} messages>"
-
-
-@before_task_publish.connect
-def _pii_free_argsrepr(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Every publish of a chunk shows a PII-free argsrepr, whoever publishes it.
-
-    ``send_chunk`` passes its own and ChunkTask carries it over to retries; anything else
-    (``apply_async`` without one, ``send_task`` by name, a canvas) would put Celery's repr of the
-    arguments - the sealed ciphertext - into the message headers, which workers report in their
-    task events and Flower shows. (The publisher's own task-sent event is built before this
-    signal and cannot be changed here.)
-    """
-    if headers is None or headers.get("task") not in CHUNK_TASKS:
-        return
-    if not _OURS.fullmatch(str(headers.get("argsrepr") or "")):
-        headers["argsrepr"] = SEALED
-    headers["kwargsrepr"] = "{}"
-
-
-@worker_ready.connect
-def _record_start_and_serve_metrics(sender: Any = None, **_: Any) -> None:
-    rt = runtime.get()
-    rt.coordinator.heartbeat("start", getattr(sender, "hostname", "?"))
-    port = rt.settings.metrics_port
-    if port and not rt.settings.metrics_dir:
-        log.warning("metrics off: set PROMETHEUS_MULTIPROC_DIR to a directory of this worker's own")
-    elif port:
-        queued = lambda: rt.coordinator.queued(QUEUE)  # noqa: E731
-        if rt.settings.source == "kinesis":
-            name = rt.settings.kinesis_stream_name
-            source: Any = metrics.StreamCollector(lambda: rt.coordinator.entries(stream_key(name, "status")), queued)
-        else:
-            source = metrics.QueueCollector(rt.queue.depth, queued)
-        try:
-            metrics.serve(port, rt.settings.metrics_address, source)
-            log.info("metrics on http://%s:%d/metrics", rt.settings.metrics_address, port)
-        except OSError as exc:  # e.g. a second worker on the same host: it still works, unmeasured
-            log.warning("metrics port %d unavailable (%s); set ETL_METRICS_PORT per worker", port, exc)
-
-
-@worker_shutting_down.connect
-def _stop_fetching(**_: Any) -> None:
-    """On SIGTERM a running fetch stops receiving and hands on what it holds."""
-    _shutting_down.set()
 
 
 def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
     """Queue one chunk for etl.mask_and_write: sealed, with a PII-free argsrepr for Flower."""
     mask_and_write.apply_async(
         args=[records.pack_chunk(chunk, sealer)],
-        argsrepr=chunk_argsrepr(len(chunk)),
+        argsrepr=chunks.chunk_argsrepr(len(chunk)),
         kwargsrepr="{}",
     )
-    metrics.RECEIVED.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
-
-
-def record(report: load.ChunkReport, messages: list[Message], deleted: bool = True) -> None:
-    """Move the metrics by what one committed chunk did (``deleted``: from SQS)."""
-    metrics.ROWS.inc(report.inserted)
-    metrics.DUPLICATES.inc(report.duplicates)
-    for reason, count in report.rejected_by_reason.items():
-        metrics.REJECTED.labels(reason).inc(count)
-    if deleted:
-        metrics.DELETED.inc(report.messages - report.not_deleted)
-    metrics.CHUNK_SECONDS.observe(report.write_seconds)
-    committed_ms = time.time() * 1000
-    for m in messages:
-        metrics.LAG.observe(max(0.0, (committed_ms - m.sent_timestamp_ms) / 1000))
-
-
-def request_fetch_if_starving(rt: runtime.Runtime, fetch_task: Any = None) -> None:
-    """Ask for a fetch now when the broker runs low, instead of waiting for the next beat.
-
-    Beat keeps an idle queue polled; this keeps a busy one flowing. A short Redis flag makes
-    sure that a burst of finishing chunks sends one request, not one each.
-    """
-    try:
-        starving = rt.coordinator.queued(QUEUE) < max(1, rt.settings.max_queued_chunks // 2)
-        if starving and rt.coordinator.flag("etl:fetch-requested", seconds=1):
-            (fetch_task or fetch).apply_async(expires=rt.settings.fetch_interval)
-    except TransientError:
-        pass  # beat will fetch anyway
+    metrics.instruments().received.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
 
 
 @app.task(name="etl.fetch", bind=True, acks_late=False, ignore_result=True)
@@ -155,14 +35,6 @@ def fetch(self: Any) -> dict[str, Any]:
     """Beat's task: pull SQS batches for a few seconds and fan them out as chunks."""
     rt = runtime.get()
     s = rt.settings
-
-    def pause() -> str | None:
-        if _shutting_down.is_set():
-            return "shutdown"
-        if rt.coordinator.queued(QUEUE) >= s.max_queued_chunks:
-            return "backpressure"
-        return None
-
     # The lease outlives a normal run (budget + one last call) but not by much: a fetcher killed
     # mid-run blocks the next one for at most ~10 s.
     with ExitStack() as stack:
@@ -182,7 +54,7 @@ def fetch(self: Any) -> dict[str, Any]:
             budget_seconds=s.fetch_seconds,
             visibility_timeout=s.visibility_timeout,
             receive_batch=10 * s.sqs_threads,
-            pause=pause,
+            pause=lambda: chunks.pause(rt),
         )
     rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
     if report.received or report.stopped == "backpressure":
@@ -204,96 +76,6 @@ def fetch(self: Any) -> dict[str, Any]:
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 
 
-def _release_on_time_limit(task: Any, rt: runtime.Runtime, messages: list[Message]) -> None:
-    log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", task.request.id, len(messages))
-    sqs_fetch.release(rt.queue, messages)
-
-
-@contextmanager
-def chunk_attempt(
-    task: Any, rt: runtime.Runtime, kept: str, on_time_limit: Callable[[], None]
-) -> Iterator[store.Connection]:
-    """One attempt at a chunk, for both sources: the process's connection (taken inside, so an
-    unreachable Postgres is a transient failure like any other) with a watchdog for the soft
-    time limit. A transient failure drops the connection, is counted and logged with where the
-    records stay (``kept``) and retried by Celery; at the time limit ``on_time_limit`` runs."""
-    watchdog: threading.Timer | None = None
-    try:
-        conn = rt.conn()
-        watchdog = cancel_after_soft_limit(task, conn)
-        yield conn
-    except TransientError as exc:
-        rt.drop_conn()
-        metrics.RETRIES.inc()
-        log.warning("chunk %s: %s (attempt %d); %s", task.request.id, exc, task.request.retries + 1, kept)
-        raise
-    except SoftTimeLimitExceeded:
-        rt.drop_conn()
-        on_time_limit()
-        raise
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-
-
-def committed(
-    task: Any,
-    rt: runtime.Runtime,
-    report: load.ChunkReport,
-    messages: list[Message],
-    fetch_task: Any,
-    deleted: bool,
-) -> None:
-    """After a chunk's commit: heartbeat, metrics (``deleted``: from SQS), and a fetch
-    (``fetch_task``) if the broker runs low."""
-    rt.coordinator.heartbeat("commit", task.request.hostname or "?")
-    record(report, messages, deleted=deleted)
-    request_fetch_if_starving(rt, fetch_task)
-
-
-def cancel_after_soft_limit(task: Any, conn: Any) -> threading.Timer | None:
-    """The soft limit's signal cannot interrupt a wait inside libpq (a lock, a stalled server):
-    cancel the statement just after it, so the task's time-limit handling runs at once."""
-    soft = (task.request.timelimit or (None, None))[1] or app.conf.task_soft_time_limit
-    if not soft:
-        return None
-    watchdog = threading.Timer(float(soft) + 0.5, conn.cancel)
-    watchdog.daemon = True
-    watchdog.start()
-    return watchdog
-
-
-class ChunkTask(app.Task):  # type: ignore[misc]
-    """etl.mask_and_write's class: a retry is published with the argsrepr of the try it repeats.
-
-    Celery re-publishes a retry without the original argsrepr, so it would show the ciphertext
-    (in the message, and in the task-sent event that before_task_publish cannot reach).
-    """
-
-    def signature_from_request(
-        self, request: Any = None, args: Any = None, kwargs: Any = None, queue: Any = None, **extra: Any
-    ) -> Any:
-        request = self.request if request is None else request
-        previous = str(getattr(request, "argsrepr", None) or "")
-        extra.setdefault("argsrepr", previous if _OURS.fullmatch(previous) else SEALED)
-        extra.setdefault("kwargsrepr", "{}")
-        return super().signature_from_request(request, args, kwargs, queue, **extra)
-
-
-# Every chunk task (SQS and stream): acked after it ran, transient failures retried with backoff.
-CHUNK_TASK_OPTIONS: dict[str, Any] = {
-    "base": ChunkTask,
-    "bind": True,
-    "acks_late": True,
-    "autoretry_for": (TransientError,),
-    "retry_backoff": 2,
-    "retry_backoff_max": 30,
-    "retry_jitter": True,
-    "max_retries": 5,
-    "ignore_result": True,
-}
-
-
 @app.task(name=MASK_AND_WRITE, **CHUNK_TASK_OPTIONS)
 def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     """Validate, mask and write one chunk in one transaction, then delete it from SQS.
@@ -302,14 +84,15 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
     SQS when their visibility timeout runs out (and to the dead-letter queue after 5 receives).
     """
     rt = runtime.get()
-    try:  # a chunk older than the visibility timeout is dropped: a replayed capture writes nothing
-        messages = records.unpack_chunk(sealed, rt.sealer, max_age=rt.settings.visibility_timeout)
-    except Expired as exc:
-        log.warning("chunk %s: dropped, %s; its messages come back from SQS", self.request.id, exc)
+    messages = chunks.open_chunk(self, rt, sealed, "its messages come back from SQS")
+    if messages is None:
         return {"inserted": 0, "rejected": 0, "duplicates": 0}
-    with chunk_attempt(
-        self, rt, "its messages stay in SQS", lambda: _release_on_time_limit(self, rt, messages)
-    ) as conn:
+
+    def release() -> None:
+        log.warning("chunk %s: time limit hit; releasing its %d messages back to SQS", self.request.id, len(messages))
+        sqs_fetch.release(rt.queue, messages)
+
+    with chunks.chunk_attempt(self, rt, "its messages stay in SQS", release) as conn:
         report = sqs_fetch.process_chunk(
             messages,
             masker=rt.masker,
@@ -320,5 +103,5 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
             label=self.request.id or "",
             vault=rt.vault(),
         )
-    committed(self, rt, report, messages, fetch, deleted=True)
+    chunks.committed(self, rt, report, messages, fetch, deleted=True)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

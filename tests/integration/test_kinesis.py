@@ -428,7 +428,7 @@ def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
         finally:
             fresh.close()
         # kombu 5.7 once failed here for good ("Unrecoverable error") restoring the unacknowledged
-        # chunk through the lost connection: etl.worker.celery._survive_broker_loss
+        # chunk through the lost connection: etl.worker.celery.survive_broker_loss
         assert "Unrecoverable error" not in p.log("worker")
     finally:
         blocker.close()

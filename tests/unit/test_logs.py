@@ -45,9 +45,9 @@ def test_drivers_never_get_louder_than_the_root(levels: None) -> None:
 
 
 def test_the_worker_logging_signal_quiets_the_drivers(levels: None) -> None:
-    from etl.worker import tasks
+    from etl.worker import chunks
 
     logging.getLogger().setLevel(logging.DEBUG)
     logging.getLogger("botocore").setLevel(logging.NOTSET)
-    tasks._json_logs(logging.getLogger("celery.task"))
+    chunks.setup_logs(logging.getLogger("celery.task"))
     assert not logging.getLogger("botocore.parsers").isEnabledFor(logging.DEBUG)

@@ -1,0 +1,66 @@
+"""Importing changes nothing: the package and its pure modules load no driver or framework, and
+the worker's modules patch nothing, read no settings and make no directory until a worker starts.
+
+Each check runs in a fresh interpreter: this test process has long since imported everything.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("celery", "kombu", "psycopg2", "boto3", "botocore", "redis", "prometheus_client")
+PURE = sorted(
+    ["etl", "etl.settings", "etl.errors", "etl.logs", "etl.progress"]
+    + [f"etl.{wing}.{p.stem}" for wing in ("model", "crypto") for p in (ROOT / "etl" / wing).glob("[!_]*.py")]
+)
+
+
+def run(code: str, env: dict[str, str] | None = None) -> object:
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_importing_etl_and_its_pure_modules_loads_no_driver_or_framework() -> None:
+    assert {"etl.model.records", "etl.crypto.vault", "etl.model.shards", "etl.crypto.masking"} <= set(PURE)
+    loaded = run(
+        f"import importlib, json, sys\n"
+        f"for name in {PURE!r}: importlib.import_module(name)\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    assert loaded == []
+
+
+def test_importing_the_worker_patches_nothing_reads_no_settings_makes_no_directory(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "ETL_CHUNK_SIZE": "not a number"}
+    state = run(
+        "import json, sys\n"
+        "import etl.worker.celery, etl.worker.tasks, etl.worker.stream_tasks, etl.worker.metrics\n"
+        "from kombu.transport import redis\n"
+        "print(json.dumps({'patched': hasattr(redis.QoS.restore_unacked, 'etl_survives_broker_loss'),\n"
+        "                  'celeryconfig': 'celeryconfig' in sys.modules}))",
+        env=env,
+    )
+    # A malformed setting would have raised at import had anything read the settings.
+    assert state == {"patched": False, "celeryconfig": False}
+    assert not metrics_dir.exists()
+
+
+def test_a_starting_worker_applies_the_kombu_patch_once() -> None:
+    state = run(
+        "import json\n"
+        "from celery.signals import worker_init\n"
+        "from kombu.transport import redis\n"
+        "import etl.worker.celery\n"
+        "original = redis.QoS.restore_unacked\n"
+        "worker_init.send(sender=None)\n"
+        "patched = redis.QoS.restore_unacked\n"
+        "worker_init.send(sender=None)\n"
+        "print(json.dumps([patched is not original, redis.QoS.restore_unacked is patched,\n"
+        "                  patched.__wrapped__ is original]))"
+    )
+    assert state == [True, True, True]
