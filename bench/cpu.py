@@ -110,10 +110,12 @@ def _bare_process(url: str, threads: int, seconds: float, kind: str) -> tuple[in
     def loop() -> None:
         nonlocal done
         while not stop.is_set():
-            got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+            got = client.call("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}).get(
+                "Messages", []
+            )
             if got:
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-                client.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+                client.call("DeleteMessageBatch", {"QueueUrl": url, "Entries": entries})
             with lock:
                 done += len(got)
 

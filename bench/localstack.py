@@ -75,13 +75,15 @@ def _drain_process(url: str, threads: int) -> tuple[int, float]:
         nonlocal done, last
         empty = 0
         while empty < 3:
-            got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            got = client.call("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}).get(
+                "Messages", []
+            )
             if not got:
                 empty += 1
                 continue
             empty = 0
             entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-            client.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+            client.call("DeleteMessageBatch", {"QueueUrl": url, "Entries": entries})
             with lock:
                 done += len(got)
                 last = time.time()

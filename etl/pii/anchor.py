@@ -20,25 +20,22 @@ time only, never PII.
 
 Driver errors leave this module as etl.errors kinds (ConfigError for a setting or a place that
 cannot work, TransientError for what may heal), with messages that name the operation and the
-error code only.
+error code only; the S3 client and its error table are etl.aws's.
 """
 
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ParamValidationError
-
+from etl import aws
 from etl.errors import ConfigError, TransientError
 
 FORMS = "set ETL_AUDIT_ANCHOR=file:///path or s3://bucket/prefix"
@@ -46,18 +43,7 @@ RETENTION_DAYS = 365
 _ID_DIGITS = 20  # a bigserial has at most 19 digits: every id fits, and names sort as numbers
 _HASH = re.compile(r"[0-9a-f]{1,128}")  # hex only: nothing that could carry PII fits in an anchor
 _KEYS = {"id", "hash", "at"}
-_MISSING_BUCKET = {"NoSuchBucket"}
 _NO_LOCK_CONFIG = {"ObjectLockConfigurationNotFoundError"}
-_CLIENT_FAULTS = {
-    "AccessDenied",
-    "AllAccessDisabled",
-    "InvalidAccessKeyId",
-    "InvalidArgument",
-    "InvalidBucketName",
-    "InvalidRequest",
-    "PreconditionFailed",  # the name exists already: anchors are never overwritten
-    "SignatureDoesNotMatch",
-}
 
 
 @dataclass(frozen=True)
@@ -260,45 +246,16 @@ def _read_file(directory: Path) -> list[Anchor]:
 # s3://
 
 
-def make_client() -> Any:  # mypy_boto3_s3 is not installed: the S3 client is untyped here
-    """An S3 client configured from AWS's own environment variables.
-
-    AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) points it at MinIO, LocalStack or moto; boto3 reads
-    them itself. AWS_DEFAULT_REGION defaults to us-east-1 here, as for SQS.
-    """
-    session = boto3.session.Session()
-    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30)
-    return session.client("s3", region_name=session.region_name or "us-east-1", config=config)
-
-
-@contextmanager
-def _s3_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (NoCredentialsError, NoRegionError) as exc:
-        raise ConfigError(f"S3 {operation}: {type(exc).__name__}: set AWS credentials and region") from None
-    except ParamValidationError:  # e.g. a bucket name S3 would never accept
-        raise ConfigError(f"S3 {operation}: invalid parameters; {FORMS}") from None
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        if code in _MISSING_BUCKET:
-            raise ConfigError(f"S3 {operation}: the bucket does not exist; check ETL_AUDIT_ANCHOR") from None
-        if code in _CLIENT_FAULTS:
-            raise ConfigError(f"S3 {operation} refused: {code}") from None
-        raise TransientError(f"S3 {operation} failed: {code}") from None
-    except BotoCoreError as exc:  # endpoint unreachable, timeouts, closed connections
-        raise TransientError(f"S3 {operation} failed: {type(exc).__name__}") from None
+def _s3_errors(operation: str, expected: Collection[str] = ()) -> AbstractContextManager[aws.Refusal]:
+    return aws.translated("S3", operation, expected)
 
 
 def _lock_days(client: Any, bucket: str) -> int | None:
     """Days of the bucket's default retention, 0 without one; None when Object Lock is off."""
-    with _s3_errors("GetObjectLockConfiguration"):
-        try:
-            config = client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NO_LOCK_CONFIG:
-                return None  # never configured: not an error, the bucket just cannot lock
-            raise
+    with _s3_errors("GetObjectLockConfiguration", expected=_NO_LOCK_CONFIG) as missing:
+        config = client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    if missing.code is not None:
+        return None  # never configured: not an error, the bucket just cannot lock
     if config.get("ObjectLockEnabled") != "Enabled":
         return None
     default = config.get("Rule", {}).get("DefaultRetention", {})
@@ -310,7 +267,7 @@ def _write_s3(bucket: str, prefix: str, anchor: Anchor, retention_days: int) -> 
 
     The retention is never shorter than the bucket's default: an explicit date overrides it.
     """
-    client = make_client()
+    client = aws.client("s3")
     key = prefix + anchor.name
     params: dict[str, Any] = {
         "Bucket": bucket,
@@ -338,7 +295,7 @@ def _write_s3(bucket: str, prefix: str, anchor: Anchor, retention_days: int) -> 
 
 def _read_s3(bucket: str, prefix: str) -> list[Anchor]:
     """Every version of every object directly under the prefix (deeper "directories" are not ours)."""
-    client = make_client()
+    client = aws.client("s3")
     anchors: list[Anchor] = []
     with _s3_errors("ListObjectVersions"):
         pages = list(client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"))

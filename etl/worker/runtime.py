@@ -70,9 +70,8 @@ def config() -> settings.Settings:
 
 
 def make_queue(config: settings.Settings) -> sqs.Queue:
-    return sqs.Queue(
-        config.sqs_queue_url, sqs.make_client(config.sqs_threads + 2, config.sqs_client), config.sqs_threads
-    )
+    client = sqs.make_client(config.sqs_threads + 2, config.sqs_client, threads=config.sqs_threads)
+    return sqs.Queue(config.sqs_queue_url, client, config.sqs_threads)
 
 
 def build(config: settings.Settings) -> Runtime:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from etl import aws
 from etl.demo.processes import LOCAL_AWS, MotoServer
 from etl.errors import ConfigError
 from etl.pii import anchor
@@ -35,12 +36,12 @@ def moto() -> Iterator[MotoServer]:
 
 @pytest.fixture
 def s3(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """An S3 client made exactly as etl.pii.anchor makes its own, pointed at moto by the environment."""
+    """An S3 client made exactly as etl.pii.anchor makes its own (etl.aws), pointed at moto by the environment."""
     for name, value in LOCAL_AWS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.endpoint)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return anchor.make_client()
+    return aws.client("s3")
 
 
 def new_bucket(s3: Any, locked: bool, default: dict[str, Any] | None = None) -> str:

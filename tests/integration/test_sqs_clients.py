@@ -2,7 +2,7 @@
 server and against LocalStack where it is installed: the same assertions on both clients.
 
 What boto3 gives and the lean client must keep: the calls' answers (bodies, attributes, partial
-batch failures), error codes mapped to our kinds (etl.sources.sqs.queue._translated), retries with backoff on
+batch failures), error codes mapped to our kinds (etl.aws.translated), retries with backoff on
 throttling and 5xx, credentials from the chain with refresh, endpoint resolution through
 AWS_ENDPOINT_URL_SQS and the region, TLS verification (and AWS_CA_BUNDLE). Faults come from a real
 HTTP server in front of the real SQS server (tests.support.FrontServer), never from mocks.
@@ -58,7 +58,9 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 def new_queue_url(visibility: int = 30) -> str:
     url = sqs.create_queue(f"conformance-{uuid.uuid4().hex[:8]}")
-    sqs.make_client().set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(visibility)})
+    sqs.make_client().call(
+        "SetQueueAttributes", {"QueueUrl": url, "Attributes": {"VisibilityTimeout": str(visibility)}}
+    )
     return url
 
 
@@ -318,7 +320,7 @@ def test_endpoint_and_tls_are_resolved_as_botocore_does(monkeypatch: pytest.Monk
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     lean = sqs.make_client(4, "lean")
     assert isinstance(lean, sqs_lean.LeanClient)
-    assert lean.endpoint_url == sqs.make_client(4, "boto3").meta.endpoint_url == "https://sqs.eu-west-1.amazonaws.com"
+    assert lean.endpoint_url == sqs.make_client(4, "boto3").endpoint_url == "https://sqs.eu-west-1.amazonaws.com"
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     assert not isinstance(sqs.make_client(4, "lean"), sqs_lean.LeanClient), "a proxied endpoint stays on boto3"
 

@@ -10,8 +10,8 @@ import psycopg2.errors
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
 
+from etl.aws import translated
 from etl.errors import ConfigError, Forbidden, TerminalError, TransientError
-from etl.sources.sqs.queue import _translated
 from etl.store.connection import translate
 
 
@@ -66,7 +66,7 @@ def client_error(code: str, status: int = 400) -> ClientError:
 
 
 def raised(exc: BaseException) -> BaseException:
-    with pytest.raises(Exception) as info, _translated("ReceiveMessage"):
+    with pytest.raises(Exception) as info, translated("SQS", "ReceiveMessage"):
         raise exc
     return info.value
 

@@ -1,68 +1,30 @@
-"""The only module that talks to Kinesis Data Streams (boto3): shards, iterators, reads, puts.
+"""The only module that talks to Kinesis Data Streams: shards, iterators, reads, puts.
 
-Driver errors leave this module as etl.errors kinds, naming the operation and error code only
-(never a record's data). Two transient kinds have their own class (etl.model.shards), because a fetch
-handles them per shard: an expired iterator (get a new one) and a throttled shard (back off).
+Its client is etl.aws's stock boto3 client. Driver errors leave this module as etl.errors kinds
+(etl.aws.translated's table), naming the operation and error code only (never a record's data).
+Two transient kinds have their own class (etl.model.shards), because a fetch handles them per
+shard: an expired iterator (get a new one) and a throttled shard (back off).
 """
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
-from etl.errors import ConfigError, TerminalError, TransientError
+from etl import aws
+from etl.errors import TerminalError, TransientError
 from etl.model import shards
 from etl.model.records import Message
-from etl.model.shards import Batch, IteratorExpired, Shard, Throttled
+from etl.model.shards import Batch, Shard
 
 MAX_PUT = 500  # PutRecords: records per call
 MAX_PUT_BYTES = 5 * 1024 * 1024  # PutRecords: bytes per call (data + partition keys)
 MAX_RECORD_BYTES = 1024 * 1024
-_THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
-_CONFIG = {"ResourceNotFoundException", "AccessDeniedException", "KMSAccessDeniedException", "KMSNotFoundException"}
 
 
-def make_client(max_pool: int = 10) -> Any:
-    """A Kinesis client from AWS's own environment (AWS_ENDPOINT_URL_KINESIS for local servers)."""
-    session = boto3.session.Session()
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=30,
-        max_pool_connections=max_pool,
-    )
-    return session.client("kinesis", region_name=session.region_name or "us-east-1", config=config)
-
-
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (NoCredentialsError, NoRegionError) as exc:
-        raise ConfigError(f"Kinesis {operation}: {type(exc).__name__}: set AWS credentials and region") from None
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        if code == "ExpiredIteratorException":
-            raise IteratorExpired(f"Kinesis {operation}: iterator expired") from None
-        if code in _THROTTLED:
-            raise Throttled(f"Kinesis {operation} throttled: {code}") from None
-        if code == "ResourceNotFoundException":
-            raise ConfigError(
-                f"Kinesis {operation}: the stream does not exist; check KINESIS_STREAM_NAME "
-                "or run `etl init --create-stream`"
-            ) from None
-        if code in _CONFIG:
-            raise ConfigError(f"Kinesis {operation} refused: {code}") from None
-        if code in ("InvalidArgumentException", "ValidationException"):
-            raise TerminalError(f"Kinesis {operation} refused: {code}") from None
-        raise TransientError(f"Kinesis {operation} failed: {code}") from None
-    except BotoCoreError as exc:  # endpoint unreachable, timeouts, closed connections
-        raise TransientError(f"Kinesis {operation} failed: {type(exc).__name__}") from None
+def _translated(operation: str, expected: Collection[str] = ()) -> AbstractContextManager[aws.Refusal]:
+    return aws.translated("Kinesis", operation, expected)
 
 
 class Stream:
@@ -70,7 +32,7 @@ class Stream:
 
     def __init__(self, name: str, client: Any = None) -> None:
         self.name = name
-        self.client = client or make_client()
+        self.client = client or aws.client("kinesis")
 
     def shards(self) -> list[Shard]:
         """Every shard ListShards reports (open and closed, with their parents)."""
@@ -155,14 +117,9 @@ class Stream:
     def create(self, shard_count: int, timeout: float = 60) -> bool:
         """Create the stream with ``shard_count`` shards unless it exists; wait until ACTIVE.
         Returns whether it was created."""
-        created = True
-        with _translated("CreateStream"):
-            try:
-                self.client.create_stream(StreamName=self.name, ShardCount=shard_count)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-                    raise
-                created = False
+        with _translated("CreateStream", expected={"ResourceInUseException"}) as exists:
+            self.client.create_stream(StreamName=self.name, ShardCount=shard_count)
+        created = exists.code is None
         deadline = time.monotonic() + timeout
         while self.status() != "ACTIVE":
             if time.monotonic() > deadline:

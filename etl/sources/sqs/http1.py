@@ -24,6 +24,14 @@ class Connection:
         self.buf = b""
         self.reusable = True
 
+    def fileno(self) -> int:
+        """The socket's descriptor: a selector waits on the connection itself."""
+        return self.sock.fileno()
+
+    def send(self, request: bytes) -> None:
+        """Write one request, not waiting for its answer (read_response reads it)."""
+        self.sock.sendall(request)
+
     def close(self) -> None:
         self.reusable = False
         with contextlib.suppress(OSError):
@@ -37,7 +45,7 @@ class Connection:
 
     def exchange(self, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
         """Send one request; (status, headers with lower-case names, body)."""
-        self.sock.sendall(request)
+        self.send(request)
         return self.read_response()
 
     def read_response(self) -> tuple[int, dict[bytes, bytes], bytes]:

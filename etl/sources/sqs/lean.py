@@ -9,19 +9,20 @@ connections, and keeps from botocore everything that is hard to get right:
 * credentials: the boto3 session's credential chain (env, profile, SSO, container and instance
   roles, web identity / IRSA); expiring credentials are refreshed by botocore itself, because
   every request asks ``get_frozen_credentials()`` of the session's (refreshable) credentials;
-* region and endpoint: taken from the boto3 client botocore resolved (``AWS_ENDPOINT_URL_SQS``,
-  config files, FIPS/dual-stack, partitions);
+* region and endpoint: what botocore resolved for the stock client (``etl.aws.Wire``:
+  ``AWS_ENDPOINT_URL_SQS``, config files, FIPS/dual-stack, partitions);
 * signing: SigV4 (etl.sources.sqs.sigv4, held equal to botocore's own signer by a test; botocore's costs
   more CPU than the rest of a lean call);
 * TLS: verified against botocore's CA bundle (or ``AWS_CA_BUNDLE``), hostname checked;
 * errors: botocore's own exception classes, built as botocore's JSON parser builds them
-  (``x-amzn-query-error`` codes included), so ``etl.sources.sqs.queue._translated`` maps both clients' errors
-  to our kinds in one place;
-* retries: botocore's "standard" mode as etl.sources.sqs.queue configures it (4 attempts in all; throttling
+  (``x-amzn-query-error`` codes included), so ``etl.aws.translated`` maps both clients' errors
+  to our kinds with one table;
+* retries: botocore's "standard" mode as etl.aws configures it (4 attempts in all; throttling
   codes, 5xx and connection errors; exponential backoff with full jitter, at most 20 s).
 
-Every other call (send, depth, create) goes to the boto3 client unchanged. Nothing here logs,
-and no error message carries a request or response body (they hold PII).
+It implements etl.sources.sqs.client.SqsClient; every other call (send, depth, create) goes to
+the stock client (``etl.aws.Boto3Sqs``) it is given. Nothing here logs, and no error message
+carries a request or response body (they hold PII).
 """
 
 import json
@@ -35,8 +36,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
-from botocore.credentials import Credentials
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -47,9 +48,11 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import get_cert_path
 
+from etl.aws import Wire
 from etl.sources.sqs import http1, sigv4
+from etl.sources.sqs.client import SqsClient
 
-HOT_CALLS = ("ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch")
+HOT_CALLS = frozenset({"ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"})
 # botocore's standard retry mode (botocore/retries/standard.py): what it retries, and how long.
 _THROTTLING = {
     "Throttling",
@@ -80,33 +83,25 @@ class _Retryable(Exception):
 
 
 class LeanClient:
-    """The three hot SQS calls over keep-alive HTTP; every other attribute is the boto3 client's.
+    """The three hot SQS calls over keep-alive HTTP; the others through the stock client ``cold``.
 
     Responses are returned as the same dicts boto3 returns, and failures raise the same botocore
-    exceptions, so ``etl.sources.sqs.queue.Queue`` uses either client unchanged.
+    exceptions, so ``etl.sources.sqs.queue.Queue`` uses either client unchanged (SqsClient).
     """
 
     def __init__(
-        self,
-        client: Any,
-        credentials: Credentials | None,
-        *,
-        max_pool: int = 10,
-        max_attempts: int = 3,
-        connect_timeout: float = 5,
-        read_timeout: float = 30,
-        verify: bool | str | None = True,
-        sleep: Callable[[float], None] = time.sleep,
+        self, wire: Wire, cold: SqsClient, *, max_pool: int = 10, sleep: Callable[[float], None] = time.sleep
     ) -> None:
-        self._boto = client
-        self._credentials = credentials
-        self._region: str = client.meta.region_name
-        self.endpoint_url: str = client.meta.endpoint_url
+        self._cold = cold
+        self._credentials = wire.credentials
+        self._region = wire.region
+        self.endpoint_url = wire.endpoint_url
+        verify = wire.verify
         parts = urlsplit(self.endpoint_url)
         self._host = parts.hostname or ""
         self._tls: ssl.SSLContext | None = None
         if parts.scheme == "https":
-            cafile = get_cert_path(True if verify is None else verify)  # type: ignore[arg-type]  # or a path
+            cafile = verify if isinstance(verify, str) else get_cert_path(True)  # a CA bundle, or botocore's
             self._tls = ssl.create_default_context(cafile=cafile)
             if verify is False:
                 self._tls.check_hostname = False
@@ -120,35 +115,26 @@ class LeanClient:
         self._path = (parts.path or "/").encode()
         self._signer = sigv4.Signer(host, parts.path or "/", self._region)
         self._max_pool = max_pool
-        self._max_attempts = max_attempts
-        self._timeouts = (connect_timeout, read_timeout)
+        self._max_attempts = wire.max_attempts
+        self._timeouts = (wire.connect_timeout, wire.read_timeout)
         self._sleep = sleep
         self._idle: list[http1.Connection] = []
         self._lock = threading.Lock()
-        self._user_agent = f"{client.meta.config.user_agent} etl-lean-sqs".encode()
-
-    def __getattr__(self, name: str) -> Any:  # cold calls: boto3 as it is
-        return getattr(self._boto, name)
-
-    def receive_message(self, **params: Any) -> dict[str, Any]:
-        return self.call("ReceiveMessage", params)
-
-    def delete_message_batch(self, **params: Any) -> dict[str, Any]:
-        return self.call("DeleteMessageBatch", params)
-
-    def change_message_visibility_batch(self, **params: Any) -> dict[str, Any]:
-        return self.call("ChangeMessageVisibilityBatch", params)
+        self._user_agent = f"{wire.user_agent} etl-lean-sqs".encode()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        self._cold.close()
 
     # -- one call, with botocore's standard retries --------------------------------------------
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One call, with botocore's standard retries."""
+        """One call, with botocore's standard retries (a cold one: the stock client's call)."""
+        if operation not in HOT_CALLS:
+            return self._cold.call(operation, params)
         body = json.dumps(params, separators=(",", ":")).encode()
         attempt = 1
         while True:
@@ -162,24 +148,23 @@ class LeanClient:
                 if not retry or attempt >= self._max_attempts:
                     if isinstance(answer, Exception):
                         raise answer
-                    return answer  # type: ignore[no-any-return]
+                    return answer
             self._backoff(attempt)
             attempt += 1
 
     def _backoff(self, attempt: int) -> None:
         self._sleep(random.random() * min(MAX_BACKOFF, 2 ** (attempt - 1)))
 
-    def call_many(
-        self, operation: str, params_list: list[dict[str, Any]], return_exceptions: bool = False
-    ) -> list[Any]:
+    def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
         """Several calls at once from this one thread: every request goes out on its own pooled
         connection before any answer is read (a selector waits for them), so N concurrent calls
         cost one latency and no thread switching. Retries follow the standard rules per call, and
-        the calls to retry go out together again after one backoff; the first error that remains
-        is raised after every call has ended, as a thread pool's map would (with
-        ``return_exceptions``, each call's answer or exception comes back in its place)."""
+        the calls to retry go out together again after one backoff; once every call has ended,
+        each call's answer or botocore exception comes back in its place."""
+        if operation not in HOT_CALLS:
+            return self._cold.call_many(operation, params_list)
         if len(params_list) <= 1:
-            return [self.call(operation, p) for p in params_list]
+            return [self._settled(operation, p) for p in params_list]
         bodies = [json.dumps(p, separators=(",", ":")).encode() for p in params_list]
         results: list[Any] = [None] * len(params_list)
         pending = list(range(len(params_list)))
@@ -198,10 +183,13 @@ class LeanClient:
             self._backoff(attempt)
             attempt += 1
             pending = sorted(failed)
-        error = next((r for r in results if isinstance(r, Exception)), None)
-        if error is not None and not return_exceptions:
-            raise error
         return results
+
+    def _settled(self, operation: str, params: dict[str, Any]) -> dict[str, Any] | Exception:
+        try:
+            return self.call(operation, params)
+        except (BotoCoreError, ClientError) as exc:
+            return exc
 
     def _round(
         self, operation: str, bodies: list[bytes], indices: list[int], results: list[Any]
@@ -221,7 +209,7 @@ class LeanClient:
                     failed[i] = failure.error
                     continue
                 try:
-                    conn.sock.sendall(request)
+                    conn.send(request)
                 except OSError:
                     conn.close()
                     if reused:
@@ -229,7 +217,7 @@ class LeanClient:
                     else:
                         failed[i] = ConnectionClosedError(endpoint_url=self._url)
                     continue
-                selector.register(conn.sock, selectors.EVENT_READ, (i, conn, reused))
+                selector.register(conn, selectors.EVENT_READ, (i, conn, reused))
             deadline = time.monotonic() + self._timeouts[1]
             while selector.get_map():
                 ready = selector.select(max(0.0, deadline - time.monotonic()))
@@ -253,7 +241,7 @@ class LeanClient:
                         continue
                     self._release(conn)
                     answer, retry = self._answer(operation, status, headers, payload)
-                    if retry:
+                    if retry and isinstance(answer, ClientError):
                         failed[i] = answer
                     else:
                         results[i] = answer
@@ -264,14 +252,17 @@ class LeanClient:
             selector.close()
         return failed, stale
 
-    def _answer(self, operation: str, status: int, headers: dict[bytes, bytes], payload: bytes) -> tuple[Any, bool]:
+    def _answer(
+        self, operation: str, status: int, headers: dict[bytes, bytes], payload: bytes
+    ) -> tuple[dict[str, Any] | ClientError, bool]:
         """(the response dict or the ClientError, whether the standard rules retry it)."""
         if status < 300:
-            return (json.loads(payload) if payload else {}), False
+            answer: dict[str, Any] = json.loads(payload) if payload else {}
+            return answer, False
         error = _error_response(status, headers, payload)
         code = error["Error"]["Code"]
         retry = code in _THROTTLING or code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
-        return ClientError(error, operation), retry  # type: ignore[arg-type]
+        return ClientError(error, operation), retry
 
     def _send(self, operation: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
         request = self._signed(operation, body)
@@ -350,8 +341,11 @@ class LeanClient:
         conn.close()
 
 
-def _error_response(status: int, headers: dict[bytes, bytes], payload: bytes) -> dict[str, Any]:
-    """The error dict botocore's JSON parser would make (botocore/parsers.py, awsQueryCompatible)."""
+def _error_response(status: int, headers: dict[bytes, bytes], payload: bytes) -> Any:
+    """The error dict botocore's JSON parser would make (botocore/parsers.py, awsQueryCompatible).
+
+    Typed Any, not as botocore-stubs' response TypedDict: that lacks QueryErrorCode and Type,
+    which botocore sets."""
     try:
         body = json.loads(payload) if payload else {}
     except ValueError:

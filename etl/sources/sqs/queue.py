@@ -1,111 +1,54 @@
-"""The only module that talks to SQS (boto3): receive, delete, visibility, send, depth.
+"""The SQS queue: receive, delete, visibility, send, depth, create.
 
-The three hot calls may go through etl.sources.sqs.lean instead (``ETL_SQS_CLIENT=lean``), which
-raises botocore's own exceptions, so _translated below is the one place for both clients.
-
-Driver errors leave this module as the two failure kinds of etl.errors (plus ConfigError for a
-missing queue or credentials), with messages that name the operation and error code only.
+Every call goes through the SQS client interface (etl.sources.sqs.client.SqsClient), whichever
+client ``ETL_SQS_CLIENT`` chose: the stock one (etl.aws) or the lean one (etl.sources.sqs.lean).
+Both fail with botocore's exceptions, which leave this module as our kinds (etl.errors, through
+etl.aws.translated's one table), with messages that name the operation and error code only.
 """
 
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
-import boto3
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
-from etl.errors import ConfigError, TransientError
+from etl import aws
+from etl.errors import TransientError
 from etl.model.records import Message
-from etl.sources.sqs import lean as sqs_lean
+from etl.sources.sqs import lean
+from etl.sources.sqs.client import SqsClient
 
 log = logging.getLogger("etl.sqs")
 
-if TYPE_CHECKING:
-    from mypy_boto3_sqs import SQSClient
-
 MAX_BATCH = 10  # SQS's own limit for ReceiveMessage, SendMessageBatch and DeleteMessageBatch
 MAX_BATCH_BYTES = 256 * 1024  # SQS's limit for one message, and for one SendMessageBatch
-_MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-MAX_RETRIES = 3  # botocore's "max_attempts" counts retries: 4 attempts in all, jittered exponential backoff
-CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 30  # above the 20 s long-poll maximum
-_CLIENT_FAULTS = {"InvalidParameterValue", "MissingParameter", "InvalidAddress", "AccessDenied"}
 
 
-def make_client(max_pool: int = 10, kind: str = "boto3") -> "SQSClient":
-    """An SQS client configured from AWS's own environment variables.
+def make_client(max_pool: int = 10, kind: str = "boto3", threads: int | None = None) -> SqsClient:
+    """An SQS client configured from AWS's own environment variables (etl.aws), keeping up to
+    ``max_pool`` connections; the stock client runs up to ``threads`` (default ``max_pool``)
+    calls at once.
 
-    AWS_ENDPOINT_URL_SQS points it at LocalStack or moto; AWS_DEFAULT_REGION defaults to
-    us-east-1 here so a local setup needs no AWS configuration at all. ``kind="lean"`` sends the
-    three hot calls (receive, delete batch, visibility batch) through etl.sources.sqs.lean with this
-    client's credentials, region, endpoint and CA bundle, and every other call through boto3;
-    where a proxy is configured for the endpoint it stays boto3 (the lean path speaks direct only).
+    ``kind="lean"`` sends the three hot calls (receive, delete batch, visibility batch) through
+    etl.sources.sqs.lean with the stock client's credentials, region, endpoint and CA bundle, and
+    every other call through the stock client; where a proxy is configured for the endpoint it
+    stays stock (the lean path speaks direct only).
     """
-    core = botocore.session.get_session()  # its public config lookup finds AWS_CA_BUNDLE / ca_bundle
-    session = boto3.session.Session(botocore_session=core)
-    config = Config(
-        retries={"mode": "standard", "max_attempts": MAX_RETRIES},
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        max_pool_connections=max_pool,
-    )
-    client = session.client("sqs", region_name=session.region_name or "us-east-1", config=config)
-    if kind != "lean" or sqs_lean.uses_proxy(client.meta.endpoint_url):
-        return client
-    lean = sqs_lean.LeanClient(
-        client,
-        session.get_credentials(),  # the chain's credentials; refreshable ones refresh themselves
-        max_pool=max_pool,
-        max_attempts=MAX_RETRIES + 1,
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        verify=core.get_config_variable("ca_bundle") or True,
-    )
-    return lean  # type: ignore[return-value]  # the same methods and answers as SQSClient for what Queue calls
-
-
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (NoCredentialsError, NoRegionError) as exc:
-        raise ConfigError(f"SQS {operation}: {type(exc).__name__}: set AWS credentials and region") from None
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        if code in _MISSING_QUEUE:
-            raise ConfigError(
-                f"SQS {operation}: the queue does not exist; check SQS_QUEUE_URL or run `etl init --create-queue`"
-            ) from None
-        if code in _CLIENT_FAULTS:
-            raise ConfigError(f"SQS {operation} refused: {code}") from None
-        raise TransientError(f"SQS {operation} failed: {code}") from None
-    except BotoCoreError as exc:  # endpoint unreachable, timeouts, closed connections
-        raise TransientError(f"SQS {operation} failed: {type(exc).__name__}") from None
+    stock = aws.sqs(max_pool, threads)
+    if kind != "lean" or lean.uses_proxy(stock.endpoint_url):
+        return stock
+    return lean.LeanClient(stock.wire, stock, max_pool=max_pool)
 
 
 class Queue:
-    """One SQS queue. Batch operations run up to ``threads`` API calls at once, which hides
-    SQS's per-call latency (~15 ms from inside a region) behind concurrency."""
+    """One SQS queue. Batch operations run their API calls at once (the client's ``call_many``),
+    which hides SQS's per-call latency (~15 ms from inside a region) behind concurrency; a
+    receive makes up to ``threads`` calls."""
 
-    def __init__(self, url: str, client: "SQSClient | None" = None, threads: int = 32) -> None:
+    def __init__(self, url: str, client: SqsClient | None = None, threads: int = 32) -> None:
         self.url = url
-        self.client = client or make_client(max_pool=threads + 2)
+        self.client = client or make_client(max_pool=threads + 2, threads=threads)
         self.threads = threads
-        self._pool: ThreadPoolExecutor | None = None
-
-    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """fn over items, concurrently when there is more than one (errors propagate)."""
-        if len(items) <= 1 or self.threads <= 1:
-            return [fn(i) for i in items]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="etl-sqs")
-        return list(self._pool.map(fn, items))
 
     def receive(
         self, max_messages: int = MAX_BATCH, wait_seconds: int = 0, visibility_timeout: int = 120
@@ -130,13 +73,12 @@ class Queue:
         ]
         # Every call's answer is kept even when another call failed: the messages it received are
         # invisible now, and dropping them would hold them back for the whole visibility timeout.
-        responses = self._calls("ReceiveMessage", self.client.receive_message, requests, partial=len(requests) > 1)
-        errors = [r for r in responses if isinstance(r, BaseException)]
-        answers = [r for r in responses if not isinstance(r, BaseException)]
-        received = [_to_message(m) for r in answers for m in r.get("Messages", [])]
-        if errors and len(errors) == len(responses):
-            with _translated("ReceiveMessage"):
+        with aws.translated("SQS", "ReceiveMessage"):
+            responses = self._call_many("ReceiveMessage", requests)
+            errors = [r for r in responses if isinstance(r, Exception)]
+            if errors and len(errors) == len(responses):
                 raise errors[0]
+        received = [_to_message(m) for r in responses if not isinstance(r, Exception) for m in r.get("Messages", [])]
         if errors:
             log.warning(
                 "%d of %d ReceiveMessage calls failed (%s); keeping the %d messages the others received",
@@ -147,19 +89,11 @@ class Queue:
             )
         return received
 
-    def _calls(
-        self, operation: str, method: Callable[..., Any], requests: list[dict[str, Any]], partial: bool = False
-    ) -> list[Any]:
-        """One API call per request, concurrently: the lean client multiplexes them on one thread,
-        boto3 gets up to ``threads`` threads. The first error leaves as one of our kinds, or, with
-        ``partial``, every call's answer or exception comes back in its place."""
-        call_many = getattr(self.client, "call_many", None)
-        with _translated(operation):
-            if call_many is not None and self.threads > 1:
-                return list(call_many(operation, requests, return_exceptions=partial))
-            if not partial:
-                return self._map(lambda r: method(**r), requests)
-            return self._map(lambda r: _answer_or_error(method, r), requests)
+    def _call_many(self, operation: str, requests: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        """The calls at once; one after the other with ``threads=1``."""
+        if self.threads > 1:
+            return self.client.call_many(operation, requests)
+        return [answer for request in requests for answer in self.client.call_many(operation, [request])]
 
     def delete(self, messages: Sequence[Message]) -> list[str]:
         """Delete messages (concurrent batches of 10); return the ids SQS did not delete."""
@@ -179,8 +113,8 @@ class Queue:
             }
             for batch in batches
         ]
-        method = self.client.delete_message_batch if seconds is None else self.client.change_message_visibility_batch
-        responses = self._calls(operation, method, requests)
+        with aws.translated("SQS", operation):
+            responses = _all_answered(self._call_many(operation, requests))
         return [
             batch[int(f["Id"])].message_id
             for batch, response in zip(batches, responses, strict=True)
@@ -205,8 +139,8 @@ class Queue:
 
     def _send_batch(self, bodies: list[str]) -> list[str]:
         entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
-        with _translated("SendMessageBatch"):
-            response = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type]
+        with aws.translated("SQS", "SendMessageBatch"):
+            response = self.client.call("SendMessageBatch", {"QueueUrl": self.url, "Entries": entries})
         failed = response.get("Failed", [])
         if failed:
             codes = sorted({f.get("Code", "?") for f in failed})
@@ -216,15 +150,16 @@ class Queue:
 
     def depth(self) -> dict[str, int]:
         """Approximate counts: visible (waiting), in_flight (received, not deleted), delayed."""
-        with _translated("GetQueueAttributes"):
-            attrs = self.client.get_queue_attributes(
-                QueueUrl=self.url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            )["Attributes"]
+        params = {
+            "QueueUrl": self.url,
+            "AttributeNames": [
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        }
+        with aws.translated("SQS", "GetQueueAttributes"):
+            attrs = self.client.call("GetQueueAttributes", params)["Attributes"]
         return {
             "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
             "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
@@ -232,21 +167,19 @@ class Queue:
         }
 
 
-def create_queue(name: str, client: "SQSClient | None" = None, dead_letter_after: int = 5) -> str:
+def create_queue(name: str, client: SqsClient | None = None, dead_letter_after: int = 5) -> str:
     """Create (or find) ``name`` and its dead-letter queue ``name-dlq``; return the queue URL.
 
     A message received ``dead_letter_after`` times without being deleted moves to the DLQ, so a
     poison message can never loop forever.
     """
     client = client or make_client()
-    with _translated("CreateQueue"):
-        dlq_url = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        redrive: dict[str, Any] = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(dead_letter_after)}
-        return client.create_queue(
-            QueueName=name,
-            Attributes={"RedrivePolicy": json.dumps(redrive), "VisibilityTimeout": "120"},
-        )["QueueUrl"]
+    with aws.translated("SQS", "CreateQueue"):
+        dlq_url = client.call("CreateQueue", {"QueueName": f"{name}-dlq"})["QueueUrl"]
+        dlq = client.call("GetQueueAttributes", {"QueueUrl": dlq_url, "AttributeNames": ["QueueArn"]})
+        redrive = {"deadLetterTargetArn": dlq["Attributes"]["QueueArn"], "maxReceiveCount": str(dead_letter_after)}
+        attributes = {"RedrivePolicy": json.dumps(redrive), "VisibilityTimeout": "120"}
+        return str(client.call("CreateQueue", {"QueueName": name, "Attributes": attributes})["QueueUrl"])
 
 
 def queue_name(url: str) -> str:
@@ -254,11 +187,14 @@ def queue_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _answer_or_error(method: Callable[..., Any], request: dict[str, Any]) -> Any:
-    try:
-        return method(**request)
-    except (BotoCoreError, ClientError) as exc:
-        return exc
+def _all_answered(responses: list[dict[str, Any] | Exception]) -> list[dict[str, Any]]:
+    """The answers of calls that must all succeed, or the first call's error (raised)."""
+    answers: list[dict[str, Any]] = []
+    for response in responses:
+        if isinstance(response, Exception):
+            raise response
+        answers.append(response)
+    return answers
 
 
 def _to_message(raw: Any) -> Message:

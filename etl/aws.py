@@ -1,0 +1,299 @@
+"""The one place that makes AWS clients (SQS, Kinesis, S3) and maps AWS errors to our kinds.
+
+boto3 is imported here and nowhere else in etl. The lean SQS client (etl.sources.sqs.lean) sends
+its three hot calls itself, with what this module resolved through botocore (``Wire``: endpoint,
+region, the credential chain, CA bundle, retries and timeouts), and sends every other call
+through the stock client made here.
+
+Every botocore error leaves through ``translated`` as one of the failure kinds of etl.errors,
+chosen by one table (``TABLE``, first matching row wins), with a message that names the service,
+the operation and the error code (and, for a connection that failed, the endpoint's scheme, host
+and port): never a request's values, never credentials.
+"""
+
+from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.session
+from botocore import xform_name
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ParamValidationError
+
+from etl.errors import ConfigError, EtlError, TerminalError, TransientError
+from etl.model.shards import IteratorExpired, Throttled
+
+RETRIES = 3  # botocore's "max_attempts" counts retries: 4 attempts in all, jittered exponential backoff
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 30  # above SQS's 20 s long-poll maximum
+DEFAULT_REGION = "us-east-1"  # so that a local setup needs no AWS configuration at all
+
+
+# ---- clients --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What botocore resolved for a client, for a client that sends its calls itself (lean)."""
+
+    endpoint_url: str
+    region: str
+    credentials: Credentials | None  # the chain's; refreshable ones refresh themselves
+    verify: bool | str  # True, or the CA bundle's path (AWS_CA_BUNDLE / ca_bundle)
+    user_agent: str
+    max_attempts: int = RETRIES + 1
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+
+
+Service = Literal["sqs", "kinesis", "s3"]
+
+
+def _boto3(service: Service, max_pool: int) -> tuple[Any, Wire]:
+    """A stock boto3 client for ``service`` and what botocore resolved for it.
+
+    AWS's own environment variables configure it (AWS_ENDPOINT_URL_SQS / _KINESIS / _S3 point it
+    at LocalStack, moto or MinIO); AWS_DEFAULT_REGION defaults to us-east-1 here.
+    """
+    core = botocore.session.get_session()  # its public config lookup finds AWS_CA_BUNDLE / ca_bundle
+    session = boto3.session.Session(botocore_session=core)
+    config = Config(
+        retries={"mode": "standard", "max_attempts": RETRIES},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        max_pool_connections=max_pool,
+    )
+    # Any: calls go by operation name (Boto3Sqs.call), and the stubs' Config has no user_agent.
+    client: Any = session.client(service, region_name=session.region_name or DEFAULT_REGION, config=config)
+    wire = Wire(
+        endpoint_url=client.meta.endpoint_url,
+        region=client.meta.region_name,
+        credentials=session.get_credentials(),
+        verify=core.get_config_variable("ca_bundle") or True,
+        user_agent=client.meta.config.user_agent,
+    )
+    return client, wire
+
+
+def client(
+    service: Literal["kinesis", "s3"], max_pool: int = 10
+) -> Any:  # no stubs for kinesis or s3 are installed: untyped
+    """A stock boto3 client for ``service`` ("kinesis", "s3"), with our retries and timeouts."""
+    return _boto3(service, max_pool)[0]
+
+
+def sqs(max_pool: int = 10, threads: int | None = None) -> "Boto3Sqs":
+    """The stock SQS client, behind the interface Queue calls (etl.sources.sqs.client.SqsClient),
+    running up to ``threads`` (default ``max_pool``) calls at once."""
+    stock, wire = _boto3("sqs", max_pool)
+    return Boto3Sqs(stock, wire, threads=max_pool if threads is None else threads)
+
+
+class Boto3Sqs:
+    """SQS through boto3: every call through botocore, several at once on a thread pool.
+
+    Implements etl.sources.sqs.client.SqsClient. ``wire`` is what botocore resolved for it, for
+    the lean client to use the same endpoint, credentials and CA bundle.
+    """
+
+    def __init__(self, stock: Any, wire: Wire, threads: int = 10) -> None:
+        self._stock = stock
+        self.wire = wire
+        self.endpoint_url: str = wire.endpoint_url
+        # Threads start on first use only; one thread or none: calls run one after the other.
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="etl-sqs") if threads > 1 else None
+
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call ("ReceiveMessage", ...) with botocore's standard retries; botocore's errors."""
+        answer: dict[str, Any] = getattr(self._stock, xform_name(operation))(**params)
+        return answer
+
+    def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        """The calls at once (up to the pool's threads); each answer or botocore error in its place."""
+        if self._pool is None or len(params_list) <= 1:
+            return [self._settled(operation, p) for p in params_list]
+        return list(self._pool.map(lambda p: self._settled(operation, p), params_list))
+
+    def _settled(self, operation: str, params: dict[str, Any]) -> dict[str, Any] | Exception:
+        try:
+            return self.call(operation, params)
+        except (BotoCoreError, ClientError) as exc:
+            return exc
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self._stock.close()
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+def _codes(*codes: str) -> frozenset[str]:
+    return frozenset(codes)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the error table.
+
+    ``service``: "SQS", "Kinesis", "S3", or "*" for any; ``match``: a ClientError's error codes,
+    or a botocore exception class; ``says``: the message, formatted with ``service``,
+    ``operation``, ``code`` (a ClientError's), ``name`` (the exception's class) and ``at``
+    (" at scheme://host:port" where a connection failed, else "").
+    """
+
+    service: str
+    match: frozenset[str] | type[Exception]
+    kind: type[EtlError]
+    says: str
+
+
+_SET_CREDENTIALS = "{service} {operation}: {name}: set AWS credentials and region"
+_REFUSED = "{service} {operation} refused: {code}"
+
+TABLE: tuple[Row, ...] = (
+    Row("*", NoCredentialsError, ConfigError, _SET_CREDENTIALS),
+    Row("*", NoRegionError, ConfigError, _SET_CREDENTIALS),
+    # e.g. a bucket name S3 would never accept: it came from the setting
+    Row(
+        "S3",
+        ParamValidationError,
+        ConfigError,
+        "S3 {operation}: invalid parameters; set ETL_AUDIT_ANCHOR=file:///path or s3://bucket/prefix",
+    ),
+    Row(
+        "SQS",
+        _codes("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"),
+        ConfigError,
+        "SQS {operation}: the queue does not exist; check SQS_QUEUE_URL or run `etl init --create-queue`",
+    ),
+    Row(
+        "SQS",
+        _codes("InvalidParameterValue", "MissingParameter", "InvalidAddress", "AccessDenied"),
+        ConfigError,
+        _REFUSED,
+    ),
+    # A fetch handles these two per shard: a new iterator, or backing off that shard.
+    Row("Kinesis", _codes("ExpiredIteratorException"), IteratorExpired, "Kinesis {operation}: iterator expired"),
+    Row(
+        "Kinesis",
+        _codes("ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"),
+        Throttled,
+        "Kinesis {operation} throttled: {code}",
+    ),
+    Row(
+        "Kinesis",
+        _codes("ResourceNotFoundException"),
+        ConfigError,
+        "Kinesis {operation}: the stream does not exist; check KINESIS_STREAM_NAME or run `etl init --create-stream`",
+    ),
+    Row(
+        "Kinesis",
+        _codes("AccessDeniedException", "KMSAccessDeniedException", "KMSNotFoundException"),
+        ConfigError,
+        _REFUSED,
+    ),
+    Row("Kinesis", _codes("InvalidArgumentException", "ValidationException"), TerminalError, _REFUSED),
+    Row("S3", _codes("NoSuchBucket"), ConfigError, "S3 {operation}: the bucket does not exist; check ETL_AUDIT_ANCHOR"),
+    Row(
+        "S3",
+        _codes(
+            "AccessDenied",
+            "AllAccessDisabled",
+            "InvalidAccessKeyId",
+            "InvalidArgument",
+            "InvalidBucketName",
+            "InvalidRequest",
+            "PreconditionFailed",  # the name exists already: anchors are never overwritten
+            "SignatureDoesNotMatch",
+        ),
+        ConfigError,
+        _REFUSED,
+    ),
+    # Everything else may heal: throttling and 5xx after botocore's retries, codes we do not know.
+    Row("*", ClientError, TransientError, "{service} {operation} failed: {code}"),
+    # Endpoint unreachable, timeouts, closed connections, TLS.
+    Row("*", BotoCoreError, TransientError, "{service} {operation} failed: {name}{at}"),
+)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """A ClientError's error code ("Unknown" when the answer has none); None for any other error."""
+    if not isinstance(exc, ClientError):
+        return None
+    return str(exc.response.get("Error", {}).get("Code") or "Unknown")
+
+
+def row_for(service: str, exc: BaseException) -> Row | None:
+    """The table's first row for ``exc`` from ``service``; None for an error that is not botocore's."""
+    code = error_code(exc)
+    for row in TABLE:
+        if row.service != "*" and row.service != service:
+            continue
+        if isinstance(row.match, frozenset):
+            if code in row.match:
+                return row
+        elif isinstance(exc, row.match):
+            return row
+    return None
+
+
+def translate(service: str, operation: str, exc: BaseException) -> EtlError | None:
+    """Our kind of failure for botocore's ``exc`` (None when it is not botocore's)."""
+    row = row_for(service, exc)
+    if row is None:
+        return None
+    return row.kind(
+        row.says.format(
+            service=service, operation=operation, code=error_code(exc), name=type(exc).__name__, at=_endpoint(exc)
+        )
+    )
+
+
+class Refusal:
+    """What ``translated`` let through: the code of an expected ClientError, or None."""
+
+    code: str | None = None
+
+
+@contextmanager
+def translated(service: str, operation: str, expected: Collection[str] = ()) -> Iterator[Refusal]:
+    """botocore errors inside become our kinds (TABLE). A ClientError whose code is in
+    ``expected`` is an answer, not a failure: it ends the block and is kept in ``Refusal.code``."""
+    refusal = Refusal()
+    try:
+        yield refusal
+    except (BotoCoreError, ClientError) as exc:
+        code = error_code(exc)
+        if code is not None and code in expected:
+            refusal.code = code
+            return
+        error = translate(service, operation, exc)
+        if error is None:  # not reached: the table's last rows take every botocore error
+            raise
+        raise error from None
+
+
+def _endpoint(exc: BaseException) -> str:
+    """The endpoint a botocore connection error names, as ' at scheme://host:port' (else empty).
+
+    Only scheme, host and port: a URL's user info, path and query (a request's values) are left out.
+    """
+    url = exc.kwargs.get("endpoint_url") if isinstance(exc, BotoCoreError) else None
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    if not parts.scheme or not host:
+        return ""
+    host = f"[{host}]" if ":" in host else host
+    return f" at {parts.scheme}://{host}" + (f":{port}" if port is not None else "")
