@@ -19,7 +19,12 @@ from etl.model import appversion, events
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One SQS message, as the pipeline carries it (transport-neutral)."""
+    """One message or stream record, as the pipeline carries it, whatever its source.
+
+    For SQS: the MessageId, the receipt handle, SentTimestamp. For Kinesis: ``<stream>/<shard>/<seq>``,
+    the sequence number in ``receipt_handle`` (the field keeps its name: it is part of the sealed
+    chunk's wire format, which chunks in flight during an upgrade must still match), arrival time.
+    """
 
     message_id: str
     receipt_handle: str
