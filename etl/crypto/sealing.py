@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from etl.crypto import keys as keycheck
 from etl.errors import ConfigError, Expired, TerminalError
 
+MAX_CLOCK_SKEW = 60  # seconds a sealing host's clock may run ahead (Fernet's own allowance)
 KEY_BYTES = 32  # a Fernet key: 16 bytes of HMAC-SHA256 key, 16 of AES-128 key
 
 
@@ -48,8 +49,11 @@ class Sealer:
         if max_age is not None:
             # Authentic now (decrypt checked the HMAC): bytes 1-8 are the big-endian seal time.
             sealed_at = int.from_bytes(base64.urlsafe_b64decode(token[:12])[1:9], "big")
-            if time.time() - sealed_at > max_age:
-                raise Expired(f"sealed {time.time() - sealed_at:.0f}s ago, over the {max_age:.0f}s allowed")
+            age = time.time() - sealed_at
+            if age > max_age:
+                raise Expired(f"sealed {age:.0f}s ago, over the {max_age:.0f}s allowed")
+            if age < -MAX_CLOCK_SKEW:  # stamped in the future: it would never expire
+                raise Expired(f"sealed {-age:.0f}s in the future, over the {MAX_CLOCK_SKEW}s of clock skew allowed")
         return data
 
 

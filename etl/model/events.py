@@ -94,6 +94,22 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _named_user(body: str) -> str | None:
+    """The first valid top-level user_id of a body that is JSON but no event (a duplicate key, a
+    byte-order mark in front): its sealed body holds that user's values, so erasure must find it."""
+    found: list[object] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        found[:] = [v for k, v in items if k == "user_id"]  # the last object closed is the top level
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return next((v for v in found if isinstance(v, str) and _check_text("user_id", v) is None), None)
+
+
 def _check_text(field: str, value: object, *, nullable: bool = False) -> Rejection | None:
     if value is None and nullable:
         return None
@@ -131,13 +147,13 @@ def parse_event(body: str) -> LoginEvent | Rejection:
     try:
         data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
-        return Rejection(DUPLICATE_KEY, f"{_key_name(str(exc))} appears more than once")
+        return Rejection(DUPLICATE_KEY, f"{_key_name(str(exc))} appears more than once", _named_user(body))
     except RecursionError:
         return Rejection(INVALID_JSON, "body is nested too deeply to parse")
     except ValueError as exc:  # JSONDecodeError, and int strings over Python's digit limit
         pos = getattr(exc, "pos", None)
         where = f" at character {pos}" if pos is not None else ""
-        return Rejection(INVALID_JSON, f"body is not valid JSON{where}")
+        return Rejection(INVALID_JSON, f"body is not valid JSON{where}", _named_user(body.lstrip("\ufeff")))
     if not isinstance(data, dict):
         return Rejection(NOT_AN_OBJECT, f"body is {_json_type(data)}, not a JSON object")
     checked = _validate(data)

@@ -86,7 +86,7 @@ def _print_table_stats(result: dict[str, Any]) -> None:
     print(f"rows:      {result['rows']}")
     print(
         f"rejected:  {result['rejected']}"
-        + "".join(f"\n  {n:>6}  {r}" for r, n in result["rejected_by_reason"].items())
+        + "".join(f"\n  {n:>6}  {report.printable(r)}" for r, n in result["rejected_by_reason"].items())
     )
     print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
     print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
@@ -113,8 +113,9 @@ def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: b
     for sh in result["shards"]:
         state = "finished" if sh["end"] is not None and int(sh["checkpoint"]) >= int(sh["end"]) else "open"
         lag = "?" if sh["behind_ms"] is None else f"{sh['behind_ms']} ms behind ({sh['lag_seen_s_ago']}s ago)"
+        shard = report.printable(sh["shard_id"])  # from the database; the lag from Redis: both escaped
         print(
-            f"  {sh['shard_id']}  checkpoint {sh['checkpoint']}  {state}  lag {lag}  "
+            f"  {shard}  checkpoint {sh['checkpoint']}  {state}  lag {report.printable(lag)}  "
             f"checkpoint moved {sh['checkpoint_age_s']}s ago  ranges waiting {sh['ranges_waiting']}"
         )
     return 0
@@ -146,8 +147,8 @@ def cmd_health(args: argparse.Namespace, s: settings.Settings) -> int:
     if args.json:
         print(json.dumps({"healthy": verdict.healthy, "reasons": verdict.reasons, **verdict.facts}))
     else:
-        print("healthy" if verdict.healthy else "unhealthy: " + "; ".join(verdict.reasons))
-        print("  " + ", ".join(f"{k}={v}" for k, v in verdict.facts.items()))
+        print("healthy" if verdict.healthy else "unhealthy: " + report.printable("; ".join(verdict.reasons)))
+        print("  " + report.printable(", ".join(f"{k}={v}" for k, v in verdict.facts.items())))
     return 0 if verdict.healthy else 1
 
 

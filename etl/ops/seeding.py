@@ -76,11 +76,11 @@ def replay_rejected(
     replayed = 0
     while limit is None or replayed < limit:
         step = SEND_STEP if limit is None else min(SEND_STEP, limit - replayed)
-        batch = store.rejected_to_replay(conn, reason, step)
-        if not batch:
+        sent = store.replay_batch(
+            conn, reason, step, lambda sealed: send([sealer.open(b).decode("utf-8", "surrogatepass") for b in sealed])
+        )
+        if not sent:
             break
-        new_ids = send([sealer.open(sealed).decode("utf-8", "surrogatepass") for _, sealed in batch])
-        store.record_replays(conn, [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)])
-        replayed += len(batch)
+        replayed += sent
         progress(replayed)
     return replayed, target

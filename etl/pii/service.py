@@ -7,6 +7,7 @@ caller of the store functions that write audit rows. Workers only seal new entri
 
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,13 @@ ROTATE_BATCH = 500  # vault entries per transaction in a rotation
 FIELDS = ("ip", "device_id")
 MAX_TOKENS = 10_000  # per reveal (etl_reveal_request refuses more)
 TOKEN = re.compile(r"k[0-9]+:[0-9a-f]{64}")  # crypto.masking's tokens: k<key version>:<hex HMAC>
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Controls, format characters (bidi overrides, zero-width), line/paragraph separators, surrogates
+# (bytes the terminal could not decode): nothing a reader of the audit log should have to guess at.
+_HIDDEN = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+
+
+def _unprintable(text: str) -> bool:
+    return any(unicodedata.category(c) in _HIDDEN for c in text)
 
 
 class Refused(EtlError):
@@ -103,16 +110,16 @@ def check_reason(reason: str) -> None:
     """A reason goes into the append-only audit log for good: 1 to REASON_MAX printable characters."""
     if not reason.strip():
         raise ConfigError("a reason is required: it is recorded in the audit log")
-    if len(reason) > REASON_MAX or _CONTROL.search(reason):
+    if len(reason) > REASON_MAX or _unprintable(reason):
         raise ConfigError(
-            f"a reason is at most {REASON_MAX} characters on one line, without control characters"
+            f"a reason is at most {REASON_MAX} characters on one line, without control or invisible characters"
             f" ({len(reason)} given); it is kept for good in the audit log, so name a ticket, not data"
         )
 
 
 def check_user_id(user_id: str) -> None:
     """A user id as user_logins holds them (varchar(128)), checked before any SQL."""
-    if not 1 <= len(user_id) <= 128 or _CONTROL.search(user_id):
+    if not 1 <= len(user_id) <= 128 or _unprintable(user_id):
         raise ConfigError("a user id is 1 to 128 characters without control characters")
 
 
@@ -227,6 +234,7 @@ def rotate_masking_key(config: Settings, conn: Connection, reason: str, progress
     Batches of ROTATE_BATCH, each one transaction: an interrupted run resumes where it stopped.
     Returns (tokens, rows) moved.
     """
+    check_reason(reason)
     config.require_keys()
     _public_key_opens(config)
     masker = Masker(config.masking_key, config.masking_key_version)
@@ -267,6 +275,7 @@ def rotate_vault_key(config: Settings, conn: Connection, reason: str, progress: 
     and the migration of legacy entries (ETL_VAULT_KEY set). Resumable: sealed entries are skipped.
     Returns (entries re-sealed, the public key's fingerprint).
     """
+    check_reason(reason)
     _public_key_opens(config)
     vaults = _Vaults(config, conn)
     writer = writer_vault(config, conn)

@@ -13,7 +13,7 @@ The names most callers need are re-exported here: ``from etl import store``.
 
 from etl.store.connection import Connection, connect, connection, query, transaction
 from etl.store.ingest import WriteResult, write_chunk
-from etl.store.reports import record_replays, rejected_summary, rejected_to_replay, report, stats
+from etl.store.reports import rejected_summary, rejected_to_replay, replay_batch, report, stats
 from etl.store.schema import create_roles, migrate
 
 __all__ = [
@@ -24,9 +24,9 @@ __all__ = [
     "create_roles",
     "migrate",
     "query",
-    "record_replays",
     "rejected_summary",
     "rejected_to_replay",
+    "replay_batch",
     "report",
     "stats",
     "transaction",

@@ -47,7 +47,10 @@ def connect(url: str, statement_timeout_ms: int = 60_000) -> Connection:
             url,
             connect_timeout=5,
             application_name="etl",
-            options=f"-c statement_timeout={statement_timeout_ms}",
+            # READ COMMITTED whatever the login's default: the erasure lock and the audit chain
+            # rely on each statement seeing what committed before it (a role's own setting loses
+            # to these startup options)
+            options=f"-c statement_timeout={statement_timeout_ms} -c default_transaction_isolation=read\\ committed",
         )
     except psycopg2.Error as exc:
         raise translate(exc, "connect") from None

@@ -147,25 +147,33 @@ def _entries(
 def retokenize(conn: Connection, changes: Sequence[tuple[str, str, str, str]]) -> int:
     """Move rows from old to new tokens: (field, old token, new token, new ciphertext), one transaction.
 
-    The new vault entry is written (or already exists, from events masked with the new key),
-    every row carrying the old token gets the new one, and the old entry goes. Returns rows updated.
+    Erasures are held back first (as a chunk write does); then only the old entries still there
+    move: an entry an erasure deleted since the batch was read never comes back under a new token.
+    Each moved old entry goes, its new entry is written (or already exists, from events masked with
+    the new key), and every row carrying the old token gets the new one. Returns rows updated.
     """
     updated = 0
     with transaction(conn, "re-tokenize") as cur:
-        execute_values(cur, INSERT_VAULT, [(f, new, c) for f, _, new, c in changes])
+        cur.execute("LOCK TABLE pii_erasures IN SHARE MODE")
+        moved: list[tuple[str, str, str, str]] = []
         for field, column in (("ip", "masked_ip"), ("device_id", "masked_device_id")):
-            pairs = [(old, new) for f, old, new, _ in changes if f == field]
-            if pairs:
+            olds = [old for f, old, _, _ in changes if f == field]
+            if not olds:
+                continue
+            cur.execute("DELETE FROM pii_vault WHERE field = %s AND token = ANY(%s) RETURNING token", (field, olds))
+            still = {str(t) for (t,) in cur.fetchall()}
+            mine = [c for c in changes if c[0] == field and c[1] in still]
+            moved += mine
+            if mine:
                 execute_values(
                     cur,
                     f"UPDATE user_logins u SET {column} = m.new FROM (VALUES %s) AS m(old, new)"
                     f" WHERE u.{column} = m.old",
-                    pairs,
+                    [(old, new) for _, old, new, _ in mine],
                 )
                 updated += cur.rowcount
-            olds = [old for f, old, _, _ in changes if f == field]
-            if olds:
-                cur.execute("DELETE FROM pii_vault WHERE field = %s AND token = ANY(%s)", (field, olds))
+        if moved:
+            execute_values(cur, INSERT_VAULT, [(f, new, c) for f, _, new, c in moved])
     return updated
 
 

@@ -1,6 +1,6 @@
 """What the operators and analysts read: counts, rejections (and their replays), reports."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg2.extras import execute_values
@@ -53,25 +53,36 @@ def rejected_summary(conn: Connection) -> list[tuple[Any, ...]]:
     )
 
 
+_TO_REPLAY = """
+SELECT message_id, sealed_body FROM rejected_messages r
+WHERE (%s::text IS NULL OR reason = %s)
+  AND NOT EXISTS (SELECT 1 FROM rejected_replays p WHERE p.message_id = r.message_id)
+ORDER BY rejected_at, message_id LIMIT %s
+"""
+
+
 def rejected_to_replay(conn: Connection, reason: str | None, limit: int) -> list[tuple[str, str]]:
     """(message_id, sealed_body) of rejections never replayed, oldest first."""
-    rows = query(
-        conn,
-        """
-        SELECT message_id, sealed_body FROM rejected_messages r
-        WHERE (%s::text IS NULL OR reason = %s)
-          AND NOT EXISTS (SELECT 1 FROM rejected_replays p WHERE p.message_id = r.message_id)
-        ORDER BY rejected_at, message_id LIMIT %s
-        """,
-        (reason, reason, limit),
-    )
-    return [(str(m), str(b)) for m, b in rows]
+    return [(str(m), str(b)) for m, b in query(conn, _TO_REPLAY, (reason, reason, limit))]
 
 
-def record_replays(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
-    """Record (original message_id, new SQS MessageId) for each replayed message."""
-    with transaction(conn, "record replays") as cur:
-        execute_values(cur, "INSERT INTO rejected_replays (message_id, new_message_id) VALUES %s", list(pairs))
+def replay_batch(conn: Connection, reason: str | None, limit: int, send: Callable[[list[str]], list[str]]) -> int:
+    """Hand up to ``limit`` rejections never replayed to ``send`` (sealed bodies in, new message ids
+    out) and record each replay, in ONE transaction that holds erasures back: an erasure waits
+    until the replayed messages are sent (so they predate it and its tombstone covers them), and
+    a body it deleted is never sent. Returns how many were replayed."""
+    with transaction(conn, "replay") as cur:
+        cur.execute("LOCK TABLE pii_erasures IN SHARE MODE")
+        cur.execute(_TO_REPLAY, (reason, reason, limit))
+        batch = [(str(m), str(b)) for m, b in cur.fetchall()]
+        if batch:
+            new_ids = send([sealed for _, sealed in batch])
+            execute_values(
+                cur,
+                "INSERT INTO rejected_replays (message_id, new_message_id) VALUES %s",
+                [(old, new) for (old, _), new in zip(batch, new_ids, strict=True)],
+            )
+    return len(batch)
 
 
 def report(conn: Connection, limit: int) -> dict[str, list[tuple[Any, ...]]]:

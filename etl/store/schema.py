@@ -30,12 +30,12 @@ GRANT SELECT ON user_logins, user_logins_readable, shared_device_tokens, shared_
 GRANT SELECT ON user_logins, pii_audit TO pii_officer;
 REVOKE ALL ON pii_vault, vault_keys, vault_data_keys FROM pii_officer;
 REVOKE ALL ON FUNCTION etl_audit(text, text, text, text, text, text) FROM pii_officer;
-GRANT EXECUTE ON FUNCTION etl_erase(text, text), etl_reveal_release(bigint),
-    etl_reveal_outcome(bigint, text, text) TO pii_officer;
+GRANT EXECUTE ON FUNCTION etl_reveal_release(bigint), etl_reveal_outcome(bigint, text, text) TO pii_officer;
 -- workers: the erased users among a chunk's (and a lock that keeps an erasure from racing the chunk)
 GRANT EXECUTE ON FUNCTION etl_erasures_for(text[]) TO etl_writer;
--- anyone may ask to reveal: the function refuses non-officers and audits the attempt
-GRANT EXECUTE ON FUNCTION etl_reveal_request(text, text[], text) TO etl_writer, analyst, pii_officer;
+-- anyone may ask to reveal or erase: the functions refuse non-officers and audit the attempt
+GRANT EXECUTE ON FUNCTION etl_reveal_request(text, text[], text), etl_erase(text, text)
+    TO etl_writer, analyst, pii_officer;
 -- temporary objects only for the workers (their COPY staging tables); where this login owns the
 -- database, PUBLIC loses TEMP (elsewhere the database owner should revoke it: see README)
 DO $$ BEGIN

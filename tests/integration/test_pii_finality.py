@@ -16,6 +16,8 @@ from etl.crypto import vault
 from etl.crypto.sealing import Sealer
 from etl.model import records
 from etl.model.records import Message
+from etl.sources.sqs import queue as sqs
+from tests.integration.conftest import INSIDER_EVENTS
 from tests.integration.test_insiders import RAW, etl, run_as
 from tests.support import DATABASE_URL, PAYLOAD_KEY, ProcessGroup, officer_env, wait_until
 
@@ -92,7 +94,7 @@ def test_refusals_keep_no_caller_text_and_reasons_are_bounded(
     dump = json.dumps(store.query(conn, "SELECT * FROM pii_audit"), default=str)
     assert not [raw for raw in RAW if raw in dump]
     officer = logins["pii_officer"]
-    for reason in ("x" * 201, "two\nlines", "\x1b[2J", " "):
+    for reason in ("x" * 201, "two\nlines", "\x1b[2J", " ", "case \u202eexe.txt", "a\u200bb", "a\u2028b"):
         with pytest.raises(psycopg2.errors.InvalidParameterValue):
             run_as(officer, "SELECT etl_reveal_request('ip', %s, %s)", ([ann_token(conn)], reason))
         with pytest.raises(psycopg2.errors.InvalidParameterValue):
@@ -204,6 +206,10 @@ def test_rotating_to_a_public_key_no_private_key_opens_is_refused_before_anythin
     for command in ("rotate-vault-key", "rotate-masking-key"):
         out = etl(env, command, "--reason", "new key pair")
         assert out.returncode == 2 and "belongs to none of the keys in ETL_VAULT_PRIVATE_KEY" in out.stderr, command
+        unaudited = etl(
+            {**env, "ETL_VAULT_PUBLIC_KEY": written.env["ETL_VAULT_PUBLIC_KEY"]}, command, "--reason", "\x1b]0;x"
+        )
+        assert unaudited.returncode == 2 and "a reason is at most 200 characters" in unaudited.stderr, command
     assert store.query(conn, "SELECT field, token, ciphertext FROM pii_vault ORDER BY 1, 2") == before
     assert store.query(conn, "SELECT count(*) FROM vault_data_keys") == keys
 
@@ -217,3 +223,108 @@ def test_stored_fields_reach_a_terminal_escaped(written: ProcessGroup, conn: sto
     assert out.returncode == 0, out.stderr
     assert not any(c in out.stdout for c in ("\x1b", "\x07", "\u202e"))
     assert "fr\\u001b]0;owned\\u0007" in out.stdout
+
+
+def test_the_audit_chain_never_forks_and_no_login_can_hold_it(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection
+) -> None:
+    analyst, officer = logins["analyst"], officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
+    probe = "SELECT etl_reveal_request('ip', ARRAY['k1:' || repeat('0', 64)], 'x')"
+    with psycopg2.connect(analyst) as a, a.cursor() as stale:
+        stale.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        stale.execute("SELECT 1")  # the snapshot is taken here
+        run_as(analyst, probe)  # another session appends and commits
+        with pytest.raises(psycopg2.errors.SerializationFailure):  # an error, never a forked chain
+            stale.execute(probe)
+        a.rollback()
+        # the lock that once serialized appends was an advisory lock any login could take
+        stale.execute("SELECT pg_advisory_lock(hashtext('etl.audit'))")
+        erased = etl(officer, "erase", "--user-id", "bob", "--reason", "ticket 8")
+        assert erased.returncode == 0, erased.stderr
+    assert etl({**written.env, "DATABASE_URL": DATABASE_URL}, "audit", "verify").stdout.startswith("audit chain intact")
+
+
+def test_erasures_and_chunk_writes_run_in_read_committed_whatever_the_login_says(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection
+) -> None:
+    name = logins["pii_officer"].split("//")[1].split("@")[0]
+    with conn, conn.cursor() as cur:
+        cur.execute(f"ALTER ROLE {name} SET default_transaction_isolation = 'repeatable read'")
+    with (  # by hand: refused
+        psycopg2.connect(logins["pii_officer"]) as c,
+        c.cursor() as cur,
+        pytest.raises(psycopg2.errors.InvalidTransactionState),
+    ):
+        cur.execute("SELECT * FROM etl_erase('ann', 'ticket 9')")
+    officer = officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
+    out = etl(officer, "erase", "--user-id", "ann", "--reason", "ticket 9")  # the tool: READ COMMITTED
+    assert out.returncode == 0, out.stderr
+    with psycopg2.connect(logins["etl_writer"]) as c, c.cursor() as cur:
+        cur.execute("SET default_transaction_isolation = 'serializable'")
+        c.commit()
+        with pytest.raises(psycopg2.errors.InvalidTransactionState):
+            cur.execute("SELECT * FROM etl_erasures_for(ARRAY['ann'])")
+
+
+def test_a_non_officer_erase_is_refused_and_audited(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection
+) -> None:
+    for role in ("analyst", "etl_writer"):
+        out = etl(
+            {**officer_env(written.env), "DATABASE_URL": logins[role]}, "erase", "--user-id", "ann", "--reason", "x"
+        )
+        assert out.returncode == 1 and "not a pii_officer" in out.stderr, role
+    rows = store.query(conn, "SELECT action, subject, reason, outcome FROM pii_audit ORDER BY id DESC LIMIT 2")
+    assert rows == [("erase", None, "(not kept: refused caller)", "refused: not a pii_officer")] * 2
+
+
+def test_a_rotation_racing_an_erasure_brings_nothing_back(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection
+) -> None:
+    from etl.crypto.masking import Masker
+    from etl.store import pii as tables
+    from tests.support import MASKING_KEY
+
+    batch = tables.old_tokens(conn, 2, 100)  # the rotation reads its batch (every k1 entry) ...
+    officer = officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
+    assert etl(officer, "erase", "--user-id", "ann", "--reason", "ticket 10").returncode == 0  # ... ann goes ...
+    k2 = Masker(MASKING_KEY + "-2", 2)
+    changes = [(f, t, k2.token(f, "x"), "s0000000000000000:AAAA") for f, t, _ in batch]
+    tables.retokenize(conn, changes)  # ... and the batch is written: ann's entries stay gone
+    assert len(store.query(conn, "SELECT 1 FROM pii_vault")) == 2  # bob's ip and device, moved
+
+
+def test_a_replay_racing_an_erasure_sends_no_body_the_erasure_misses(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection, queue: sqs.Queue
+) -> None:
+    import threading
+
+    send([message("ann-bad", {**INSIDER_EVENTS[0], "app_version": "v2"}, time.time())])  # a rejection of ann's
+    wait_until(lambda: store.query(conn, "SELECT 1 FROM rejected_messages WHERE user_id = 'ann'"), 60, "it")
+    officer = officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
+    erase: list[int] = []
+
+    def send_while_an_erasure_starts(bodies: list[str]) -> list[str]:
+        runner = threading.Thread(
+            target=lambda: erase.append(etl(officer, "erase", "--user-id", "ann", "--reason", "t11").returncode)
+        )
+        runner.start()
+        runner.join(3)
+        assert runner.is_alive(), "the erasure did not wait for the replay"
+        ids = queue.send(bodies)
+        threading.Thread(target=runner.join).start()
+        return ids
+
+    from etl.crypto.sealing import Sealer as _Sealer
+
+    sealer = _Sealer([PAYLOAD_KEY])
+    with store.connection(DATABASE_URL) as admin:
+        assert (
+            store.replay_batch(
+                admin, None, 10, lambda sealed: send_while_an_erasure_starts([sealer.open(b).decode() for b in sealed])
+            )
+            == 1
+        )
+    wait_until(lambda: erase == [0], 60, "the erasure after the replay")
+    wait_until(lambda: not queue.depth()["visible"] and not queue.depth()["in_flight"], 60, "the replay to be read")
+    assert store.query(conn, "SELECT count(*) FROM rejected_messages WHERE user_id = 'ann'") == [(0,)]

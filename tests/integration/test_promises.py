@@ -92,14 +92,14 @@ def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
     write is stalled by a table lock; its messages were received with a 60 s visibility timeout.
     They must be visible again long before those 60 s.
     """
-    from etl.worker import tasks
+    from etl.worker import chunks, tasks
 
     queue.send([event(i) for i in range(5)])
     received = receive_all(queue, 5, visibility_timeout=60)
     with writes_stalled():
         tasks.mask_and_write.apply_async(
             args=[records.pack_chunk(received, Sealer([PAYLOAD_KEY]))],
-            argsrepr=tasks.chunk_argsrepr(len(received)),
+            argsrepr=chunks.chunk_argsrepr(len(received)),
             soft_time_limit=3,
             time_limit=40,
         )

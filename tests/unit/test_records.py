@@ -81,8 +81,26 @@ def test_a_rejection_keeps_its_valid_user_id_for_erasure() -> None:
     bodies = [json.dumps(named), "[" * 5000, json.dumps({**named, "user_id": 7}), '{"user_id": "u-1", "user_id": "x"}']
     result = records.transform([message(b, mid=f"m-{i}") for i, b in enumerate(bodies)], masker, sealer)
     users = [r.user_id for r in sorted(result.rejected, key=lambda r: r.message_id)]
-    assert users == ["u-1", None, None, None]
+    assert users == ["u-1", None, None, "u-1"]  # a body naming two users is tied to the first
     assert all("u-1" not in r.detail for r in result.rejected)
+
+
+def test_a_body_that_is_json_but_no_event_is_still_tied_to_its_user() -> None:
+    """A duplicate key elsewhere, or a byte-order mark: the sealed body holds the user's values,
+    so erasure must find it (and a nested user_id is not the body's)."""
+    masker, sealer = Masker(MASKING_KEY), Sealer([new_key()])
+    bodies = [
+        json.dumps(EVENT)[:-1] + ', "locale": "fr"}',  # locale twice
+        "\ufeff" + json.dumps(EVENT),
+        '{"user_id": 5, "x": {"user_id": "u-2"}, "x": 1}',
+    ]
+    result = records.transform([message(b, mid=f"m-{i}") for i, b in enumerate(bodies)], masker, sealer)
+    rejected = sorted(result.rejected, key=lambda r: r.message_id)
+    assert [(r.reason, r.user_id) for r in rejected] == [
+        ("duplicate_key", "u-1"),
+        ("invalid_json", "u-1"),
+        ("duplicate_key", None),
+    ]
 
 
 def test_an_erased_users_earlier_messages_keep_no_token_vault_entry_or_body() -> None:
@@ -137,5 +155,8 @@ def test_a_chunk_sealed_longer_ago_than_allowed_is_expired() -> None:
     with pytest.raises(Expired):
         records.unpack_chunk(old, sealer, max_age=120)
     assert records.unpack_chunk(old, sealer)[0].body == "b"  # without a limit (tools, tests): as before
+    future = Fernet(key.encode()).encrypt_at_time(payload.encode(), int(time.time()) + 3600).decode()
+    with pytest.raises(Expired):  # stamped ahead of any clock skew: it would never expire
+        records.unpack_chunk(future, sealer, max_age=120)
     with pytest.raises(TerminalError):
         records.unpack_chunk(old[:-4] + "AAAA", sealer, max_age=10**9)  # tampered: refused, not dated

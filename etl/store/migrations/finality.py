@@ -5,6 +5,11 @@ decides, bounded reasons, and erasures that stay erased (tombstones the chunk wr
 # it before any SQL (a statement that fails is logged by PostgreSQL with its values); the
 # functions check it again for callers that bypass the CLI.
 REASON_MAX = 200
+# What a reason may not hold (a PostgreSQL regular expression): controls, and the format and
+# separator characters that reorder or hide text on a screen (bidi overrides, zero-width, U+2028).
+_INVISIBLE = (
+    "[[:cntrl:]\\u00ad\\u061c\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb]"
+)
 
 # Append-only: a migration, once released, is never edited; add a new one instead.
 FINALITY: list[tuple[int, str, str]] = [
@@ -27,10 +32,57 @@ FINALITY: list[tuple[int, str, str]] = [
         ALTER TABLE public.pii_erasures OWNER TO etl_owner;
         REVOKE ALL ON public.pii_erasures FROM PUBLIC;
 
+        -- The audit chain's head, one row: etl_audit locks it by updating it, so appends queue up
+        -- in READ COMMITTED (the update re-reads the newest head after waiting) and fail with a
+        -- serialization error under REPEATABLE READ or SERIALIZABLE, never fork the chain from a
+        -- stale snapshot. Only etl_owner can touch it (an advisory lock any login could hold).
+        CREATE TABLE IF NOT EXISTS public.pii_audit_head(
+            one boolean PRIMARY KEY DEFAULT true CHECK (one),
+            hash text NOT NULL);
+        INSERT INTO public.pii_audit_head (one, hash)
+            SELECT true, coalesce((SELECT a.hash FROM public.pii_audit a ORDER BY a.id DESC LIMIT 1),
+                                  pg_catalog.repeat('0', 64))
+            ON CONFLICT DO NOTHING;
+        ALTER TABLE public.pii_audit_head OWNER TO etl_owner;
+        REVOKE ALL ON public.pii_audit_head FROM PUBLIC;
+
         CREATE OR REPLACE FUNCTION public.etl_reason_ok(p_reason text) RETURNS boolean
             LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
             SELECT p_reason IS NOT NULL AND pg_catalog.length(p_reason) BETWEEN 1 AND {REASON_MAX}
-                   AND pg_catalog.btrim(p_reason) <> '' AND p_reason !~ '[[:cntrl:]]' $f$;
+                   AND pg_catalog.btrim(p_reason) <> '' AND p_reason !~ '{_INVISIBLE}' $f$;
+
+        CREATE OR REPLACE FUNCTION public.etl_audit(p_action text, p_field text, p_token text,
+                p_subject text, p_reason text, p_outcome text) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+            DECLARE prev text; ts timestamptz; new_id bigint; h text;
+            BEGIN
+                IF NOT public.etl_reason_ok(p_reason) THEN
+                    RAISE EXCEPTION 'an audited reason is 1 to {REASON_MAX} printable characters'
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                UPDATE public.pii_audit_head SET hash = hash WHERE one RETURNING hash INTO prev;
+                ts := pg_catalog.date_trunc('microseconds', pg_catalog.clock_timestamp());
+                h := public.etl_audit_hash_v2(prev, ts, session_user, p_action, p_field, p_token, p_subject,
+                                              p_reason, p_outcome);
+                INSERT INTO public.pii_audit (at, actor, action, field, token, subject, reason, outcome,
+                                              prev_hash, hash, scheme)
+                VALUES (ts, session_user, p_action, p_field, p_token, p_subject, p_reason, p_outcome, prev, h, 2)
+                RETURNING id INTO new_id;
+                UPDATE public.pii_audit_head SET hash = h WHERE one;
+                RETURN new_id;
+            END $f$;
+
+        -- The erasure lock (etl_erase, etl_erasures_for) only works when each statement sees what
+        -- committed before it: READ COMMITTED (etl.store.connect sets it for every session).
+        CREATE OR REPLACE FUNCTION public.etl_require_read_committed() RETURNS void
+            LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+            BEGIN
+                IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+                    RAISE EXCEPTION 'erasures and chunk writes run in READ COMMITTED (this transaction: %)',
+                        pg_catalog.current_setting('transaction_isolation')
+                        USING ERRCODE = 'invalid_transaction_state';
+                END IF;
+            END $f$;
 
         -- Step 1 of a reveal. A refusal keeps no text of the caller's (counts only). For an
         -- officer, the request, its transaction and, per token, 'released' (it has a vault entry:
@@ -54,6 +106,9 @@ FINALITY: list[tuple[int, str, str]] = [
                 END IF;
                 SELECT coalesce(pg_catalog.array_agg(v.token::text), '{{}}') INTO hits
                     FROM public.pii_vault v WHERE v.field = p_field AND v.token = ANY (p_tokens);
+                -- the request commits durably even where the login's default is asynchronous commit
+                -- (a crash must not lose audit rows whose ciphertexts already left)
+                PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
                 INSERT INTO public.pii_reveal_requests (actor, field, tokens, reason, xact, found)
                 VALUES (session_user, p_field, coalesce(p_tokens, '{{}}'), p_reason, pg_catalog.pg_current_xact_id(),
                         hits)
@@ -116,6 +171,7 @@ FINALITY: list[tuple[int, str, str]] = [
                 RETURNS TABLE (user_id text, erased_at timestamptz)
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
             BEGIN
+                PERFORM public.etl_require_read_committed();
                 LOCK TABLE public.pii_erasures IN SHARE MODE;
                 RETURN QUERY SELECT e.user_id::text, e.erased_at FROM public.pii_erasures e
                     WHERE e.user_id = ANY (p_users);
@@ -144,6 +200,7 @@ FINALITY: list[tuple[int, str, str]] = [
                         ' and a reason of 1 to {REASON_MAX} printable characters'
                         USING ERRCODE = 'invalid_parameter_value';
                 END IF;
+                PERFORM public.etl_require_read_committed();
                 SELECT e.erased_at INTO prior FROM public.pii_erasures e WHERE e.user_id = p_user_id;
                 INSERT INTO public.pii_erasures (user_id, erased_at) VALUES (p_user_id, pg_catalog.clock_timestamp())
                     ON CONFLICT ON CONSTRAINT pii_erasures_pkey DO UPDATE SET erased_at = EXCLUDED.erased_at;
@@ -182,6 +239,8 @@ FINALITY: list[tuple[int, str, str]] = [
             END $f$;
 
         ALTER FUNCTION public.etl_reason_ok(text) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_audit(text, text, text, text, text, text) OWNER TO etl_owner;
+        ALTER FUNCTION public.etl_require_read_committed() OWNER TO etl_owner;
         ALTER FUNCTION public.etl_reveal_request(text, text[], text) OWNER TO etl_owner;
         ALTER FUNCTION public.etl_reveal_release(bigint) OWNER TO etl_owner;
         ALTER FUNCTION public.etl_reveal_outcome(bigint, text, text) OWNER TO etl_owner;
@@ -189,10 +248,15 @@ FINALITY: list[tuple[int, str, str]] = [
         ALTER FUNCTION public.etl_erase(text, text) OWNER TO etl_owner;
         REVOKE ALL ON FUNCTION public.etl_erasures_for(text[]), public.etl_erase(text, text) FROM PUBLIC;
         -- etl_erase was re-created (its result grew a column): its grant comes back with it.
+        -- (anyone may call it: it refuses non-officers and audits the attempt, as a reveal does)
         GRANT EXECUTE ON FUNCTION public.etl_erase(text, text) TO pii_officer;
         DO $$ BEGIN
             IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'etl_writer') THEN
                 GRANT EXECUTE ON FUNCTION public.etl_erasures_for(text[]) TO etl_writer;
+                GRANT EXECUTE ON FUNCTION public.etl_erase(text, text) TO etl_writer;
+            END IF;
+            IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'analyst') THEN
+                GRANT EXECUTE ON FUNCTION public.etl_erase(text, text) TO analyst;
             END IF;
         END $$;
         """,
