@@ -197,7 +197,10 @@ VAULT: list[tuple[int, str, str]] = [
         -- Erasure, whole and atomic: the user's unshared vault entries, tokens and rejected bodies.
         -- The lock waits for chunks being written and holds new ones back until the commit, so a
         -- token another user gets meanwhile is never taken for unshared.
-        CREATE OR REPLACE FUNCTION public.etl_erase(p_user_id text, p_reason text)
+        -- Dropped first: a later migration (finality) widens its result, and a re-run of this one
+        -- over that (adopting a database whose bookkeeping was reset) cannot change a return type.
+        DROP FUNCTION IF EXISTS public.etl_erase(text, text);
+        CREATE FUNCTION public.etl_erase(p_user_id text, p_reason text)
                 RETURNS TABLE (tokens bigint, kept_shared bigint, erased bigint, rejected bigint, rows bigint)
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
             DECLARE n_tokens bigint; n_shared bigint; n_erased bigint; n_rejected bigint; n_rows bigint;
