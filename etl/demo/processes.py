@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 COMMANDS = {
     "worker": ["celery", "-A", "etl.worker", "worker", "--loglevel=INFO", "--concurrency=2"],
@@ -189,11 +190,37 @@ class ProcessGroup:
         return self.log_path(name).read_text(errors="replace")
 
 
+def _serialise_moto_deletes() -> None:
+    """Make moto's SQS deletes atomic, as SQS's are.
+
+    moto's ``Queue.delete_message`` rebuilds the queue's message list without a lock, while its
+    server answers each request on a thread of its own: two DeleteMessageBatch calls at once (the
+    pipeline sends up to ETL_SQS_THREADS) can each drop the other's deletion, and a message sent
+    meanwhile can vanish. The deleted message comes back after its visibility timeout and is
+    written twice (seen: 41 of 4,000 at the defaults on a loaded machine). The stand-in's bug is
+    fixed here, under the lock moto itself takes to add a message; our code is not touched.
+    """
+    from moto.sqs import models
+
+    delete = models.Queue.delete_message
+    if getattr(delete, "etl_serialised", False):
+        return
+
+    def delete_message(self: Any, receipt_handle: str) -> None:
+        with self._messages_lock:
+            delete(self, receipt_handle)
+
+    delete_message.etl_serialised = True  # type: ignore[attr-defined]
+    models.Queue.delete_message = delete_message  # type: ignore[method-assign]
+
+
 class MotoServer:
     """moto's SQS server (a dev dependency) in a thread of this process, on a loopback port of its own."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
+
+        _serialise_moto_deletes()
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
         # Port 0: the kernel picks a free port as the server binds it, so no other run can take
