@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from etl.model import events
+from etl.model import events, latency
 
 
 class Instruments:
@@ -51,7 +51,7 @@ class Instruments:
         self.lag = Histogram(
             "etl_end_to_end_lag_seconds",
             "From SQS SentTimestamp to the commit of the message's row",
-            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            buckets=latency.BUCKETS,  # etl stats reads the same buckets from Redis
         )
         self.stream_read = Counter("etl_stream_records_read", "Records read from the Kinesis stream by fetch runs")
         self.stream_expired = Counter(
