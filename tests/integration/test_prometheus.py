@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -292,8 +293,35 @@ def test_alerts_and_dashboards_against_real_workers(
         firing = {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"] if a["state"] == "firing"}
         assert firing == {INDUCED}, firing
         assert prometheus.value('count(up{job="etl-worker"} == 1)') == 2
+
+        # etl stats' latency percentiles (from Redis) are Prometheus' histogram_quantile of the
+        # same worker's histogram, for both sources
+        for group, port in ((pipeline, ports[0]), (stream_group, ports[1])):
+            worker = f'instance="127.0.0.1:{port}"'
+
+            def agree(group: ProcessGroup = group, worker: str = worker) -> dict[str, Any] | None:
+                lat: dict[str, Any] = json.loads(etl_command(group, "stats", "--json"))["latency"]
+                count = prometheus.value(f"sum(etl_end_to_end_lag_seconds_count{{{worker}}})")
+                return lat if lat["messages"] == count > 0 else None
+
+            lat = wait_until(agree, 30, "etl stats and prometheus to count the same messages")
+            for q, key in ((0.5, "p50_s"), (0.99, "p99_s")):
+                expected = prometheus.value(
+                    f"histogram_quantile({q}, sum(etl_end_to_end_lag_seconds_bucket{{{worker}}}) by (le))"
+                )
+                assert lat[key] == pytest.approx(expected, abs=0.001), (key, lat, expected)
+            assert f"latency:   p50 {lat['p50_s']} s, p99 {lat['p99_s']} s" in etl_command(group, "stats")
     finally:
         prometheus.stop()
+
+
+def etl_command(group: ProcessGroup, *args: str) -> str:
+    """The `etl` command, run as an operator would, with the group's environment."""
+    done = subprocess.run(
+        [sys.executable, "-m", "etl.ops.cli", *args], env=group.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _epoch(timestamp: str) -> float:
