@@ -6,19 +6,19 @@ per-minute counts in Redis (what ``etl stats`` reads without a Prometheus). ``qu
 percentile from bucket counts the way PromQL's ``histogram_quantile`` does, so both agree.
 """
 
+import bisect
 from collections.abc import Iterable, Mapping
 
 # Upper bounds in seconds; a last, unbounded bucket ("+Inf") holds the rest.
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 INF = "+Inf"
+LABELS = tuple(str(bound) for bound in BUCKETS)
 
 
 def bucket_of(seconds: float) -> str:
     """The bucket a latency falls in: its upper bound as the client library writes ``le``."""
-    for bound in BUCKETS:
-        if seconds <= bound:
-            return str(bound)
-    return INF
+    i = bisect.bisect_left(BUCKETS, seconds)
+    return LABELS[i] if i < len(BUCKETS) else INF
 
 
 def bucket_counts(latencies: Iterable[float]) -> dict[str, int]:
