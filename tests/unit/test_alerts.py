@@ -4,6 +4,7 @@ on its condition after its `for:` and stays quiet otherwise (deploy/prometheus/a
 promtool comes with Debian's `prometheus` package; `.ci/run` installs it, so CI never skips these.
 """
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,6 +43,31 @@ def test_every_alert_has_a_firing_case_and_a_quiet_case() -> None:
         for case in group["alert_rule_test"]:
             (firing if case["exp_alerts"] else quiet).add(case["alertname"])
     assert firing == alert_names() and quiet == alert_names()
+
+
+def seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+)([smh])", duration)
+    assert "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def test_every_alert_with_a_for_is_checked_quiet_before_it_elapses() -> None:
+    """A group that sees the alert fire also sees it not firing yet, under the same series."""
+    rules = yaml.safe_load((RULES / "alerts.yml").read_text())
+    waits = {r["alert"] for g in rules["groups"] for r in g["rules"] if r.get("for")}
+    checked = set()
+    for group in yaml.safe_load((RULES / "alerts.test.yml").read_text())["tests"]:
+        cases = group["alert_rule_test"]
+        for fire in (c for c in cases if c["exp_alerts"]):
+            if any(
+                c["alertname"] == fire["alertname"]
+                and not c["exp_alerts"]
+                and seconds(c["eval_time"]) < seconds(fire["eval_time"])
+                for c in cases
+            ):
+                checked.add(fire["alertname"])
+    assert waits and waits <= checked, waits - checked
 
 
 def test_the_rules_and_the_config_are_valid(tmp_path: Path) -> None:
