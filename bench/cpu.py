@@ -83,8 +83,9 @@ class StandIn:
         conn.close()
         return answer
 
-    def reset(self, total: int | None = None) -> None:
-        self._control("Bench.Reset", {"total": total})
+    def reset(self, total: int | None = None, rate: float | None = None) -> None:
+        """Zero the counters; ``total`` messages in all, arriving at ``rate`` per second if given."""
+        self._control("Bench.Reset", {"total": total, "rate": rate})
 
     def stats(self) -> dict[str, Any]:
         return self._control("Bench.Stats", {})

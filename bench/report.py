@@ -157,6 +157,15 @@ def verdicts(res: dict[str, Any]) -> list[Verdict]:
                 ratio >= 20,
             )
         )
+    for run in res.get("latency") or []:  # reported, no target: what operators see at that load
+        out.append(
+            (
+                f"latency p50 / p99 at {run['fraction_of_capacity']:.0%} capacity",
+                f"{run['p50_s']} / {run['p99_s']} s",
+                f"{run['rate_msg_per_s']} msg/s, {run['messages']} msgs",
+                None,
+            )
+        )
     return out
 
 

@@ -13,7 +13,11 @@ signature checks and no storage (messages are generated on demand from a pool of
 bodies, up to ``--total``; deletes always succeed). Its own CPU is reported by the benchmark.
 
 Two extra targets serve the benchmark itself: ``Bench.Stats`` (calls per operation, messages
-issued) and ``Bench.Reset`` (zero the counters; a JSON body may set ``total``).
+issued) and ``Bench.Reset`` (zero the counters; a JSON body may set ``total`` and ``rate``).
+
+With a ``rate`` (messages per second) the queue fills as a producer would fill it: message i is
+sent at reset time + i / rate (its SentTimestamp) and cannot be received before; without one,
+every message is there at once and is stamped when it is received.
 """
 
 import argparse
@@ -38,6 +42,8 @@ class State:
     def __init__(self, total: int | None, latency: float) -> None:
         self.total = total
         self.latency = latency
+        self.rate: float | None = None
+        self.started = time.time()
         self.issued = 0
         self.calls: Counter[str] = Counter()
         self.prefix = uuid.uuid4().hex[:10]
@@ -51,15 +57,22 @@ class State:
         n = int(request.get("MaxNumberOfMessages", 1))
         if self.total is not None:
             n = max(0, min(n, self.total - self.issued))
+        long_poll = float(request.get("WaitTimeSeconds", 0))
+        if self.rate:
+            due = int((time.time() - self.started) * self.rate)
+            n = max(0, min(n, due - self.issued))
+            # an empty long poll answers when the next message is due, as SQS would
+            long_poll = min(long_poll, max(0.0, self.started + (self.issued + 1) / self.rate - time.time()))
         first = self.issued
         self.issued += n
-        wait = self.latency if n else max(self.latency, float(request.get("WaitTimeSeconds", 0)))
+        wait = self.latency if n else max(self.latency, long_poll)
         now = str(int(time.time() * 1000)).encode()
+        rate, started = self.rate, self.started * 1000
         frags = self.fragments
         prefix = self.prefix.encode()
         items = [
             b'{"MessageId":"%s-%d","ReceiptHandle":"rh-%d",%s,"Attributes":{"SentTimestamp":"%s","ApproximateReceiveCount":"1"}}'
-            % (prefix, i, i, frags[i % len(frags)], now)
+            % (prefix, i, i, frags[i % len(frags)], str(int(started + i * 1000 / rate)).encode() if rate else now)
             for i in range(first, first + n)
         ]
         return b'{"Messages":[' + b",".join(items) + b"]}", wait
@@ -89,6 +102,8 @@ class State:
             self.issued = 0
             if "total" in request:
                 self.total = request["total"]
+            self.rate = request.get("rate")
+            self.started = time.time()
             return b"{}", 0
         self.calls[target] -= 1
         raise KeyError(target)

@@ -16,6 +16,7 @@ from etl import logs, settings, store
 from etl.crypto import vault
 from etl.crypto.sealing import new_key
 from etl.errors import EtlError
+from etl.model import latency
 from etl.ops import health, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
@@ -24,6 +25,9 @@ from etl.sources.kinesis.fetch import stream_key
 from etl.sources.sqs import queue as sqs
 from etl.store import streams
 from etl.worker.coordination import Coordinator
+
+# etl stats: end-to-end latency percentiles over this many minutes (the workers keep an hour).
+LATENCY_MINUTES = 15
 
 
 def cmd_init(args: argparse.Namespace, s: settings.Settings) -> int:
@@ -64,6 +68,10 @@ def cmd_seed(args: argparse.Namespace, s: settings.Settings) -> int:
 def cmd_stats(args: argparse.Namespace, s: settings.Settings) -> int:
     with store.connection(s.database_url) as conn:
         result = store.stats(conn)
+    try:
+        result["latency"] = latency.summary(Coordinator(s.broker_url).latencies(LATENCY_MINUTES), LATENCY_MINUTES)
+    except EtlError as exc:
+        result["latency"] = {"error": str(exc)}
     if s.source == "kinesis":
         return _print_stream_stats(s, result, args.json)
     try:
@@ -90,6 +98,16 @@ def _print_table_stats(result: dict[str, Any]) -> None:
     )
     print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
     print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
+    lat = result["latency"]
+    if "error" in lat:
+        print(f"latency:   unavailable ({lat['error']})")
+    elif lat["messages"]:
+        print(
+            f"latency:   p50 {lat['p50_s']} s, p99 {lat['p99_s']} s from send to committed row"
+            f" ({lat['messages']} messages in the last {lat['window_minutes']} min)"
+        )
+    else:
+        print(f"latency:   no message committed in the last {lat['window_minutes']} min")
 
 
 def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: bool) -> int:

@@ -34,7 +34,7 @@ from celery.signals import (
 
 from etl import load, logs, store
 from etl.errors import ConfigError, Expired, TransientError
-from etl.model import records
+from etl.model import latency, records
 from etl.model.records import Message
 from etl.sources.kinesis.fetch import stream_key
 from etl.worker import metrics, runtime
@@ -133,8 +133,9 @@ def pause(rt: runtime.Runtime) -> str | None:
     return None
 
 
-def record(report: load.ChunkReport, messages: list[Message], deleted: bool = True) -> None:
-    """Move the metrics by what one committed chunk did (``deleted``: from SQS)."""
+def record(report: load.ChunkReport, messages: list[Message], deleted: bool = True) -> list[float]:
+    """Move the metrics by what one committed chunk did (``deleted``: from SQS); return its
+    messages' end-to-end latencies (seconds)."""
     m = metrics.instruments()
     m.rows.inc(report.inserted)
     m.duplicates.inc(report.duplicates)
@@ -144,8 +145,10 @@ def record(report: load.ChunkReport, messages: list[Message], deleted: bool = Tr
         m.deleted.inc(report.messages - report.not_deleted)
     m.chunk_seconds.observe(report.write_seconds)
     committed_ms = time.time() * 1000
-    for message in messages:
-        m.lag.observe(max(0.0, (committed_ms - message.sent_timestamp_ms) / 1000))
+    lags = [max(0.0, (committed_ms - message.sent_timestamp_ms) / 1000) for message in messages]
+    for lag in lags:
+        m.lag.observe(lag)
+    return lags
 
 
 def request_fetch_if_starving(rt: runtime.Runtime, fetch_task: Any) -> None:
@@ -209,10 +212,10 @@ def committed(
     fetch_task: Any,
     deleted: bool,
 ) -> None:
-    """After a chunk's commit: heartbeat, metrics (``deleted``: from SQS), and a fetch
-    (``fetch_task``) if the broker runs low."""
+    """After a chunk's commit: heartbeat, metrics (``deleted``: from SQS), latency counts for
+    ``etl stats``, and a fetch (``fetch_task``) if the broker runs low."""
     rt.coordinator.heartbeat("commit", task.request.hostname or "?")
-    record(report, messages, deleted=deleted)
+    rt.coordinator.count_latencies(latency.bucket_counts(record(report, messages, deleted=deleted)))
     request_fetch_if_starving(rt, fetch_task)
 
 

@@ -7,7 +7,8 @@ same Redis.)
 * the broker queue's length, for backpressure;
 * progress heartbeats (last fetch, last commit per worker), for ``etl health``;
 * small JSON records in hashes: a stream's read pointers and per-shard status (their keys:
-  etl.sources.kinesis.fetch.stream_key).
+  etl.sources.kinesis.fetch.stream_key);
+* end-to-end latency counts per minute and bucket (etl.model.latency), for ``etl stats``.
 """
 
 import json
@@ -21,6 +22,8 @@ import redis
 from etl.errors import TransientError
 
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
+LATENCY = "etl:latency:"  # + unix minute: hash, latency bucket -> messages committed in that minute
+LATENCY_KEEP = 3600  # seconds a minute's counts are kept
 
 
 class Coordinator:
@@ -96,3 +99,28 @@ class Coordinator:
         except redis.RedisError as exc:
             raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
         return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+    def count_latencies(self, counts: dict[str, int], now: float | None = None) -> None:
+        """Add committed messages' latency bucket counts to this minute's (best effort, like a
+        heartbeat: never fail a chunk for it)."""
+        if not counts:
+            return
+        key = f"{LATENCY}{int((now if now is not None else time.time()) // 60)}"
+        with suppress(redis.RedisError):
+            pipe = self._redis.pipeline(transaction=False)
+            for bucket, n in counts.items():
+                pipe.hincrby(key, bucket, n)
+            pipe.expire(key, LATENCY_KEEP)
+            pipe.execute()
+
+    def latencies(self, minutes: int, now: float | None = None) -> list[dict[str, int]]:
+        """The latency bucket counts of the last ``minutes`` minutes (this one included)."""
+        this = int((now if now is not None else time.time()) // 60)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for m in range(this - minutes + 1, this + 1):
+                pipe.hgetall(f"{LATENCY}{m}")
+            raw = pipe.execute()
+        except redis.RedisError as exc:
+            raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
+        return [{(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in h.items()} for h in raw]

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from etl.model import events, latency
+
 
 class Instruments:
     """The pipeline's counters and histograms, made once per process by ``instruments()``.
@@ -34,6 +36,11 @@ class Instruments:
         self.rows = Counter("etl_rows_written", "New user_logins rows committed")
         self.duplicates = Counter("etl_duplicates_skipped", "Redelivered messages whose row was already written")
         self.rejected = Counter("etl_rejected", "Messages recorded in rejected_messages, by reason", ["reason"])
+        # Every reason exported at 0 from the start: a series born at its first rejection starts
+        # at that chunk's count, and rate() never sees that jump (the first burst of bad events
+        # would not move EtlRejectsSpiking; tests/integration/test_prometheus.py).
+        for reason in events.REASONS:
+            self.rejected.labels(reason)
         self.deleted = Counter("etl_messages_deleted", "Messages deleted from SQS after their commit")
         self.retries = Counter("etl_chunk_retries", "Chunk attempts that failed transiently and will be retried")
         self.chunk_seconds = Histogram(
@@ -44,7 +51,7 @@ class Instruments:
         self.lag = Histogram(
             "etl_end_to_end_lag_seconds",
             "From SQS SentTimestamp to the commit of the message's row",
-            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            buckets=latency.BUCKETS,  # etl stats reads the same buckets from Redis
         )
         self.stream_read = Counter("etl_stream_records_read", "Records read from the Kinesis stream by fetch runs")
         self.stream_expired = Counter(
