@@ -67,3 +67,32 @@ def test_a_body_the_broker_refuses_costs_no_neighbour(
     assert hashlib.sha256(big.encode()).hexdigest() in detail and "920000 bytes" in detail
     dlq = sqs.Queue(queue.url + "-dlq")
     assert dlq.depth()["visible"] == 0
+
+
+def test_the_issues_body_fits_a_small_broker_and_a_body_over_the_source_limit_is_too_large(
+    queue: sqs.Queue, conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
+) -> None:
+    """At the default ETL_CHUNK_MAX_BYTES, on the 1 MiB Redis: the issue's 256 KiB emoji body
+    (1.4 MB on the broker before) travels and is rejected as invalid_json with its sealed body; a
+    body over SQS's 1 MiB (moto lets one in) is ``too_large`` with its digest, its body not kept."""
+    issue_body = EMOJI * (256 * 1024 // 4)
+    over = EMOJI * 300_000  # 1,200,000 bytes
+    bodies = [event(i) for i in range(5)] + [issue_body] + [event(i) for i in range(5, 10)] + [over]
+    ids = queue.send(bodies)
+    group = ProcessGroup(env=pipeline_env(queue.url, sqs_endpoint, CELERY_BROKER_URL=small_redis), workdir=tmp_path)
+    try:
+        group.start("worker", "beat")
+        wait_until(drained(queue, conn, 12), 120, "10 rows and 2 rejections")
+    finally:
+        group.stop()
+    assert store.stats(conn)["rows"] == 10
+    rejected = {
+        r[0]: r[1:]
+        for r in store.query(
+            conn, "SELECT message_id, reason, sealed_body <> '', body_chars, detail FROM rejected_messages"
+        )
+    }
+    assert rejected[ids[5]][:3] == ("invalid_json", True, len(issue_body))
+    assert rejected[ids[11]][:3] == ("too_large", False, len(over))
+    assert "1200000 bytes" in rejected[ids[11]][3] and hashlib.sha256(over.encode()).hexdigest() in rejected[ids[11]][3]
+    assert sqs.Queue(queue.url + "-dlq").depth()["visible"] == 0

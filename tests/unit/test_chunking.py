@@ -1,6 +1,7 @@
 """etl.model.chunking: byte-bounded chunks, withheld bodies, delivery that splits a refused chunk."""
 
 import hashlib
+import itertools
 
 import pytest
 
@@ -90,3 +91,34 @@ def test_body_bytes_counts_utf8_and_lone_surrogates() -> None:
     assert chunking.body_bytes(message(0, "abc")) == 3
     assert chunking.body_bytes(message(0, "é\U0001f600")) == 6
     assert chunking.body_bytes(message(0, "\ud800")) == 3
+
+
+def test_the_pure_default_is_the_settings_default() -> None:
+    from etl import settings
+
+    assert settings.Settings().chunk_max_bytes == chunking.DEFAULT_CHUNK_BYTES
+
+
+def test_a_stream_read_is_handed_on_as_contiguous_ranges() -> None:
+    from etl.model.shards import Position
+    from etl.sources.kinesis.fetch import hand_on
+
+    records = [Message(f"s/sh/{n}", str(n), "z" * 30_000, 0) for n in range(100, 110)]
+    records[4] = Message("s/sh/104", "104", "q" * 5000, 0)
+    records[6] = Message("s/sh/106", "106", "\U0001f600" * 300_000, 0)  # over the stream's 1 MiB
+    got: list[tuple[Position, list[Message]]] = []
+
+    def dispatch(position: Position, part: list[Message]) -> None:
+        if any(m.receipt_handle == "104" and not m.withheld for m in part):
+            raise ConnectionError("Broken pipe")  # the broker refuses record 104 however it is cut
+        got.append((position, part))
+
+    whole = Position("s", "sh", "99", "109")
+    chunks = hand_on(whole, records, dispatch, chunk_size=500, chunk_bytes=100_000)
+    assert chunks >= 3
+    ranges = [(p.after, p.last) for p, _ in got]
+    assert ranges[0][0] == "99" and ranges[-1][1] == "109"
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))  # no gap, no overlap
+    assert all(p.last == part[-1].receipt_handle for p, part in got)
+    reasons = {m.receipt_handle: m.withheld.reason for _, part in got for m in part if m.withheld}
+    assert reasons == {"104": "broker_refused", "106": "too_large"}

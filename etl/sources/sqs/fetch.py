@@ -53,7 +53,7 @@ def fetch(
     dispatch: Callable[[list[Message]], None],
     *,
     chunk_size: int,
-    chunk_bytes: int = 524_288,
+    chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
     max_messages: int,
     budget_seconds: float,
     visibility_timeout: int,
