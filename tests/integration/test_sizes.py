@@ -96,3 +96,30 @@ def test_the_issues_body_fits_a_small_broker_and_a_body_over_the_source_limit_is
     assert rejected[ids[11]][:3] == ("too_large", False, len(over))
     assert "1200000 bytes" in rejected[ids[11]][3] and hashlib.sha256(over.encode()).hexdigest() in rejected[ids[11]][3]
     assert sqs.Queue(queue.url + "-dlq").depth()["visible"] == 0
+
+
+def test_broker_bytes_per_body_byte_stay_under_one_and_a_half(broker: redis.Redis) -> None:
+    """What a chunk weighs in Redis, measured there (no worker takes it): about 4/3 of its bodies
+    whatever their characters, plus an envelope that does not grow with them (one base64 layer)."""
+    from etl.crypto.sealing import Sealer
+    from etl.model import records
+    from etl.model.records import Message
+    from etl.worker import tasks
+    from tests.support import PAYLOAD_KEY
+
+    sealer = Sealer([PAYLOAD_KEY])
+    kinds = {"ascii": 'a"\\', "latin": "é", "cjk": "語", "emoji": EMOJI, "control": "\x01\n", "surrogate": "\ud800"}
+    for name, unit in kinds.items():
+        sizes = []
+        for repeat in (0, 65_536 // len(unit.encode("utf-8", "surrogatepass"))):
+            body = unit * repeat
+            chunk = [Message(f"m-{i}", f"rh-{i}", body, 1_700_000_000_000) for i in range(4)]
+            sealed_length = len(records.pack_chunk(chunk, sealer))
+            tasks.send_chunk(chunk, sealer)
+            stored = broker.lindex("etl", 0)
+            assert stored is not None
+            broker.delete("etl")
+            sizes.append((len(stored), sealed_length, 4 * len(body.encode("utf-8", "surrogatepass"))))
+        (empty, empty_sealed, _), (full, full_sealed, body_bytes) = sizes
+        assert (full - empty) / body_bytes <= 1.5, name  # per body byte, on the broker
+        assert full - full_sealed == empty - empty_sealed, name  # the envelope does not grow with the bodies
