@@ -160,3 +160,34 @@ def test_a_chunk_the_broker_refuses_loses_only_its_offender() -> None:
     report = run(queue, small_broker, chunk_size=25)
     assert len(sent) == 20 and queue.visible == [] and report.withheld == 1
     assert [m.withheld.reason for m in sent if m.withheld] == ["broker_refused"]
+
+
+def test_a_round_of_heavy_bodies_waits_for_room_before_each_further_chunk() -> None:
+    queue, chunks = MemoryQueue(0), []
+    queue.visible = [Message(f"m{i}", f"rh{i}", "x" * 300_000, 0) for i in range(10)]
+    clock, slept = Clock(), []
+    queued = lambda: len(chunks) - 2 * len(slept)  # noqa: E731  (the workers take two chunks per wait)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    seen: list[int] = []
+
+    def dispatch(chunk: list[Message]) -> None:
+        seen.append(queued())
+        chunks.append(chunk)
+
+    report = sqs_fetch.fetch(
+        queue,
+        dispatch,
+        chunk_size=500,
+        chunk_bytes=524_288,
+        max_messages=10,
+        budget_seconds=5,
+        visibility_timeout=30,
+        pause=lambda: "backpressure" if queued() >= 3 else None,
+        clock=clock,
+        sleep=sleep,
+    )
+    assert len(chunks) == 10 and report.received == 10  # one round of 10, each alone (300 KB bodies)
+    assert slept and max(seen) < 3, str(seen)  # it waited for room instead of queueing all ten at once

@@ -38,6 +38,9 @@ class MessageSource(Protocol):
     def change_visibility(self, messages: list[Message], seconds: int) -> list[str]: ...
 
 
+ROOM_POLL = 0.2  # seconds between looks at the broker while a fetch waits for room
+
+
 @dataclass(frozen=True)
 class FetchReport:
     received: int
@@ -60,6 +63,7 @@ def fetch(
     receive_batch: int = 10,
     pause: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> FetchReport:
     """Receive for up to ``budget_seconds`` (or ``max_messages``), dispatching full chunks.
 
@@ -69,11 +73,13 @@ def fetch(
     Each round asks the source for up to ``receive_batch`` messages (the SQS module spreads that
     over concurrent calls).
     Before starting each new chunk it asks ``pause`` (backpressure, shutdown); a reason stops
-    the run. Long-polls only while holding nothing, so a partial chunk is never kept waiting: it
-    is sent as soon as the queue runs dry. A chunk the broker refuses is split and tried again,
-    down to a single message rejected on its own (``broker_refused``); if the broker is down, the
-    messages not handed on are made visible again at once instead of waiting out their visibility
-    timeout.
+    the run; a round that makes several chunks (large bodies: cut by bytes) waits before each
+    further one while ``pause`` says "backpressure", up to the run's budget, so the broker's
+    bound holds whatever the bodies weigh. Long-polls only while holding nothing, so a partial
+    chunk is never kept waiting: it is sent as soon as the queue runs dry. A chunk the broker
+    refuses is split and tried again, down to a single message rejected on its own
+    (``broker_refused``); if the broker is down, the messages not handed on are made visible again
+    at once instead of waiting out their visibility timeout.
     """
     started = clock()
     deadline = started + budget_seconds
@@ -93,6 +99,11 @@ def fetch(
             log.warning("the broker refused %d messages on their own; rejected as broker_refused", len(refused))
         withheld += len(refused) + sum(1 for m in chunk if m.withheld is not None)
         chunks += 1
+
+    def room() -> None:
+        """Wait while the broker holds enough chunks (held messages stay invisible meanwhile)."""
+        while clock() < deadline and pause() == "backpressure":
+            sleep(ROOM_POLL)
 
     try:
         while received < max_messages:
@@ -120,16 +131,22 @@ def fetch(
             ready = chunking.cut(pending, chunk_size, chunk_bytes)
             if ready and len(ready[-1]) < chunk_size:
                 ready.pop()  # not full yet (a full one by bytes was cut before its next message)
-            while ready:
-                chunk = ready.pop(0)
+            for n, chunk in enumerate(ready):
+                if n:
+                    room()
                 pending = pending[len(chunk) :]
                 send(chunk)
             if not batch and pending:
+                room()
                 chunk, pending = pending, []
                 send(chunk)  # the queue ran dry: do not keep a partial chunk waiting
-    finally:
+    except BaseException:
         for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
-            send(chunk)
+            send(chunk)  # hand on what is held, then fail (the broker may be what failed)
+        raise
+    for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
+        room()
+        send(chunk)
     return FetchReport(received, chunks, calls, clock() - started, stopped, withheld)
 
 
