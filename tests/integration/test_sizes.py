@@ -123,3 +123,67 @@ def test_broker_bytes_per_body_byte_stay_under_one_and_a_half(broker: redis.Redi
         (empty, empty_sealed, _), (full, full_sealed, body_bytes) = sizes
         assert (full - empty) / body_bytes <= 1.5, name  # per body byte, on the broker
         assert full - full_sealed == empty - empty_sealed, name  # the envelope does not grow with the bodies
+
+
+FLOOD = 100  # bodies of 1,000,000 bytes (SQS's maximum is 1,048,576)
+
+
+def test_a_flood_of_maximum_size_bodies_stays_within_the_stated_memory_bound(
+    queue: sqs.Queue, conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
+) -> None:
+    """README's bound, at the default settings: Redis holds at most ETL_MAX_QUEUED_CHUNKS queued
+    chunks plus one unacked per pool process and one being sent, each at most
+    max(ETL_CHUNK_MAX_BYTES, one 1 MiB body alone: ~1.45 MB), however many large bodies arrive.
+    The processes' peak RSS is printed (README quotes a run)."""
+    import threading
+
+    import psutil
+
+    from etl import settings
+
+    pad = 1_000_000 - len(event(0))
+    heavy = [json.dumps({**json.loads(event(i)), "pad": "p" * (pad - 10)}) for i in range(FLOOD)]
+    over = [EMOJI * 270_000 for _ in range(3)]  # 1,080,000 bytes: too_large
+    bodies = [event(i) for i in range(20)] + heavy + over
+    queue.send(bodies)
+    env = pipeline_env(queue.url, sqs_endpoint, at_defaults=True, CELERY_BROKER_URL=small_redis)
+    config = settings.load(env)
+    client = redis.Redis.from_url(small_redis)
+    client.config_set("proto-max-bulk-len", "512mb")  # the bound, not the refusal, is tested here
+    baseline = int(client.info("memory")["used_memory"])
+    peak_rss: dict[str, int] = {}
+    stop = threading.Event()
+    group = ProcessGroup(env=env, workdir=tmp_path)
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            for name, proc in list(group.procs.items()):
+                try:
+                    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                    for p in tree:
+                        key = f"{name}:{'main' if p.pid == proc.pid else 'pool'}"
+                        peak_rss[key] = max(peak_rss.get(key, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        group.start("worker", "beat")
+        sampler.start()
+        wait_until(drained(queue, conn, len(bodies)), 300, "the flood to drain")
+    finally:
+        stop.set()
+        group.stop()
+    used_peak = int(client.info("memory")["used_memory_peak"]) - baseline
+    client.close()
+    assert store.stats(conn)["rows"] == 20 + FLOOD
+    reasons = dict(store.query(conn, "SELECT reason, count(*) FROM rejected_messages GROUP BY reason"))
+    assert reasons == {"too_large": 3}
+    # queued, one unacked per pool process, one in hand; x1.25 for the allocator's size classes
+    # (a 1.4 MB value takes a 1.5-1.75 MiB block) and 4 MB for client buffers
+    per_chunk = max(config.chunk_max_bytes, 1_450_000)
+    bound = (config.max_queued_chunks + 2 + 1) * per_chunk * 1.25 + 4_000_000
+    print(f"\nflood of {FLOOD} x 1 MB: Redis used_memory peak +{used_peak / 1e6:.1f} MB (bound {bound / 1e6:.1f} MB)")
+    for key, rss in sorted(peak_rss.items()):
+        print(f"  peak RSS {key}: {rss / 1e6:.0f} MB")
+    assert used_peak <= bound
