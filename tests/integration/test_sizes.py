@@ -95,6 +95,7 @@ def test_the_issues_body_fits_a_small_broker_and_a_body_over_the_source_limit_is
     assert rejected[ids[5]][:3] == ("invalid_json", True, len(issue_body))
     assert rejected[ids[11]][:3] == ("too_large", False, len(over))
     assert "1200000 bytes" in rejected[ids[11]][3] and hashlib.sha256(over.encode()).hexdigest() in rejected[ids[11]][3]
+    assert [m for m, _ in store.rejected_to_replay(conn, None, 10)] == [ids[5]]  # no body kept: nothing to replay
     assert sqs.Queue(queue.url + "-dlq").depth()["visible"] == 0
 
 
