@@ -129,27 +129,25 @@ def test_broker_bytes_per_body_byte_stay_under_one_and_a_half(broker: redis.Redi
 FLOOD = 100  # bodies of 1,000,000 bytes (SQS's maximum is 1,048,576)
 
 
-def test_a_flood_of_maximum_size_bodies_stays_within_the_stated_memory_bound(
-    queue: sqs.Queue, conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
-) -> None:
-    """README's bound, at the default settings: Redis holds at most ETL_MAX_QUEUED_CHUNKS queued
-    chunks plus one unacked per pool process and one being sent, each at most
-    max(ETL_CHUNK_MAX_BYTES, one 1 MiB body alone: ~1.45 MB), however many large bodies arrive.
-    The processes' peak RSS is printed (README quotes a run)."""
+def heavy_bodies(count: int) -> list[str]:
+    """Valid events padded to 1,000,000 bytes (an extra field: stored as a row, nothing big kept)."""
+    pad = 1_000_000 - len(event(0)) - 10
+    return [json.dumps({**json.loads(event(i)), "pad": "p" * pad}) for i in range(count)]
+
+
+def flood(env: dict[str, str], broker_url: str, tmp_path: Path, conn: store.Connection, expected: int) -> None:
+    """Run worker and beat on ``env`` until ``expected`` messages are written, then check README's
+    bound at the default settings: Redis holds at most ETL_MAX_QUEUED_CHUNKS queued chunks plus
+    one unacked per pool process and one being sent, each at most max(ETL_CHUNK_MAX_BYTES, one
+    1 MiB body alone: ~1.45 MB), however many large bodies arrive. Peak RSS is printed."""
     import threading
 
     import psutil
 
     from etl import settings
 
-    pad = 1_000_000 - len(event(0))
-    heavy = [json.dumps({**json.loads(event(i)), "pad": "p" * (pad - 10)}) for i in range(FLOOD)]
-    over = [EMOJI * 270_000 for _ in range(3)]  # 1,080,000 bytes: too_large
-    bodies = [event(i) for i in range(20)] + heavy + over
-    queue.send(bodies)
-    env = pipeline_env(queue.url, sqs_endpoint, at_defaults=True, CELERY_BROKER_URL=small_redis)
     config = settings.load(env)
-    client = redis.Redis.from_url(small_redis)
+    client = redis.Redis.from_url(broker_url)
     client.config_set("proto-max-bulk-len", "512mb")  # the bound, not the refusal, is tested here
     baseline = int(client.info("memory")["used_memory"])
     peak_rss: dict[str, int] = {}
@@ -171,20 +169,72 @@ def test_a_flood_of_maximum_size_bodies_stays_within_the_stated_memory_bound(
     try:
         group.start("worker", "beat")
         sampler.start()
-        wait_until(drained(queue, conn, len(bodies)), 300, "the flood to drain")
+        wait_until(lambda: sum(store.stats(conn)[k] for k in ("rows", "rejected")) >= expected, 300, "the flood")
     finally:
         stop.set()
         group.stop()
     used_peak = int(client.info("memory")["used_memory_peak"]) - baseline
     client.close()
-    assert store.stats(conn)["rows"] == 20 + FLOOD
-    reasons = dict(store.query(conn, "SELECT reason, count(*) FROM rejected_messages GROUP BY reason"))
-    assert reasons == {"too_large": 3}
     # queued, one unacked per pool process, one in hand; x1.25 for the allocator's size classes
     # (a 1.4 MB value takes a 1.5-1.75 MiB block) and 4 MB for client buffers
     per_chunk = max(config.chunk_max_bytes, 1_450_000)
     bound = (config.max_queued_chunks + 2 + 1) * per_chunk * 1.25 + 4_000_000
-    print(f"\nflood of {FLOOD} x 1 MB: Redis used_memory peak +{used_peak / 1e6:.1f} MB (bound {bound / 1e6:.1f} MB)")
+    print(f"\n{config.source} flood: Redis used_memory peak +{used_peak / 1e6:.1f} MB (bound {bound / 1e6:.1f} MB)")
     for key, rss in sorted(peak_rss.items()):
         print(f"  peak RSS {key}: {rss / 1e6:.0f} MB")
     assert used_peak <= bound
+
+
+def test_a_flood_of_maximum_size_bodies_stays_within_the_stated_memory_bound(
+    queue: sqs.Queue, conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
+) -> None:
+    """SQS, at the default settings: 100 bodies of 1 MB, 3 over 1 MiB, 20 small ones."""
+    over = [EMOJI * 270_000 for _ in range(3)]  # 1,080,000 bytes: too_large
+    bodies = [event(i) for i in range(20)] + heavy_bodies(FLOOD) + over
+    queue.send(bodies)
+    env = pipeline_env(queue.url, sqs_endpoint, at_defaults=True, CELERY_BROKER_URL=small_redis)
+    flood(env, small_redis, tmp_path, conn, len(bodies))
+    assert store.stats(conn)["rows"] == 20 + FLOOD
+    reasons = dict(store.query(conn, "SELECT reason, count(*) FROM rejected_messages GROUP BY reason"))
+    assert reasons == {"too_large": 3}
+    assert drained(queue, conn, len(bodies))()
+
+
+def test_a_flood_of_maximum_size_records_on_a_stream_stays_within_the_same_bound(
+    conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
+) -> None:
+    """Kinesis, at the default settings: 100 records of 1 MB and 20 small ones on two shards (moto
+    hands a read of all of them at once; AWS would cap a read at 10 MiB)."""
+    import os
+    import uuid
+
+    from etl.ops import seeding
+    from etl.progress import Progress
+    from etl.sources.kinesis import stream as kinesis
+
+    class Quiet(Progress):
+        def start(self, total: int, label: str) -> None:
+            pass
+
+        def advance(self, n: int) -> None:
+            pass
+
+    os.environ["AWS_ENDPOINT_URL_KINESIS"] = sqs_endpoint
+    try:
+        stream = kinesis.Stream(f"flood-{uuid.uuid4().hex[:8]}")
+        stream.create(2)
+        bodies = [event(i) for i in range(20)] + heavy_bodies(FLOOD)
+        assert len(seeding.put(stream, bodies, Quiet())) == len(bodies)
+    finally:
+        os.environ.pop("AWS_ENDPOINT_URL_KINESIS", None)
+    env = pipeline_env(
+        "http://unused.invalid/000000000000/none",
+        sqs_endpoint,
+        at_defaults=True,
+        CELERY_BROKER_URL=small_redis,
+        ETL_SOURCE="kinesis",
+        KINESIS_STREAM_NAME=stream.name,
+        AWS_ENDPOINT_URL_KINESIS=sqs_endpoint,
+    )
+    flood(env, small_redis, tmp_path, conn, len(bodies))
+    assert store.stats(conn)["rows"] == len(bodies)

@@ -41,6 +41,7 @@ run_log = logging.getLogger("etl.stream_tasks")
 MIN_INTERVAL = 0.2  # GetRecords allows 5 calls per second per shard
 IDLE_INTERVAL = 1.0  # a shard with nothing new is asked again after this long
 MAX_BACKOFF = 5.0
+ROOM_POLL = 0.2  # seconds between looks at the broker while a read's further chunks wait for room
 
 
 class ShardReader(Protocol):
@@ -132,6 +133,12 @@ def fetch(
     started = clock()
     deadline = started + budget_seconds
     report = StreamFetchReport()
+
+    def room() -> None:
+        """Wait while the broker holds enough chunks (a read cut into several by bytes)."""
+        while clock() < deadline and pause() == "backpressure":
+            sleep(ROOM_POLL)
+
     active = list(cursors)
     while active:
         now = clock()
@@ -176,7 +183,7 @@ def fetch(
             cursor.gap_after = None
         if batch.messages:
             position = Position(reader.name, shard_id, cursor.pointer.seq, batch.messages[-1].receipt_handle)
-            report.chunks += hand_on(position, batch.messages, dispatch, chunk_size, chunk_bytes)
+            report.chunks += hand_on(position, batch.messages, dispatch, chunk_size, chunk_bytes, room)
             cursor.pointer = Pointer(position.last, cursor.pointer.pending_since or wall())
             advanced(cursor)
             report.received += len(batch.messages)
@@ -200,6 +207,7 @@ def hand_on(
     dispatch: Callable[[Position, list[Message]], None],
     chunk_size: int,
     chunk_bytes: int,
+    room: Callable[[], None] = lambda: None,
 ) -> int:
     """Dispatch one read (``position`` its range) as chunks of at most ``chunk_size`` records and
     ``chunk_bytes`` broker bytes, each with its own contiguous range; returns how many.
@@ -207,7 +215,8 @@ def hand_on(
     A record over the stream's 1 MiB is withheld (``too_large``); a chunk the broker refuses is
     split, down to a record rejected alone (``broker_refused``: etl.model.chunking.deliver). If
     the broker is down, the error stops the run with the shard's pointer where it was: what was
-    handed on is read again and skipped as already written.
+    handed on is read again and skipped as already written. ``room`` runs before each further
+    chunk (it waits while the broker is full).
     """
     after = {}  # each record's range start: the sequence number of the record before it
     previous = position.after
@@ -219,7 +228,9 @@ def hand_on(
         dispatch(replace(position, after=after[part[0].receipt_handle], last=part[-1].receipt_handle), part)
 
     chunks = chunking.cut(chunking.screen(messages), chunk_size, chunk_bytes)
-    for part in chunks:
+    for n, part in enumerate(chunks):
+        if n:
+            room()
         try:
             refused = chunking.deliver(part, send)
         except chunking.Undelivered as exc:
