@@ -14,7 +14,10 @@ broker_url = _s.broker_url
 broker_connection_retry_on_startup = True
 # An unacked chunk (its worker died) returns to the broker after this long. SQS redelivers its
 # messages anyway after SQS_VISIBILITY_TIMEOUT; this only has to be finite.
-broker_transport_options = {"visibility_timeout": 300}
+# body_encoding utf-8: kombu's Redis transport would base64 the task's JSON again (x4/3); a chunk
+# is sealed, so already base64 text, and one layer is enough (issue 20: broker bytes per body byte
+# <= 1.5). Messages published before keep their own encoding in their properties and still open.
+broker_transport_options = {"visibility_timeout": 300, "body_encoding": "utf-8"}
 
 # JSON only: pickle would let anyone who can write to Redis run code in the workers.
 task_serializer = "json"

@@ -24,6 +24,9 @@ class Settings:
     masking_key_version: int = 1
     payload_keys: tuple[str, ...] = ()
     chunk_size: int = 500
+    # Broker bytes per chunk: half of Redis's lowest proto-max-bulk-len (1 MiB, the cap some
+    # managed services keep), so a chunk of small bodies never nears it.
+    chunk_max_bytes: int = 524_288
     fetch_interval: float = 5.0
     fetch_seconds: float = 20.0
     fetch_max_messages: int = 10_000
@@ -130,6 +133,7 @@ _TEXT = (
 _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
     ("chunk_size", "ETL_CHUNK_SIZE", 1),
+    ("chunk_max_bytes", "ETL_CHUNK_MAX_BYTES", 65_536),
     ("fetch_interval", "ETL_FETCH_INTERVAL", 0.5),
     ("fetch_seconds", "ETL_FETCH_SECONDS", 0.5),
     ("fetch_max_messages", "ETL_FETCH_MAX_MESSAGES", 10),
@@ -143,6 +147,7 @@ _NUMBERS = (
 # message_id is "<stream>/<shard id>/<sequence number>" in varchar(128): shard ids are 20
 # characters and sequence numbers at most 56 digits, which leaves 50 for the stream's name.
 MAX_STREAM_NAME = 50
+MAX_CHUNK_BYTES = 512 * 1024 * 1024  # Redis's own ceiling for one value (proto-max-bulk-len)
 _DEFAULTS = Settings()
 
 
@@ -231,5 +236,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"ETL_SQS_CLIENT must be lean or boto3, got {settings.sqs_client!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
+    if settings.chunk_max_bytes > MAX_CHUNK_BYTES:
+        raise ConfigError(f"ETL_CHUNK_MAX_BYTES must be at most {MAX_CHUNK_BYTES} (Redis's largest value, 512 MiB)")
     _require_distinct_keys(settings)
     return settings

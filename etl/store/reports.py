@@ -56,6 +56,7 @@ def rejected_summary(conn: Connection) -> list[tuple[Any, ...]]:
 _TO_REPLAY = """
 SELECT message_id, sealed_body FROM rejected_messages r
 WHERE (%s::text IS NULL OR reason = %s)
+  AND sealed_body <> ''  -- a withheld body (too_large, broker_refused) was never kept
   AND NOT EXISTS (SELECT 1 FROM rejected_replays p WHERE p.message_id = r.message_id)
 ORDER BY rejected_at, message_id LIMIT %s
 """

@@ -42,6 +42,7 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         rt.coordinator,
         lambda position, chunk: send_stream_chunk(position, chunk, rt.sealer),
         chunk_size=s.chunk_size,
+        chunk_bytes=s.chunk_max_bytes,
         budget_seconds=s.fetch_seconds,
         shards_per_fetch=s.kinesis_shards_per_fetch,
         start=s.kinesis_start,

@@ -50,6 +50,7 @@ def fetch(self: Any) -> dict[str, Any]:
             rt.queue,
             lambda chunk: send_chunk(chunk, rt.sealer),
             chunk_size=s.chunk_size,
+            chunk_bytes=s.chunk_max_bytes,
             max_messages=s.fetch_max_messages,
             budget_seconds=s.fetch_seconds,
             visibility_timeout=s.visibility_timeout,

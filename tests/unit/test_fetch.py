@@ -131,3 +131,63 @@ def test_a_chunk_that_waited_long_is_extended_at_once() -> None:
     with sqs_fetch.kept_invisible(queue, old, visibility_timeout=120):
         pass
     assert queue.extensions == [120]
+
+
+def test_chunks_are_bounded_by_bytes_and_an_oversized_body_travels_without_it() -> None:
+    from etl.model import chunking
+
+    queue, chunks = MemoryQueue(0), []
+    queue.visible = [Message(f"m{i}", f"rh{i}", "x" * 40_000, 0) for i in range(30)]
+    queue.visible.insert(5, Message("huge", "rh", "\U0001f600" * 300_000, 0))  # 1.2 MB: over SQS's 1 MiB
+    report = run(queue, chunks.append, chunk_bytes=200_000)
+    assert all(sum(chunking.weight(m) for m in c) + chunking.CHUNK_OVERHEAD <= 200_000 for c in chunks)
+    sent = [m for c in chunks for m in c]
+    assert sorted(m.message_id for m in sent) == sorted(["huge", *(f"m{i}" for i in range(30))])
+    (stub,) = [m for m in sent if m.message_id == "huge"]
+    assert stub.body == "" and stub.withheld is not None and stub.withheld.reason == "too_large"
+    assert report.withheld == 1 and report.received == 31
+
+
+def test_a_chunk_the_broker_refuses_loses_only_its_offender() -> None:
+    queue, sent = MemoryQueue(20), []
+    queue.visible[7] = Message("big", "rh-big", "y" * 5000, 0)
+
+    def small_broker(chunk: list[Message]) -> None:
+        if any(len(m.body) > 1000 for m in chunk):
+            raise ConnectionError("Broken pipe")
+        sent.extend(chunk)
+
+    report = run(queue, small_broker, chunk_size=25)
+    assert len(sent) == 20 and queue.visible == [] and report.withheld == 1
+    assert [m.withheld.reason for m in sent if m.withheld] == ["broker_refused"]
+
+
+def test_a_round_of_heavy_bodies_waits_for_room_before_each_further_chunk() -> None:
+    queue, chunks = MemoryQueue(0), []
+    queue.visible = [Message(f"m{i}", f"rh{i}", "x" * 300_000, 0) for i in range(10)]
+    clock, slept = Clock(), []
+    queued = lambda: len(chunks) - 2 * len(slept)  # noqa: E731  (the workers take two chunks per wait)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    seen: list[int] = []
+
+    def dispatch(chunk: list[Message]) -> None:
+        seen.append(queued())
+        chunks.append(chunk)
+
+    report = sqs_fetch.fetch(
+        queue,
+        dispatch,
+        chunk_size=500,
+        chunk_bytes=524_288,
+        max_messages=10,
+        budget_seconds=5,
+        visibility_timeout=30,
+        pause=lambda: "backpressure" if queued() >= 3 else None,
+        clock=clock,
+        sleep=sleep,
+    )
+    assert len(chunks) == 10 and report.received == 10  # one round of 10, each alone (300 KB bodies)
+    assert slept and max(seen) < 3, str(seen)  # it waited for room instead of queueing all ten at once

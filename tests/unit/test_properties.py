@@ -57,3 +57,39 @@ def test_no_raw_pii_survives_into_rows_or_rejections(obj: dict, ip: str, device_
 def test_every_message_gets_exactly_one_outcome(obj: dict) -> None:  # type: ignore[type-arg]
     result = records.transform([Message("m", "rh", json.dumps(obj), 0)], MASKER, SEALER)
     assert len(result.rows) + len(result.rejected) == 1
+
+
+# Any code point, lone surrogates included (SQS hands those on as they came).
+any_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=3000)
+
+
+def added_bytes(chunk: list[Message]) -> int:
+    """Sealed bytes the bodies add to ``chunk`` (against the same chunk with empty bodies)."""
+    empty = [Message(m.message_id, m.receipt_handle, "", m.sent_timestamp_ms, 2) for m in chunk]
+    return len(records.pack_chunk(chunk, SEALER)) - len(records.pack_chunk(empty, SEALER))
+
+
+def utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+@given(st.lists(any_text, min_size=1, max_size=5), st.integers(0, 3))
+@settings(max_examples=200, deadline=None)
+def test_a_packed_chunk_costs_four_thirds_of_its_bodies_plus_a_fixed_envelope(texts: list[str], dup: int) -> None:
+    """Issue 20: bodies add 4/3 of their UTF-8 bytes to a sealed chunk (Fernet's base64), for any
+    characters (no JSON escapes), plus their lengths' digits in the header, at most one 16-byte
+    AES block of padding and one base64 group of rounding; and the chunk round-trips."""
+    chunk = [Message(f"id-{i}", f"rh-{i}", t * (dup + 1), 1_700_000_000_000, 2) for i, t in enumerate(texts)]
+    body_bytes = sum(utf8(m.body) for m in chunk)
+    digits = sum(len(str(utf8(m.body))) - 1 for m in chunk)
+    assert added_bytes(chunk) <= 4 * (body_bytes + digits + 16) / 3 + 4
+    assert records.unpack_chunk(records.pack_chunk(chunk, SEALER), SEALER) == chunk
+
+
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), min_size=256), min_size=1))
+@settings(max_examples=100, deadline=None)
+def test_bodies_of_256_bytes_or_more_cost_at_most_one_and_a_half_bytes_each(texts: list[str]) -> None:
+    """The issue's bound, sealed: <= 1.5 bytes per body byte (the broker adds a fixed envelope
+    only: tests/integration/test_sizes.py measures it in Redis)."""
+    chunk = [Message(f"id-{i}", f"rh-{i}", t, 1_700_000_000_000, 2) for i, t in enumerate(texts)]
+    assert added_bytes(chunk) / sum(utf8(t) for t in texts) <= 1.5

@@ -160,3 +160,39 @@ def test_a_chunk_sealed_longer_ago_than_allowed_is_expired() -> None:
         records.unpack_chunk(future, sealer, max_age=120)
     with pytest.raises(TerminalError):
         records.unpack_chunk(old[:-4] + "AAAA", sealer, max_age=10**9)  # tampered: refused, not dated
+
+
+def test_a_withheld_message_is_rejected_with_its_own_reason_and_no_body() -> None:
+    from etl.model import chunking
+
+    sealer = Sealer([new_key()])
+    stub = chunking.withhold(message(json.dumps(EVENT), mid="big"), chunking.TOO_LARGE, "is too large")
+    packed = records.pack_chunk([stub, message(json.dumps(EVENT), mid="ok")], sealer)
+    opened = records.unpack_chunk(packed, sealer)
+    assert opened[0] == stub
+    result = records.transform(opened, Masker(MASKING_KEY), sealer)
+    (rejected,) = result.rejected
+    assert [r.message_id for r in result.rows] == ["ok"]
+    assert (rejected.message_id, rejected.reason, rejected.sealed_body) == ("big", "too_large", "")
+    assert rejected.body_chars == len(json.dumps(EVENT)) and rejected.user_id is None
+    assert EVENT["ip"] not in rejected.detail and "sha256" in rejected.detail
+
+
+def test_a_chunk_sealed_before_the_upgrade_still_opens() -> None:
+    sealer = Sealer([new_key()])
+    fields = ("message_id", "receipt_handle", "body", "sent_timestamp_ms", "receive_count", "received_at")
+    msgs = [message(json.dumps(EVENT), mid="x"), message("\ud800 é \U0001f600", mid="y")]
+    version1 = json.dumps([{f: getattr(m, f) for f in fields} for m in msgs]).encode("utf-8", "surrogatepass")
+    assert records.unpack_chunk(sealer.seal(version1), sealer) == msgs
+
+
+def test_a_chunk_whose_lengths_do_not_add_up_is_refused() -> None:
+    import pytest
+
+    from etl.errors import TerminalError
+
+    sealer = Sealer([new_key()])
+    data = sealer.open(records.pack_chunk([message("abc")], sealer))
+    for broken in (data[:-1], data + b"x", b"\x03" + data[1:]):
+        with pytest.raises(TerminalError):
+            records.unpack_chunk(sealer.seal(broken), sealer)

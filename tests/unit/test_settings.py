@@ -37,6 +37,14 @@ def test_bad_number_is_named() -> None:
         settings.load({"ETL_CHUNK_SIZE": "lots"})
 
 
+def test_chunk_max_bytes_is_checked_at_start_up() -> None:
+    assert settings.load({}).chunk_max_bytes == 524_288
+    assert settings.load({"ETL_CHUNK_MAX_BYTES": "1048576"}).chunk_max_bytes == 1_048_576
+    for bad, said in (("64k", "not a valid int"), ("1000", "at least 65536"), (str(2**30), "at most")):
+        with pytest.raises(ConfigError, match=f"ETL_CHUNK_MAX_BYTES.*{said}|{said}.*ETL_CHUNK_MAX_BYTES"):
+            settings.load({"ETL_CHUNK_MAX_BYTES": bad})
+
+
 def test_repr_hides_secrets() -> None:
     s = settings.load({"ETL_MASKING_KEY": MASKING_KEY, "DATABASE_URL": "postgresql://u:pw@h/db"})
     assert MASKING_KEY not in repr(s) and "pw" not in repr(s)

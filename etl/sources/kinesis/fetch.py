@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from etl import store
@@ -28,7 +28,7 @@ from etl.crypto.sealing import Sealer
 from etl.crypto.vault import Vault
 from etl.errors import TerminalError, TransientError
 from etl.load import ChunkReport, chunk_report, write
-from etl.model import shards
+from etl.model import chunking, shards
 from etl.model.records import Message
 from etl.model.shards import START, Batch, IteratorExpired, Pointer, Position, Shard, Throttled, at_end
 from etl.store import streams
@@ -41,6 +41,7 @@ run_log = logging.getLogger("etl.stream_tasks")
 MIN_INTERVAL = 0.2  # GetRecords allows 5 calls per second per shard
 IDLE_INTERVAL = 1.0  # a shard with nothing new is asked again after this long
 MAX_BACKOFF = 5.0
+ROOM_POLL = 0.2  # seconds between looks at the broker while a read's further chunks wait for room
 
 
 class ShardReader(Protocol):
@@ -110,6 +111,7 @@ def fetch(
     *,
     chunk_size: int,
     budget_seconds: float,
+    chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
     advanced: Callable[[Cursor], None] = lambda c: None,
     ended: Callable[[Cursor], None] = lambda c: None,
     expired: Callable[[Cursor], None] = lambda c: None,
@@ -118,7 +120,8 @@ def fetch(
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StreamFetchReport:
-    """Read ``cursors`` for up to ``budget_seconds``; each non-empty read becomes one chunk.
+    """Read ``cursors`` for up to ``budget_seconds``; each non-empty read becomes one chunk, or
+    several in order when it holds more than ``chunk_bytes`` broker bytes (``hand_on``).
 
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
@@ -130,6 +133,12 @@ def fetch(
     started = clock()
     deadline = started + budget_seconds
     report = StreamFetchReport()
+
+    def room() -> None:
+        """Wait while the broker holds enough chunks (a read cut into several by bytes)."""
+        while clock() < deadline and pause() == "backpressure":
+            sleep(ROOM_POLL)
+
     active = list(cursors)
     while active:
         now = clock()
@@ -174,11 +183,10 @@ def fetch(
             cursor.gap_after = None
         if batch.messages:
             position = Position(reader.name, shard_id, cursor.pointer.seq, batch.messages[-1].receipt_handle)
-            dispatch(position, batch.messages)
+            report.chunks += hand_on(position, batch.messages, dispatch, chunk_size, chunk_bytes, room)
             cursor.pointer = Pointer(position.last, cursor.pointer.pending_since or wall())
             advanced(cursor)
             report.received += len(batch.messages)
-            report.chunks += 1
             cursor.read += len(batch.messages)
         cursor.iterator = batch.next_iterator
         if at_end(cursor.shard, cursor.pointer, batch.next_iterator):
@@ -191,6 +199,50 @@ def fetch(
     if not active and report.stopped == "budget":
         report.stopped = "shards ended"
     return report
+
+
+def hand_on(
+    position: Position,
+    messages: list[Message],
+    dispatch: Callable[[Position, list[Message]], None],
+    chunk_size: int,
+    chunk_bytes: int,
+    room: Callable[[], None] = lambda: None,
+) -> int:
+    """Dispatch one read (``position`` its range) as chunks of at most ``chunk_size`` records and
+    ``chunk_bytes`` broker bytes, each with its own contiguous range; returns how many.
+
+    A record over the stream's 1 MiB is withheld (``too_large``); a chunk the broker refuses is
+    split, down to a record rejected alone (``broker_refused``: etl.model.chunking.deliver). If
+    the broker is down, the error stops the run with the shard's pointer where it was: what was
+    handed on is read again and skipped as already written. ``room`` runs before each further
+    chunk (it waits while the broker is full).
+    """
+    after = {}  # each record's range start: the sequence number of the record before it
+    previous = position.after
+    for m in messages:
+        after[m.receipt_handle] = previous
+        previous = m.receipt_handle
+
+    def send(part: list[Message]) -> None:
+        dispatch(replace(position, after=after[part[0].receipt_handle], last=part[-1].receipt_handle), part)
+
+    chunks = chunking.cut(chunking.screen(messages), chunk_size, chunk_bytes)
+    for n, part in enumerate(chunks):
+        if n:
+            room()
+        try:
+            refused = chunking.deliver(part, send)
+        except chunking.Undelivered as exc:
+            log.warning(
+                "shard %s: dispatch failed (%s); the shard is read again from its pointer", position.shard_id, exc
+            )
+            raise exc.cause from None
+        if refused:
+            log.warning(
+                "shard %s: the broker refused %d records on their own (broker_refused)", position.shard_id, len(refused)
+            )
+    return len(chunks)
 
 
 def _iterator(reader: ShardReader, cursor: Cursor, expired: Callable[[Cursor], None]) -> str:
@@ -230,6 +282,7 @@ def run(
     chunk_size: int,
     budget_seconds: float,
     shards_per_fetch: int,
+    chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
     start: str,
     reread_after: float,
     pause: Callable[[], str | None] = lambda: None,
@@ -324,6 +377,7 @@ def run(
                 dispatch,
                 chunk_size=chunk_size,
                 budget_seconds=budget_seconds,
+                chunk_bytes=chunk_bytes,
                 advanced=advanced,
                 ended=ended,
                 expired=expired,

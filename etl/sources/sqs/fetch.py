@@ -24,6 +24,7 @@ from etl.crypto.masking import Masker
 from etl.crypto.sealing import Sealer
 from etl.crypto.vault import Vault
 from etl.load import ChunkReport, chunk_report, write
+from etl.model import chunking
 from etl.model.records import Message
 
 log = logging.getLogger("etl.pipeline")
@@ -37,6 +38,9 @@ class MessageSource(Protocol):
     def change_visibility(self, messages: list[Message], seconds: int) -> list[str]: ...
 
 
+ROOM_POLL = 0.2  # seconds between looks at the broker while a fetch waits for room
+
+
 @dataclass(frozen=True)
 class FetchReport:
     received: int
@@ -44,6 +48,7 @@ class FetchReport:
     receive_calls: int
     seconds: float
     stopped: str  # why the run ended: budget, max_messages, or what ``pause`` said
+    withheld: int = 0  # messages handed on without their body (too_large, broker_refused)
 
 
 def fetch(
@@ -51,37 +56,54 @@ def fetch(
     dispatch: Callable[[list[Message]], None],
     *,
     chunk_size: int,
+    chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
     max_messages: int,
     budget_seconds: float,
     visibility_timeout: int,
     receive_batch: int = 10,
     pause: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> FetchReport:
     """Receive for up to ``budget_seconds`` (or ``max_messages``), dispatching full chunks.
 
+    A chunk holds at most ``chunk_size`` messages and ``chunk_bytes`` broker bytes (a heavier
+    message travels alone); a body over the source's maximum travels without its body, to be
+    rejected as ``too_large`` (etl.model.chunking).
     Each round asks the source for up to ``receive_batch`` messages (the SQS module spreads that
     over concurrent calls).
     Before starting each new chunk it asks ``pause`` (backpressure, shutdown); a reason stops
-    the run. Long-polls only while holding nothing, so a partial chunk is never kept waiting: it
-    is sent as soon as the queue runs dry. If a chunk cannot be dispatched (broker down), its
-    messages are made visible again at once instead of waiting out their visibility timeout.
+    the run; a round that makes several chunks (large bodies: cut by bytes) waits before each
+    further one while ``pause`` says "backpressure", up to the run's budget, so the broker's
+    bound holds whatever the bodies weigh. Long-polls only while holding nothing, so a partial
+    chunk is never kept waiting: it is sent as soon as the queue runs dry. A chunk the broker
+    refuses is split and tried again, down to a single message rejected on its own
+    (``broker_refused``); if the broker is down, the messages not handed on are made visible again
+    at once instead of waiting out their visibility timeout.
     """
     started = clock()
     deadline = started + budget_seconds
     pending: list[Message] = []
-    received = chunks = calls = 0
+    received = chunks = calls = withheld = 0
     stopped = "max_messages"
 
     def send(chunk: list[Message]) -> None:
-        nonlocal chunks
+        nonlocal chunks, withheld
         try:
-            dispatch(chunk)
-        except Exception:
-            log.warning("dispatch of %d messages failed; releasing them back to SQS", len(chunk))
-            release(source, chunk)
-            raise
+            refused = chunking.deliver(chunk, dispatch)
+        except chunking.Undelivered as exc:
+            log.warning("dispatch failed (%s); releasing %d messages back to SQS", exc, len(exc.left))
+            release(source, exc.left)
+            raise exc.cause from None
+        if refused:
+            log.warning("the broker refused %d messages on their own; rejected as broker_refused", len(refused))
+        withheld += len(refused) + sum(1 for m in chunk if m.withheld is not None)
         chunks += 1
+
+    def room() -> None:
+        """Wait while the broker holds enough chunks (held messages stay invisible meanwhile)."""
+        while clock() < deadline and pause() == "backpressure":
+            sleep(ROOM_POLL)
 
     try:
         while received < max_messages:
@@ -105,17 +127,27 @@ def fetch(
             )
             calls += 1
             received += len(batch)
-            pending.extend(batch)
-            while len(pending) >= chunk_size:
-                chunk, pending = pending[:chunk_size], pending[chunk_size:]
+            pending.extend(chunking.screen(batch))
+            ready = chunking.cut(pending, chunk_size, chunk_bytes)
+            if ready and len(ready[-1]) < chunk_size:
+                ready.pop()  # not full yet (a full one by bytes was cut before its next message)
+            for n, chunk in enumerate(ready):
+                if n:
+                    room()
+                pending = pending[len(chunk) :]
                 send(chunk)
             if not batch and pending:
+                room()
                 chunk, pending = pending, []
                 send(chunk)  # the queue ran dry: do not keep a partial chunk waiting
-    finally:
-        if pending:
-            send(pending)
-    return FetchReport(received, chunks, calls, clock() - started, stopped)
+    except BaseException:
+        for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
+            send(chunk)  # hand on what is held, then fail (the broker may be what failed)
+        raise
+    for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
+        room()
+        send(chunk)
+    return FetchReport(received, chunks, calls, clock() - started, stopped, withheld)
 
 
 def release(source: MessageSource, messages: list[Message]) -> None:

@@ -1,0 +1,89 @@
+"""Chunk packing before and after issue 20, in one run: CPU per message and broker bytes per body byte.
+
+Before: a JSON list of message objects (``\\uXXXX`` escapes), sealed (Fernet, base64), and the
+task's JSON base64-encoded again by kombu's Redis transport. After: a JSON header and the raw
+UTF-8 bodies (etl.model.records, format 2), sealed, and kombu's body left as it is.
+
+    .venv/bin/python -m bench.chunk_codec [--rounds N]
+
+Prints one table; every figure is a ratio or a time measured in this run (the bodies: the shared
+samples' shape, ~200 ASCII bytes; and the same count of 4 KiB emoji bodies).
+"""
+
+import argparse
+import base64
+import json
+import random
+import time
+from collections.abc import Callable
+from functools import partial
+
+from etl.crypto.sealing import Sealer, new_key
+from etl.model import records
+from etl.model.records import Message
+from etl.ops import samples
+
+FIELDS = ("message_id", "receipt_handle", "body", "sent_timestamp_ms", "receive_count", "received_at")
+
+
+def pack_before(messages: list[Message], sealer: Sealer) -> str:
+    sealed = sealer.seal(json.dumps([{f: getattr(m, f) for f in FIELDS} for m in messages]).encode())
+    task_body = json.dumps([[sealed], {}, {"callbacks": None}])
+    return base64.b64encode(task_body.encode()).decode()  # kombu's redis body_encoding=base64
+
+
+def unpack_before(wire: str, sealer: Sealer) -> list[Message]:
+    sealed = json.loads(base64.b64decode(wire))[0][0]
+    return [Message(**m) for m in json.loads(sealer.open(sealed).decode())]
+
+
+def pack_after(messages: list[Message], sealer: Sealer) -> str:
+    return json.dumps([[records.pack_chunk(messages, sealer)], {}, {"callbacks": None}])
+
+
+def unpack_after(wire: str, sealer: Sealer) -> list[Message]:
+    return records.unpack_chunk(json.loads(wire)[0][0], sealer)
+
+
+def per_message_us(fn: Callable[[], object], messages: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        fn()
+        best = min(best, time.process_time() - started)
+    return best / messages * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--chunk", type=int, default=500)
+    args = parser.parse_args()
+    sealer = Sealer([new_key()])
+    rng = random.Random(20)
+    handle = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(180))
+    sets = {
+        "samples (ASCII)": samples.generate(args.chunk, seed=20),
+        "4 KiB emoji": ["\U0001f600" * 1024] * args.chunk,
+    }
+    print(f"chunk of {args.chunk} messages, best of {args.rounds} rounds, one process")
+    print(f"{'bodies':<16} {'':>7} {'pack us/msg':>12} {'unpack us/msg':>14} {'wire bytes/body byte':>21}")
+    for name, bodies in sets.items():
+        chunk = [Message(f"id-{i:06d}-{rng.random()}", handle, b, 1_700_000_000_000, 1) for i, b in enumerate(bodies)]
+        body_bytes = sum(len(b.encode()) for b in bodies)
+        rows = {}
+        for label, pack, unpack in (("before", pack_before, unpack_before), ("after", pack_after, unpack_after)):
+            wire = pack(chunk, sealer)
+            assert unpack(wire, sealer) == chunk
+            rows[label] = (
+                per_message_us(partial(pack, chunk, sealer), len(chunk), args.rounds),
+                per_message_us(partial(unpack, wire, sealer), len(chunk), args.rounds),
+                len(wire) / body_bytes,
+            )
+            print(f"{name:<16} {label:>7} {rows[label][0]:>12.2f} {rows[label][1]:>14.2f} {rows[label][2]:>21.2f}")
+        b, a = rows["before"], rows["after"]
+        print(f"{name:<16} {'after/before':>7} {a[0] / b[0]:>7.2f}x {a[1] / b[1]:>13.2f}x {a[2] / b[2]:>20.2f}x")
+
+
+if __name__ == "__main__":
+    main()

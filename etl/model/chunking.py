@@ -1,0 +1,121 @@
+"""Chunks bounded by bytes as well as count, and handed on so that no message costs its neighbours
+(pure: the broker is a ``send`` callable).
+
+* ``weight`` / ``cut``: what a message adds to a packed chunk on the broker, and where a run of
+  messages is cut into chunks of at most ``max_count`` messages and ``max_bytes`` broker bytes
+  (a single message heavier than ``max_bytes`` travels alone).
+* ``screen``: a body over the source's own maximum (1 MiB for SQS and Kinesis) is withheld: it
+  travels as a stub (no body; its size and SHA-256 digest) and becomes a ``too_large`` rejection.
+* ``deliver``: a chunk the broker refuses is split in halves and each half tried again; a single
+  message that is still refused, when a stub of it goes through (so the broker is up), becomes a
+  ``broker_refused`` rejection on its own. When even the stub fails the broker is down:
+  ``Undelivered`` names every message not handed on, for the caller to give back.
+"""
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import replace
+
+from etl.model.records import Message, Withheld
+
+DEFAULT_CHUNK_BYTES = 524_288  # ETL_CHUNK_MAX_BYTES's default (etl.settings; a unit test keeps them equal)
+SOURCE_MAX_BODY_BYTES = 1_048_576  # SQS and Kinesis both cap a message (a record's data) at 1 MiB
+TOO_LARGE = "too_large"
+BROKER_REFUSED = "broker_refused"
+REASONS = (TOO_LARGE, BROKER_REFUSED)
+
+# Bytes a message adds to a packed chunk besides its body: its header entry (ids, numbers) before
+# Fernet's base64. Generous: the estimate must not undercount.
+MESSAGE_OVERHEAD = 96
+# Bytes of a chunk's envelope on the broker: Celery's headers and kombu's properties (about 1.5 KB
+# measured), Fernet's version, time, IV, padding and HMAC.
+CHUNK_OVERHEAD = 4096
+
+
+def body_bytes(message: Message) -> int:
+    """The body's length in UTF-8 bytes (``isascii`` is O(1): no copy for an ASCII body)."""
+    body = message.body
+    return len(body) if body.isascii() else len(body.encode("utf-8", "surrogatepass"))
+
+
+def weight(message: Message) -> int:
+    """Broker bytes this message adds to a chunk (an upper estimate: Fernet's base64 is 4/3)."""
+    raw = body_bytes(message) + len(message.message_id) + len(message.receipt_handle) + MESSAGE_OVERHEAD
+    if message.withheld is not None:
+        raw += len(message.withheld.detail) + len(message.withheld.reason)
+    return (raw * 4 + 2) // 3
+
+
+def cut(messages: list[Message], max_count: int, max_bytes: int) -> list[list[Message]]:
+    """``messages`` in order, as chunks of at most ``max_count`` messages and ``max_bytes``
+    estimated broker bytes each (a message heavier than that alone in its chunk)."""
+    chunks: list[list[Message]] = []
+    current: list[Message] = []
+    load = CHUNK_OVERHEAD
+    for message in messages:
+        w = weight(message)
+        if current and (len(current) >= max_count or load + w > max_bytes):
+            chunks.append(current)
+            current, load = [], CHUNK_OVERHEAD
+        current.append(message)
+        load += w
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def withhold(message: Message, reason: str, why: str) -> Message:
+    """``message`` without its body: a stub that keeps the body's size and SHA-256 digest."""
+    data = message.body.encode("utf-8", "surrogatepass")
+    detail = f"body of {len(data)} bytes {why}; not kept (sha256 {hashlib.sha256(data).hexdigest()})"
+    return replace(message, body="", withheld=Withheld(reason, detail, len(message.body)))
+
+
+def screen(messages: list[Message], max_body: int = SOURCE_MAX_BODY_BYTES) -> list[Message]:
+    """``messages`` with every body over ``max_body`` bytes withheld (``too_large``)."""
+    return [
+        withhold(m, TOO_LARGE, f"is over the source's limit of {max_body} bytes") if body_bytes(m) > max_body else m
+        for m in messages
+    ]
+
+
+class Undelivered(Exception):
+    """The broker is down: ``left`` are the messages not handed on (``cause`` the last failure)."""
+
+    def __init__(self, left: list[Message], cause: BaseException) -> None:
+        super().__init__(f"{len(left)} messages not handed on: {type(cause).__name__}")
+        self.left = left
+        self.cause = cause
+
+
+def deliver(chunk: list[Message], send: Callable[[list[Message]], None]) -> list[Message]:
+    """Hand ``chunk`` to ``send``, in order; returns the messages withheld as ``broker_refused``.
+
+    A refused part is split in halves, first half first (a stream's ranges stay in order). A
+    single refused message is replaced by its stub; if the stub is refused too, the broker is down
+    and Undelivered carries what is left (that message and everything after it).
+    """
+    refused: list[Message] = []
+    todo: list[list[Message]] = [chunk]
+    while todo:
+        part = todo.pop()
+        try:
+            send(part)
+            continue
+        except Exception as exc:
+            if len(part) > 1:
+                half = len(part) // 2
+                todo += [part[half:], part[:half]]
+                continue
+            failure = exc
+        only = part[0]
+        left = [only] + [m for p in reversed(todo) for m in p]
+        if only.withheld is not None:  # a stub is tiny: the broker is down, not full
+            raise Undelivered(left, failure) from failure
+        stub = withhold(only, BROKER_REFUSED, f"refused by the broker ({type(failure).__name__})")
+        try:
+            send([stub])
+        except Exception as exc:
+            raise Undelivered(left, exc) from exc
+        refused.append(stub)
+    return refused
