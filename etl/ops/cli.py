@@ -16,6 +16,7 @@ from etl import logs, settings, store
 from etl.crypto import vault
 from etl.crypto.sealing import new_key
 from etl.errors import EtlError
+from etl.model import shards
 from etl.ops import health, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
@@ -111,7 +112,8 @@ def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: b
     _print_table_stats(result)
     print(f"stream:    {s.kinesis_stream_name}")
     for sh in result["shards"]:
-        state = "finished" if sh["end"] is not None and int(sh["checkpoint"]) >= int(sh["end"]) else "open"
+        finished = sh["end"] is not None and shards.key(sh["checkpoint"]) >= shards.key(sh["end"])
+        state = "finished" if finished else "open"
         lag = "?" if sh["behind_ms"] is None else f"{sh['behind_ms']} ms behind ({sh['lag_seen_s_ago']}s ago)"
         shard = report.printable(sh["shard_id"])  # from the database; the lag from Redis: both escaped
         print(

@@ -30,7 +30,8 @@ _FORGET = "DELETE FROM stream_ranges WHERE stream = %s AND shard_id = %s AND las
 
 
 def _text(value: Decimal | int | None) -> str | None:
-    return None if value is None else str(int(value))
+    """A numeric column as a position (etl.model.shards.from_db)."""
+    return None if value is None else shards.from_db(format(value, "f"))
 
 
 def ensure_shards(conn: Connection, stream: str, shard_ids: list[str], start_at: float | None) -> None:
@@ -61,7 +62,7 @@ def mark_end(conn: Connection, stream: str, shard_id: str, end_seq: str) -> None
     with transaction(conn, "mark shard end") as cur:
         cur.execute(
             "UPDATE stream_checkpoints SET end_seq = %s WHERE stream = %s AND shard_id = %s",
-            (end_seq, stream, shard_id),
+            (shards.to_db(end_seq), stream, shard_id),
         )
 
 
@@ -71,12 +72,12 @@ def record_range(cur: Any, position: Position) -> str:
     cur.execute(_ENSURE, (*key, None))  # a shard the fetch recorded is already there
     cur.execute(_LOCK, key)
     current = _text(cur.fetchone()[0]) or shards.START
-    cur.execute(_RECORD, (*key, position.after, position.last))
-    cur.execute(_RANGES, (*key, current))
-    moved = shards.advance(current, [(str(int(a)), str(int(b))) for a, b in cur.fetchall()])
+    cur.execute(_RECORD, (*key, shards.to_db(position.after), shards.to_db(position.last)))
+    cur.execute(_RANGES, (*key, shards.to_db(current)))
+    moved = shards.advance(current, [(_text(a) or shards.START, _text(b) or shards.START) for a, b in cur.fetchall()])
     if moved != current:
-        cur.execute(_MOVE, (moved, *key))
-        cur.execute(_FORGET, (*key, moved))
+        cur.execute(_MOVE, (shards.to_db(moved), *key))
+        cur.execute(_FORGET, (*key, shards.to_db(moved)))
     return moved
 
 

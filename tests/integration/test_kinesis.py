@@ -433,3 +433,104 @@ def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
     finally:
         blocker.close()
         p.stop()
+
+
+def put_aggregated(
+    stream: kinesis.Stream, bodies: list[str], seed: int, corrupt: int = 2
+) -> tuple[dict[str, str], set[str]]:
+    """Put ``bodies`` the way a KPL producer does: most packed into aggregated records of 2 to 45
+    user records (aws-kinesis-agg), some plain, in random order and shards; plus ``corrupt``
+    aggregates (bad digest, bad protobuf). Returns every user record's expected message id ->
+    body, and the ids of the corrupt aggregates."""
+    import hashlib
+    import random
+
+    from aws_kinesis_agg.aggregator import AggRecord
+
+    rng = random.Random(seed)
+    entries: list[tuple[list[str] | None, bytes]] = []  # (bodies inside, or None: corrupt) and the data
+    i = 0
+    while i < len(bodies):
+        n = 1 if rng.random() < 0.25 else rng.randint(2, 45)
+        group = bodies[i : i + n]
+        i += n
+        if len(group) == 1:
+            entries.append((group, group[0].encode()))
+            continue
+        agg = AggRecord()
+        for b in group:
+            assert agg.add_user_record(uuid.uuid4().hex, b.encode())
+        entries.append((group, bytes(agg.get_contents()[2])))
+    for k in range(corrupt):
+        agg = AggRecord()
+        for b in samples.generate(5, seed=seed + k, malformed_rate=0.0):
+            agg.add_user_record("k", b.encode())
+        data = bytes(agg.get_contents()[2])
+        if k % 2 == 0:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])  # the digest no longer matches
+        else:
+            body = data[4:-16][:-3]  # a protobuf cut short, under a digest that matches it
+            data = data[:4] + body + hashlib.md5(body, usedforsecurity=False).digest()
+        entries.insert(rng.randrange(len(entries)), (None, data))
+    client = boto3.client("kinesis", endpoint_url=os.environ["AWS_ENDPOINT_URL_KINESIS"], **_aws())
+    expected: dict[str, str] = {}
+    broken: set[str] = set()
+    for start in range(0, len(entries), 100):
+        batch = entries[start : start + 100]
+        got = client.put_records(
+            StreamName=stream.name, Records=[{"Data": d, "PartitionKey": uuid.uuid4().hex} for _, d in batch]
+        )
+        assert not got.get("FailedRecordCount")
+        for (group, _), r in zip(batch, got["Records"], strict=True):
+            sid, seq = r["ShardId"], r["SequenceNumber"]
+            if group is None:
+                broken.add(shards.message_id(stream.name, sid, seq))
+            elif len(group) == 1:
+                expected[shards.message_id(stream.name, sid, seq)] = group[0]
+            else:
+                expected.update({shards.message_id(stream.name, sid, seq, j): b for j, b in enumerate(group)})
+    return expected, broken
+
+
+def test_aggregated_and_plain_records_through_sigkills_each_user_record_once(
+    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """KPL-aggregated records (bad user records inside), plain ones and corrupt aggregates mixed
+    on 2 shards; chunks of 20 user records, so chunk boundaries fall inside aggregates; pool
+    processes and then the whole worker SIGKILLed mid-run: every valid user record one row,
+    every bad one one rejection, each corrupt aggregate one `bad_aggregate` rejection."""
+    bodies = samples.generate(700, seed=51, malformed_rate=0.08)
+    expected, broken = put_aggregated(stream, bodies, seed=51)
+    valid = valid_count(list(expected.values()))
+    assert len(expected) == len(bodies) and valid < len(bodies)
+    seqs = shard_records(stream)
+    assert all(len(qs) > 5 for qs in seqs.values()), "both shards hold records"
+    total = len(expected) + len(broken)
+    p = ProcessGroup(env=stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
+    try:
+        p.start("worker", "beat")
+        killed = 0
+        for fraction in (0.15, 0.35):
+            wait_until(lambda f=fraction: sum(counts(conn)) >= f * total, 120, f"{fraction:.0%} written")
+            for pid in _pool_pids(p.procs["worker"].pid):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        wait_until(lambda: sum(counts(conn)) >= 0.55 * total, 120, "55% written")
+        p.procs["worker"].kill()
+        p.procs.pop("worker").wait()
+        p.stop("beat")
+        time.sleep(1)
+        p.start("worker", "beat")
+        wait_until(all_in(conn, total), 180, "every user record after the kills")
+        assert killed >= 2
+        assert counts(conn) == (valid, total - valid)
+        rows = {r[0] for r in store.query(conn, "SELECT message_id FROM user_logins")}
+        rejected = dict(store.query(conn, "SELECT message_id, reason FROM rejected_messages"))
+        assert rows | set(rejected) == set(expected) | broken, "no user record lost, none made up"
+        assert {k for k, why in rejected.items() if why == events.BAD_AGGREGATE} == broken
+        assert max(len(m) for m in rows | set(rejected)) <= 128
+        assert any(m.count("/") == 3 for m in rows), "user records of aggregates carry a sub-sequence number"
+        want = {sid: qs[-1] for sid, qs in seqs.items()}
+        wait_until(lambda: checkpoints(conn, stream) == want, 60, "checkpoints at each shard's last record")
+    finally:
+        p.stop()

@@ -172,14 +172,18 @@ def fetch(
             if batch.messages:
                 expired(cursor)
             cursor.gap_after = None
-        if batch.messages:
-            position = Position(reader.name, shard_id, cursor.pointer.seq, batch.messages[-1].receipt_handle)
-            dispatch(position, batch.messages)
+        messages = shards.after(batch.messages, cursor.pointer.seq)
+        # A read of aggregated records can hold many more user records than chunk_size: it goes
+        # on as several chunks, a boundary possibly inside an aggregate (positions say where).
+        for i in range(0, len(messages), chunk_size):
+            piece = messages[i : i + chunk_size]
+            position = Position(reader.name, shard_id, cursor.pointer.seq, piece[-1].receipt_handle)
+            dispatch(position, piece)
             cursor.pointer = Pointer(position.last, cursor.pointer.pending_since or wall())
             advanced(cursor)
-            report.received += len(batch.messages)
+            report.received += len(piece)
             report.chunks += 1
-            cursor.read += len(batch.messages)
+            cursor.read += len(piece)
         cursor.iterator = batch.next_iterator
         if at_end(cursor.shard, cursor.pointer, batch.next_iterator):
             ended(cursor)
@@ -354,7 +358,7 @@ def run(
 
 
 def _pointer(raw: dict[str, Any] | None) -> Pointer | None:
-    if not raw or not str(raw.get("seq", "")).isdigit():
+    if not raw or not shards.is_position(str(raw.get("seq", ""))):
         return None
     return Pointer(str(raw["seq"]), raw.get("pending_since"))
 
@@ -377,7 +381,7 @@ def publish_status(
                     "checkpoint_moved_at": cp.moved_at if cp else None,
                     # handed on past the checkpoint this run started from: records read but not
                     # known committed (a shard stuck here has lag 0 and an ageing checkpoint)
-                    "uncommitted": bool(cp) and int(c.pointer.seq) > int(cp.seq if cp else 0),
+                    "uncommitted": bool(cp) and shards.key(c.pointer.seq) > shards.key(cp.seq if cp else shards.START),
                 },
             )
         except TransientError:
