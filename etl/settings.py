@@ -140,10 +140,11 @@ _NUMBERS = (
     ("health_max_idle", "ETL_HEALTH_MAX_IDLE", 10),
     ("kinesis_shards_per_fetch", "ETL_KINESIS_SHARDS_PER_FETCH", 1),
 )
-# message_id is "<stream>/<shard id>/<sequence number>/<sub-sequence number>" in varchar(128):
-# shard ids are 20 characters, sequence numbers at most 56 digits, sub-sequence numbers (a user
-# record of an aggregated record) at most 6, which leaves 43 for the stream's name.
-MAX_STREAM_NAME = 43
+# message_id is "<stream>[~<incarnation>]/<shard id>/<sequence number>[/<sub-sequence number>]"
+# in varchar(128): shard ids are 20 characters, sequence numbers at most 56 digits, sub-sequence
+# numbers (a user record of an aggregated record) at most 6, a re-created stream's "~<n>" at most
+# 4 (etl.store.streams.MAX_INCARNATIONS), which leaves 39 for the stream's name.
+MAX_STREAM_NAME = 39
 _DEFAULTS = Settings()
 
 

@@ -102,7 +102,12 @@ class Source:
     def backlog(self, conn: store.Connection) -> tuple[str, str, bool]:
         """What is left at the source: its name, in words, and whether that is nothing."""
         if self.stream is not None:
-            report = streams.shard_report(conn, self.stream.name)
+            # this run's stream (a demo run again on the same database has a new one under the same
+            # name): not read yet until a fetch recorded its incarnation
+            life = streams.current_incarnation(conn, self.stream.name)
+            if life is None or abs(life.created_at - self.stream.incarnation()[0]) > 0.001:
+                return "stream", "not read yet", False
+            report = streams.shard_report(conn, life.key)
             marks = ", ".join(f"{r['shard_id'][-3:]}@{r['checkpoint']}" for r in report)
             settled = bool(report) and not any(r["ranges_waiting"] for r in report)
             return "stream", f"checkpoints {marks or 'none yet'}", settled

@@ -68,6 +68,28 @@ class Position:
         return {"stream": self.stream, "shard_id": self.shard_id, "after": self.after, "last": self.last}
 
 
+@dataclass(frozen=True)
+class Incarnation:
+    """One life of a stream name: a stream deleted and re-created under it is a new incarnation
+    (its StreamCreationTimestamp differs), read from its start under a key of its own."""
+
+    name: str
+    created_at: float  # StreamCreationTimestamp, unix time
+    ordinal: int  # 1 for the first one this database saw under the name, then 2, 3, ...
+    new: bool = False  # recorded by this call: the pipeline had not seen it before
+    previous_created_at: float | None = None  # the incarnation before it, if any
+
+    @property
+    def key(self) -> str:
+        """What checkpoints, ranges, read pointers and message ids name the stream by: the plain
+        name for the first incarnation (what they were before incarnations were told apart)."""
+        return incarnation_key(self.name, self.ordinal)
+
+
+def incarnation_key(name: str, ordinal: int) -> str:
+    return name if ordinal == 1 else f"{name}~{ordinal}"
+
+
 def message_id(stream: str, shard_id: str, seq: str, sub: int | None = None) -> str:
     """The idempotency key of a stream record: ``<stream>/<shard id>/<sequence number>``, and
     ``/<sub-sequence number>`` for a user record of an aggregated record."""

@@ -9,6 +9,7 @@ committing at once take turns, and the later one sees the earlier one's range.
 from decimal import Decimal
 from typing import Any
 
+from etl.errors import TerminalError, TransientError
 from etl.model import shards
 from etl.model.shards import Checkpoint, Position
 from etl.store.connection import Connection, query, transaction
@@ -79,6 +80,60 @@ def record_range(cur: Any, position: Position) -> str:
         cur.execute(_MOVE, (shards.to_db(moved), *key))
         cur.execute(_FORGET, (*key, shards.to_db(moved)))
     return moved
+
+
+_FIND = """
+SELECT ordinal, (SELECT extract(epoch FROM max(p.created_at)) FROM stream_incarnations p
+                 WHERE p.stream = i.stream AND p.created_at < i.created_at)
+FROM stream_incarnations i WHERE stream = %s AND created_at = to_timestamp(%s)
+"""
+_ADD = """
+INSERT INTO stream_incarnations (stream, created_at, ordinal, arn)
+SELECT %s, to_timestamp(%s), coalesce(max(ordinal), 0) + 1, %s FROM stream_incarnations WHERE stream = %s
+ON CONFLICT DO NOTHING RETURNING ordinal
+"""
+
+
+MAX_INCARNATIONS = 999  # "~999": what message ids leave room for (etl.settings.MAX_STREAM_NAME)
+
+
+def incarnation(conn: Connection, name: str, created_at: float, arn: str | None) -> shards.Incarnation:
+    """The stream's incarnation with this creation time, recorded if it is new (``new``). Fetches
+    racing to record the same one agree on its ordinal (the unique keys decide)."""
+    with transaction(conn, "stream incarnation") as cur:
+        for _ in range(5):
+            cur.execute(_FIND, (name, created_at))
+            row = cur.fetchone()
+            if row is not None:
+                if int(row[0]) > MAX_INCARNATIONS:
+                    raise TerminalError(f"stream {name}: re-created over {MAX_INCARNATIONS} times; use a new name")
+                return shards.Incarnation(name, created_at, int(row[0]), False, _float(row[1]))
+            cur.execute(_ADD, (name, created_at, arn, name))
+            if cur.fetchone() is not None:
+                cur.execute(_FIND, (name, created_at))
+                ordinal, previous = cur.fetchone()
+                if int(ordinal) > MAX_INCARNATIONS:
+                    raise TerminalError(f"stream {name}: re-created over {MAX_INCARNATIONS} times; use a new name")
+                return shards.Incarnation(name, created_at, int(ordinal), True, _float(previous))
+    raise TransientError(f"stream {name}: its incarnation could not be recorded (concurrent re-creations)")
+
+
+def current_incarnation(conn: Connection, name: str) -> shards.Incarnation | None:
+    """The latest incarnation of ``name`` the pipeline has seen (for `etl stats`, `etl health`)."""
+    rows = query(
+        conn,
+        "SELECT extract(epoch FROM created_at), ordinal FROM stream_incarnations WHERE stream = %s"
+        " ORDER BY created_at DESC LIMIT 2",
+        (name,),
+    )
+    if not rows:
+        return None
+    previous = _float(rows[1][0]) if len(rows) > 1 else None
+    return shards.Incarnation(name, float(rows[0][0]), int(rows[0][1]), False, previous)
+
+
+def _float(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def shard_report(conn: Connection, stream: str) -> list[dict[str, Any]]:

@@ -534,3 +534,44 @@ def test_aggregated_and_plain_records_through_sigkills_each_user_record_once(
         wait_until(lambda: checkpoints(conn, stream) == want, 60, "checkpoints at each shard's last record")
     finally:
         p.stop()
+
+
+def test_a_stream_deleted_and_re_created_is_read_from_its_start_and_said_so(
+    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """The same name, another stream (its StreamCreationTimestamp differs): its sequence numbers
+    start over, so the old checkpoints and message ids must not apply. Every record of the new
+    stream lands, and the change is said in the log, `etl stats` and `etl health`."""
+    first = samples.generate(100, seed=61, malformed_rate=0.0)
+    put(stream, first)
+    p = ProcessGroup(env=stream_env(stream, sqs_endpoint), workdir=tmp_path)
+    try:
+        p.start("worker", "beat")
+        wait_until(all_in(conn, len(first)), 90, "the first stream's records")
+        before = checkpoints(conn, stream)
+        client = boto3.client("kinesis", endpoint_url=sqs_endpoint, **_aws())
+        client.delete_stream(StreamName=stream.name)
+        wait_until(lambda: stream.name not in client.list_streams()["StreamNames"], 30, "the stream to be deleted")
+        stream.create(2)
+        second = samples.generate(120, seed=62, malformed_rate=0.0)
+        put(stream, second)
+        seqs = shard_records(stream)
+        wait_until(all_in(conn, len(first) + len(second)), 120, "every record of the re-created stream")
+        assert counts(conn) == (len(first) + len(second), 0)
+        key = f"{stream.name}~2"
+        new_ids = {
+            r[0]
+            for r in store.query(conn, "SELECT message_id FROM user_logins WHERE message_id LIKE %s", (key + "/%",))
+        }
+        assert new_ids == {shards.message_id(key, sid, q) for sid, qs in seqs.items() for q in qs}
+        assert checkpoints(conn, stream) == before, "the first stream's checkpoints stay as they were"
+        want = {sid: qs[-1] for sid, qs in seqs.items()}
+        got = lambda: {sid: cp.seq for sid, cp in store.streams.checkpoints(conn, key).items()}  # noqa: E731
+        wait_until(lambda: got() == want, 30, "the new stream's checkpoints at its last records")
+        assert p.log("worker").count("was deleted and re-created") == 1
+        stats = etl_command(p, "stats")
+        assert "re-created: this stream was created" in stats and f"as {key} (incarnation 2)" in stats
+        assert json.loads(etl_command(p, "stats", "--json"))["stream"]["incarnation"] == 2
+        assert "re-created: this stream was created" in etl_command(p, "health")
+    finally:
+        p.stop()

@@ -85,6 +85,7 @@ class Reader:
     """An in-memory stream: shard -> sequence numbers; optional scripted failures."""
 
     name = "s"
+    key = "s"
 
     def __init__(self, records: dict[str, list[int]], closed: set[str] = frozenset(), fail: list[Exception] = ()):
         self.records, self.closed, self.fail = records, closed, list(fail)
@@ -303,3 +304,25 @@ def test_aggregates_split_over_chunks_and_a_fetch_that_dies_between_them_skip_an
     assert got == expected
     assert shards.advance(shards.START, ranges) == str(records["a"][-1][0])
     assert all(a == b for (_, a), (b, _) in itertools.pairwise(ranges))
+
+
+def test_fresh_records_wait_for_a_check_that_the_stream_was_not_re_created() -> None:
+    """A read of records newer than the last incarnation check is handed on only after a later
+    check says the stream is the same one; if it was re-created, nothing of it is handed on."""
+    fresh = Reader({"a": [1, 2, 3, 4, 5, 6]})  # records arrived at unix time 0 (Message's sent_timestamp_ms)
+    checks: list[float] = []
+
+    def same() -> bool:
+        checks.append(fresh.now)
+        return True
+
+    sent, _ = run(fresh, [streaming.Cursor(Shard("a"), Pointer("0"))], same_stream=same, verified_at=0.0)
+    assert [(p.after, p.last) for p in sent] == [("0", "3"), ("3", "6")]
+    assert checks and all(b - a >= streaming.VERIFY_EVERY - 1e-9 for a, b in itertools.pairwise(checks))
+    old = Reader({"a": [1, 2, 3]})  # checked well after they arrived: no check needed
+    sent, _ = run(old, [streaming.Cursor(Shard("a"), Pointer("0"))], same_stream=lambda: False, verified_at=1000.0)
+    assert [(p.after, p.last) for p in sent] == [("0", "3")]
+    gone = Reader({"a": [1, 2, 3]})
+    cursor = streaming.Cursor(Shard("a"), Pointer("0"))
+    sent, report = run(gone, [cursor], same_stream=lambda: False, verified_at=0.0)
+    assert sent == [] and cursor.pointer.seq == "0" and report.stopped == "stream re-created"  # type: ignore[attr-defined]

@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from etl import store
 from etl.crypto.masking import Masker
 from etl.crypto.sealing import Sealer
 from etl.crypto.vault import Vault
-from etl.errors import TerminalError, TransientError
+from etl.errors import EtlError, TerminalError, TransientError
 from etl.load import ChunkReport, chunk_report, write
 from etl.model import shards
 from etl.model.records import Message
@@ -41,19 +42,23 @@ run_log = logging.getLogger("etl.stream_tasks")
 MIN_INTERVAL = 0.2  # GetRecords allows 5 calls per second per shard
 IDLE_INTERVAL = 1.0  # a shard with nothing new is asked again after this long
 MAX_BACKOFF = 5.0
+VERIFY_EVERY = 1.0  # at most one DescribeStreamSummary a second per fetch run, for reads at the stream's tip
+CLOCK_SKEW = 30.0  # seconds our clock may differ from Kinesis' ApproximateArrivalTimestamp
 
 
 class ShardReader(Protocol):
     name: str
+    key: str  # the incarnation's key (etl.model.shards.Incarnation.key): positions name the stream by it
 
     def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str: ...
     def read(self, shard_id: str, iterator: str, limit: int) -> Batch: ...
 
 
 class ShardSource(ShardReader, Protocol):
-    """A stream that also lists its shards (etl.sources.kinesis.stream.Stream)."""
+    """A stream that also lists its shards and says which incarnation it is (etl.sources.kinesis.stream.Stream)."""
 
     def shards(self) -> list[Shard]: ...
+    def incarnation(self) -> tuple[float, str | None]: ...
 
 
 class Database(Protocol):
@@ -114,11 +119,14 @@ def fetch(
     ended: Callable[[Cursor], None] = lambda c: None,
     expired: Callable[[Cursor], None] = lambda c: None,
     pause: Callable[[], str | None] = lambda: None,
+    same_stream: Callable[[], bool] | None = None,
+    verified_at: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StreamFetchReport:
-    """Read ``cursors`` for up to ``budget_seconds``; each non-empty read becomes one chunk.
+    """Read ``cursors`` for up to ``budget_seconds``; each non-empty read becomes one chunk (or
+    several of at most ``chunk_size`` user records, when aggregated records make it longer).
 
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
@@ -126,11 +134,33 @@ def fetch(
     was. A pointer Kinesis no longer accepts (past the stream's retention) makes the shard read
     on from its oldest record kept; if records are found there, the ones between expired unread
     and are reported to ``expired``.
+
+    ``same_stream`` (checked true at unix time ``verified_at``) says whether the stream is still
+    the incarnation the run started on. A read holding records that arrived after the last check
+    (less a clock-skew margin) could come from a stream deleted and re-created since, read
+    through an old iterator: it is held until the next check (at most one a VERIFY_EVERY), and
+    dropped unread, ending the run, if the stream changed.
     """
     started = clock()
     deadline = started + budget_seconds
     report = StreamFetchReport()
     active = list(cursors)
+    held: list[tuple[Cursor, Batch]] = []
+    checked = verified_at
+
+    def verify_and_hand_on() -> bool:
+        nonlocal checked
+        at = wall()
+        if same_stream is not None and not same_stream():
+            held.clear()
+            report.stopped = "stream re-created"
+            return False
+        checked = at
+        for c, b in held:
+            _hand_on(reader, c, b, dispatch, chunk_size, report, active, advanced, ended, clock, wall)
+        held.clear()
+        return True
+
     while active:
         now = clock()
         if now >= deadline:
@@ -140,9 +170,18 @@ def fetch(
         if reason:
             report.stopped = reason
             break
-        cursor = min(active, key=lambda c: c.next_call)
-        if cursor.next_call > now:
-            sleep(min(cursor.next_call, deadline) - now)
+        waiting = {id(c) for c, _ in held}
+        if held and wall() - checked >= VERIFY_EVERY:
+            if not verify_and_hand_on():
+                return _done(report, clock, started, active)
+            continue
+        free = [c for c in active if id(c) not in waiting]
+        cursor = min(free, key=lambda c: c.next_call) if free else None
+        if cursor is None or cursor.next_call > now:
+            until = deadline if cursor is None else min(cursor.next_call, deadline)
+            if held:
+                until = min(until, now + max(0.0, checked + VERIFY_EVERY - wall()))
+            sleep(max(until - now, 0.0))
             continue
         shard_id = cursor.shard.shard_id
         try:
@@ -172,29 +211,60 @@ def fetch(
             if batch.messages:
                 expired(cursor)
             cursor.gap_after = None
-        messages = shards.after(batch.messages, cursor.pointer.seq)
-        # A read of aggregated records can hold many more user records than chunk_size: it goes
-        # on as several chunks, a boundary possibly inside an aggregate (positions say where).
-        for i in range(0, len(messages), chunk_size):
-            piece = messages[i : i + chunk_size]
-            position = Position(reader.name, shard_id, cursor.pointer.seq, piece[-1].receipt_handle)
-            dispatch(position, piece)
-            cursor.pointer = Pointer(position.last, cursor.pointer.pending_since or wall())
-            advanced(cursor)
-            report.received += len(piece)
-            report.chunks += 1
-            cursor.read += len(piece)
-        cursor.iterator = batch.next_iterator
-        if at_end(cursor.shard, cursor.pointer, batch.next_iterator):
-            ended(cursor)
-            report.ended.append(shard_id)
-            active.remove(cursor)
+        if same_stream is not None and any(
+            m.sent_timestamp_ms >= (checked - CLOCK_SKEW) * 1000 for m in batch.messages
+        ):
+            held.append((cursor, batch))
             continue
-        cursor.next_call = clock() + (MIN_INTERVAL if batch.messages else IDLE_INTERVAL)
+        _hand_on(reader, cursor, batch, dispatch, chunk_size, report, active, advanced, ended, clock, wall)
+    if held:
+        verify_and_hand_on()
+    return _done(report, clock, started, active)
+
+
+def _done(
+    report: StreamFetchReport, clock: Callable[[], float], started: float, active: list[Cursor]
+) -> StreamFetchReport:
     report.seconds = clock() - started
     if not active and report.stopped == "budget":
         report.stopped = "shards ended"
     return report
+
+
+def _hand_on(
+    reader: ShardReader,
+    cursor: Cursor,
+    batch: Batch,
+    dispatch: Callable[[Position, list[Message]], None],
+    chunk_size: int,
+    report: StreamFetchReport,
+    active: list[Cursor],
+    advanced: Callable[[Cursor], None],
+    ended: Callable[[Cursor], None],
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+) -> None:
+    """A read's records go on as chunks; the cursor moves past them (and off a shard it ended)."""
+    shard_id = cursor.shard.shard_id
+    messages = shards.after(batch.messages, cursor.pointer.seq)
+    # A read of aggregated records can hold many more user records than chunk_size: it goes
+    # on as several chunks, a boundary possibly inside an aggregate (positions say where).
+    for i in range(0, len(messages), chunk_size):
+        piece = messages[i : i + chunk_size]
+        position = Position(reader.key, shard_id, cursor.pointer.seq, piece[-1].receipt_handle)
+        dispatch(position, piece)
+        cursor.pointer = Pointer(position.last, cursor.pointer.pending_since or wall())
+        advanced(cursor)
+        report.received += len(piece)
+        report.chunks += 1
+        cursor.read += len(piece)
+    cursor.iterator = batch.next_iterator
+    if at_end(cursor.shard, cursor.pointer, batch.next_iterator):
+        ended(cursor)
+        report.ended.append(shard_id)
+        active.remove(cursor)
+        return
+    cursor.next_call = clock() + (MIN_INTERVAL if batch.messages else IDLE_INTERVAL)
 
 
 def _iterator(reader: ShardReader, cursor: Cursor, expired: Callable[[Cursor], None]) -> str:
@@ -251,16 +321,28 @@ def run(
     """
     try:
         conn = db.conn()
+        verified_at = time.time()
+        life = streams.incarnation(conn, stream.name, *stream.incarnation())
+        stream.key = life.key
+        if life.new and life.previous_created_at is not None:
+            run_log.warning(
+                "stream %s was deleted and re-created (created %s, the one read before %s): reading the new "
+                "stream from its start, its checkpoints and message ids under %s",
+                stream.name,
+                _when(life.created_at),
+                _when(life.previous_created_at),
+                life.key,
+            )
         listed = stream.shards()
-        known = streams.checkpoints(conn, stream.name)
+        known = streams.checkpoints(conn, stream.key)
         new = [x.shard_id for x in listed if x.shard_id not in known]
         if new:
             # "latest" applies to the stream's first contact only: shards born later (splits,
-            # merges) are read from their start, or their first records would be skipped.
-            start_at = time.time() if start == "latest" and not known else None
-            streams.ensure_shards(conn, stream.name, new, start_at)
-            known = streams.checkpoints(conn, stream.name)
-        pointers = redis.entries(stream_key(stream.name, "pointers"))
+            # merges) and a re-created stream are read from their start, or records would be skipped.
+            start_at = time.time() if start == "latest" and not known and life.ordinal == 1 else None
+            streams.ensure_shards(conn, stream.key, new, start_at)
+            known = streams.checkpoints(conn, stream.key)
+        pointers = redis.entries(stream_key(stream.key, "pointers"))
     except TransientError as exc:
         db.drop_conn()
         run_log.warning("stream fetch skipped: %s (the next beat tries again)", exc)
@@ -269,11 +351,11 @@ def run(
     def advanced(cursor: Cursor) -> None:
         p = cursor.pointer
         redis.put(
-            stream_key(stream.name, "pointers"), cursor.shard.shard_id, {"seq": p.seq, "pending_since": p.pending_since}
+            stream_key(stream.key, "pointers"), cursor.shard.shard_id, {"seq": p.seq, "pending_since": p.pending_since}
         )
 
     def ended(cursor: Cursor) -> None:
-        streams.mark_end(conn, stream.name, cursor.shard.shard_id, cursor.pointer.seq)
+        streams.mark_end(conn, stream.key, cursor.shard.shard_id, cursor.pointer.seq)
         run_log.info("shard %s read to its end (last record %s)", cursor.shard.shard_id, cursor.pointer.seq)
 
     def expired(cursor: Cursor) -> None:
@@ -288,8 +370,8 @@ def run(
     candidates = shards.readable(listed, known)
     with contextlib.suppress(TransientError):  # finished or vanished shards report nothing any more
         readable = {c.shard_id for c in candidates}
-        for stale in set(redis.entries(stream_key(stream.name, "status"))) - readable:
-            redis.forget(stream_key(stream.name, "status"), stale)
+        for stale in set(redis.entries(stream_key(stream.key, "status"))) - readable:
+            redis.forget(stream_key(stream.key, "status"), stale)
     random.shuffle(candidates)  # fetch runs on several workers spread over the shards
     with ExitStack() as stack:
         cursors: list[Cursor] = []
@@ -298,7 +380,7 @@ def run(
                 break
             try:
                 held = stack.enter_context(
-                    redis.lease(stream_key(stream.name, f"lease:{shard.shard_id}"), budget_seconds + 10)
+                    redis.lease(stream_key(stream.key, f"lease:{shard.shard_id}"), budget_seconds + 10)
                 )
             except TransientError as exc:
                 run_log.warning("stream fetch skipped: %s (the next beat tries again)", exc)
@@ -332,9 +414,11 @@ def run(
                 ended=ended,
                 expired=expired,
                 pause=pause,
+                same_stream=lambda: _same(stream, life.created_at),
+                verified_at=verified_at,
             )
         finally:
-            publish_status(redis, stream.name, cursors, known)
+            publish_status(redis, stream.key, cursors, known)
     heartbeat()
     if report.received or report.ended or report.stopped == "backpressure":
         run_log.info(
@@ -355,6 +439,17 @@ def run(
             },
         )
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
+
+
+def _same(stream: ShardSource, created_at: float) -> bool:
+    try:
+        return abs(stream.incarnation()[0] - created_at) < 0.001
+    except EtlError:  # deleted (not found) or unreachable: read nothing more in this run
+        return False
+
+
+def _when(unix: float) -> str:
+    return datetime.fromtimestamp(unix, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def _pointer(raw: dict[str, Any] | None) -> Pointer | None:

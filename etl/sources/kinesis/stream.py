@@ -33,7 +33,17 @@ class Stream:
 
     def __init__(self, name: str, client: Any = None) -> None:
         self.name = name
+        # what checkpoints and message ids call this incarnation of the stream (etl.model.shards.
+        # Incarnation.key): the name until a fetch run (or a caller) learns otherwise
+        self.key = name
         self.client = client or aws.client("kinesis")
+
+    def incarnation(self) -> tuple[float, str | None]:
+        """The stream's StreamCreationTimestamp (unix time) and ARN: a stream deleted and re-created
+        under the same name has another creation time."""
+        with _translated("DescribeStreamSummary"):
+            summary = self.client.describe_stream_summary(StreamName=self.name)["StreamDescriptionSummary"]
+        return summary["StreamCreationTimestamp"].timestamp(), summary.get("StreamARN")
 
     def shards(self) -> list[Shard]:
         """Every shard ListShards reports (open and closed, with their parents)."""
@@ -74,7 +84,7 @@ class Stream:
         received_at = time.time()
         messages: list[Message] = []
         for r in response.get("Records", []):
-            messages += _to_messages(self.name, shard_id, r, received_at)
+            messages += _to_messages(self.key, shard_id, r, received_at)
         return Batch(messages, response.get("NextShardIterator"), response.get("MillisBehindLatest"))
 
     def put(
@@ -113,7 +123,7 @@ class Stream:
                 if result.get("ErrorCode"):
                     failed.append(i)
                 else:
-                    ids[i] = shards.message_id(self.name, result["ShardId"], result["SequenceNumber"])
+                    ids[i] = shards.message_id(self.key, result["ShardId"], result["SequenceNumber"])
             if not failed:
                 return [i for i in ids if i is not None]
             pending = failed
