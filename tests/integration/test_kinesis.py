@@ -391,6 +391,15 @@ def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
     rejected = int(re.search(r"^rejected\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
     assert sent == rows + rejected and rows > 0
     assert "kinesis: embedded moto server" in done.stdout and "\nstream     checkpoints " in done.stdout
+    # again on the same .demo/: a new moto server, so a new stream under the same name, whose
+    # sequence numbers start over; its own records are processed, none taken for the first run's
+    again = run_demo(tmp_path, env)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "read from its start as " in again.stdout
+    rows2 = int(re.search(r"^rows\s+(\d+)", again.stdout, re.M)[1])  # type: ignore[index]
+    rejected2 = int(re.search(r"^rejected\s+(\d+)", again.stdout, re.M)[1])  # type: ignore[index]
+    assert (rows2, rejected2) == (rows, rejected)
+    assert "(0.0s from worker start" not in again.stdout
 
 
 @pytest.mark.parametrize("fault", ["redis", "postgres"])
