@@ -95,6 +95,8 @@ class Cursor:
     behind_ms: int | None = None
     read: int = 0
     gap_after: str | None = None  # Kinesis refused the pointer: the next read starts at the trim horizon
+    read_to: str | None = None  # the last position read (ahead of the pointer while reads are held)
+    draining: bool = False  # read to the shard's end; held reads still to hand on
 
 
 @dataclass
@@ -157,7 +159,7 @@ def fetch(
             return False
         checked = at
         for c, b in held:
-            _hand_on(reader, c, b, dispatch, chunk_size, report, active, advanced, ended, clock, wall)
+            _hand_on(reader, c, b, dispatch, chunk_size, report, active, advanced, ended, wall)
         held.clear()
         return True
 
@@ -170,12 +172,11 @@ def fetch(
         if reason:
             report.stopped = reason
             break
-        waiting = {id(c) for c, _ in held}
         if held and wall() - checked >= VERIFY_EVERY:
             if not verify_and_hand_on():
                 return _done(report, clock, started, active)
             continue
-        free = [c for c in active if id(c) not in waiting]
+        free = [c for c in active if not c.draining]
         cursor = min(free, key=lambda c: c.next_call) if free else None
         if cursor is None or cursor.next_call > now:
             until = deadline if cursor is None else min(cursor.next_call, deadline)
@@ -211,12 +212,14 @@ def fetch(
             if batch.messages:
                 expired(cursor)
             cursor.gap_after = None
-        if same_stream is not None and any(
-            m.sent_timestamp_ms >= (checked - CLOCK_SKEW) * 1000 for m in batch.messages
+        _read_on(cursor, batch, clock)
+        fresh = (checked - CLOCK_SKEW) * 1000
+        if same_stream is not None and (
+            any(c is cursor for c, _ in held) or any(m.sent_timestamp_ms >= fresh for m in batch.messages)
         ):
-            held.append((cursor, batch))
+            held.append((cursor, batch))  # the shard is read on meanwhile; hand-ons keep their order
             continue
-        _hand_on(reader, cursor, batch, dispatch, chunk_size, report, active, advanced, ended, clock, wall)
+        _hand_on(reader, cursor, batch, dispatch, chunk_size, report, active, advanced, ended, wall)
     if held:
         verify_and_hand_on()
     return _done(report, clock, started, active)
@@ -231,6 +234,15 @@ def _done(
     return report
 
 
+def _read_on(cursor: Cursor, batch: Batch, clock: Callable[[], float]) -> None:
+    """After a read: the next one's iterator and time (or none, at a closed shard's end)."""
+    if batch.messages:
+        cursor.read_to = batch.messages[-1].receipt_handle
+    cursor.iterator = batch.next_iterator
+    cursor.draining = at_end(cursor.shard, Pointer(cursor.read_to or cursor.pointer.seq), batch.next_iterator)
+    cursor.next_call = clock() + (MIN_INTERVAL if batch.messages else IDLE_INTERVAL)
+
+
 def _hand_on(
     reader: ShardReader,
     cursor: Cursor,
@@ -241,7 +253,6 @@ def _hand_on(
     active: list[Cursor],
     advanced: Callable[[Cursor], None],
     ended: Callable[[Cursor], None],
-    clock: Callable[[], float],
     wall: Callable[[], float],
 ) -> None:
     """A read's records go on as chunks; the cursor moves past them (and off a shard it ended)."""
@@ -258,13 +269,10 @@ def _hand_on(
         report.received += len(piece)
         report.chunks += 1
         cursor.read += len(piece)
-    cursor.iterator = batch.next_iterator
-    if at_end(cursor.shard, cursor.pointer, batch.next_iterator):
+    if at_end(cursor.shard, cursor.pointer, batch.next_iterator) and cursor in active:
         ended(cursor)
         report.ended.append(shard_id)
         active.remove(cursor)
-        return
-    cursor.next_call = clock() + (MIN_INTERVAL if batch.messages else IDLE_INTERVAL)
 
 
 def _iterator(reader: ShardReader, cursor: Cursor, expired: Callable[[Cursor], None]) -> str:
