@@ -144,9 +144,11 @@ _NUMBERS = (
     ("health_max_idle", "ETL_HEALTH_MAX_IDLE", 10),
     ("kinesis_shards_per_fetch", "ETL_KINESIS_SHARDS_PER_FETCH", 1),
 )
-# message_id is "<stream>/<shard id>/<sequence number>" in varchar(128): shard ids are 20
-# characters and sequence numbers at most 56 digits, which leaves 50 for the stream's name.
-MAX_STREAM_NAME = 50
+# message_id is "<stream>[~<incarnation>]/<shard id>/<sequence number>[/<sub-sequence number>]"
+# in varchar(128): shard ids are 20 characters, sequence numbers at most 56 digits, sub-sequence
+# numbers (a user record of an aggregated record) at most 6, a re-created stream's "~<n>" at most
+# 4 (etl.store.streams.MAX_INCARNATIONS), which leaves 39 for the stream's name.
+MAX_STREAM_NAME = 39
 MAX_CHUNK_BYTES = 512 * 1024 * 1024  # Redis's own ceiling for one value (proto-max-bulk-len)
 _DEFAULTS = Settings()
 

@@ -93,6 +93,16 @@ class Source:
         print(f"sqs: embedded moto server at {env['AWS_ENDPOINT_URL_SQS']}, queue {env['SQS_QUEUE_URL']}")
         return cls(sqs.Queue(env["SQS_QUEUE_URL"]), None)
 
+    def bind(self, conn: store.Connection) -> None:
+        """A demo run again on the same database makes a new stream under the same name: its
+        incarnation is recorded before seeding, so the ids sent are the ones its rows will have."""
+        if self.stream is None:
+            return
+        life = streams.incarnation(conn, self.stream.name, *self.stream.incarnation())
+        self.stream.key = life.key
+        if life.previous_created_at is not None:
+            print(f"kinesis: the stream is new under a name read before: read from its start as {life.key}")
+
     def send(self, bodies: list[str], bar: Bar) -> list[str]:
         if self.stream is not None:
             return seeding.put(self.stream, bodies, bar)
@@ -102,7 +112,7 @@ class Source:
     def backlog(self, conn: store.Connection) -> tuple[str, str, bool]:
         """What is left at the source: its name, in words, and whether that is nothing."""
         if self.stream is not None:
-            report = streams.shard_report(conn, self.stream.name)
+            report = streams.shard_report(conn, self.stream.key)
             marks = ", ".join(f"{r['shard_id'][-3:]}@{r['checkpoint']}" for r in report)
             settled = bool(report) and not any(r["ranges_waiting"] for r in report)
             return "stream", f"checkpoints {marks or 'none yet'}", settled
@@ -162,6 +172,7 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         conn = stack.enter_context(store.connection(config.database_url))
         applied = store.migrate(conn)
         print("postgres: schema " + ("migrated" if applied else "up to date"))
+        source.bind(conn)
 
         if file is None and SHARED_SAMPLES.exists():
             file = SHARED_SAMPLES

@@ -39,7 +39,10 @@ PARSE_REASONS = (
 )
 # Not from parsing: a message that validated but that Postgres still would not store.
 DB_REFUSED = "db_refused"
-REASONS = (*PARSE_REASONS, DB_REFUSED)
+# Not from parsing: a Kinesis record with the KPL aggregation magic bytes that does not decode
+# (etl.model.kpl); the user records inside it cannot be told apart, so it is one rejection.
+BAD_AGGREGATE = "bad_aggregate"
+REASONS = (*PARSE_REASONS, DB_REFUSED, BAD_AGGREGATE)
 
 # Longest accepted value per field, in characters. user_id, device_type and locale are stored
 # as they are, so their limit is their column's width; ip and device_id are stored as tokens,

@@ -15,7 +15,7 @@ from etl.crypto.masking import Masker, canonical_ip
 from etl.crypto.sealing import Sealer
 from etl.crypto.vault import Vault
 from etl.errors import TerminalError
-from etl.model import appversion, events
+from etl.model import appversion, events, kpl
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,7 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
         if message.withheld is not None:
             rejected.append(to_withheld(message, message.withheld))
             continue
-        parsed = events.parse_event(message.body)
+        parsed = _corrupt_aggregate(message) or events.parse_event(message.body)
         if isinstance(parsed, events.Rejection):
             rejected.append(to_rejected(message, parsed, sealer))
             continue
@@ -181,6 +181,15 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
             secrets.setdefault(("device_id", row.masked_device_id), parsed.device_id)
     entries = [VaultEntry(f, t, vault.encrypt(f, t, v)) for (f, t), v in secrets.items()] if vault else []
     return ChunkResult(rows, rejected, entries)
+
+
+def _corrupt_aggregate(message: Message) -> events.Rejection | None:
+    """A stream record that starts with the aggregation magic bytes is still whole only when it
+    did not decode (the reader de-aggregates the others): one rejection with its own reason."""
+    if not message.body.startswith(kpl.MAGIC_TEXT):
+        return None
+    why = kpl.fault(message.body.encode("utf-8", "surrogateescape")) or "not de-aggregated"
+    return events.Rejection(events.BAD_AGGREGATE, why, None)
 
 
 ERASED = "erased:"  # the prefix of a random stand-in token (etl_erase writes the same)

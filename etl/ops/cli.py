@@ -16,7 +16,7 @@ from etl import logs, settings, store
 from etl.crypto import vault
 from etl.crypto.sealing import new_key
 from etl.errors import EtlError
-from etl.model import latency
+from etl.model import latency, shards
 from etl.ops import health, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
@@ -113,9 +113,18 @@ def _print_table_stats(result: dict[str, Any]) -> None:
 def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: bool) -> int:
     """Per shard: checkpoint, lag (MillisBehindLatest at the last read) and checkpoint age."""
     with store.connection(s.database_url) as conn:
-        result["shards"] = streams.shard_report(conn, s.kinesis_stream_name)
+        life = streams.current_incarnation(conn, s.kinesis_stream_name)
+        key = life.key if life else s.kinesis_stream_name
+        result["shards"] = streams.shard_report(conn, key)
+    result["stream"] = {
+        "name": s.kinesis_stream_name,
+        "key": key,
+        "incarnation": life.ordinal if life else None,
+        "created_at": life.created_at if life else None,
+        "previous_created_at": life.previous_created_at if life else None,
+    }
     try:
-        status = Coordinator(s.broker_url).entries(stream_key(s.kinesis_stream_name, "status"))
+        status = Coordinator(s.broker_url).entries(stream_key(key, "status"))
     except EtlError:
         status = {}
     now = time.time()
@@ -128,8 +137,11 @@ def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: b
         return 0
     _print_table_stats(result)
     print(f"stream:    {s.kinesis_stream_name}")
+    if life and (line := incarnation_line(life)):
+        print(f"  {line}")
     for sh in result["shards"]:
-        state = "finished" if sh["end"] is not None and int(sh["checkpoint"]) >= int(sh["end"]) else "open"
+        finished = sh["end"] is not None and shards.key(sh["checkpoint"]) >= shards.key(sh["end"])
+        state = "finished" if finished else "open"
         lag = "?" if sh["behind_ms"] is None else f"{sh['behind_ms']} ms behind ({sh['lag_seen_s_ago']}s ago)"
         shard = report.printable(sh["shard_id"])  # from the database; the lag from Redis: both escaped
         print(
@@ -139,11 +151,33 @@ def _print_stream_stats(s: settings.Settings, result: dict[str, Any], as_json: b
     return 0
 
 
+def incarnation_line(life: shards.Incarnation) -> str | None:
+    """One line for a stream deleted and re-created under its name (None for its first life)."""
+    if life.previous_created_at is None:
+        return None
+    return (
+        f"re-created: this stream was created {_when(life.created_at)}, the one read before it "
+        f"{_when(life.previous_created_at)}; read from its start as {report.printable(life.key)} "
+        f"(incarnation {life.ordinal})"
+    )
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(unix)) + " UTC"
+
+
 def cmd_health(args: argparse.Namespace, s: settings.Settings) -> int:
+    life = None
     try:
         beats = Coordinator(s.broker_url).heartbeats()
         if s.source == "kinesis":  # shards behind the tip, or with records read and not committed
-            status = Coordinator(s.broker_url).entries(stream_key(s.kinesis_stream_name, "status"))
+            try:
+                with store.connection(s.database_url) as conn:
+                    life = streams.current_incarnation(conn, s.kinesis_stream_name)
+            except EtlError:
+                life = None  # the database's own health is not this check's to judge
+            key = life.key if life else s.kinesis_stream_name
+            status = Coordinator(s.broker_url).entries(stream_key(key, "status"))
             fresh = max(60.0, 3 * s.fetch_interval)
             recent = [x for x in status.values() if time.time() - float(x.get("at") or 0) < fresh]
             waiting = sum(1 for x in recent if (x.get("behind_ms") or 0) > 0 or x.get("uncommitted"))
@@ -162,11 +196,15 @@ def cmd_health(args: argparse.Namespace, s: settings.Settings) -> int:
         node=args.node,
         waiting_what=what,
     )
+    line = incarnation_line(life) if life else None
     if args.json:
-        print(json.dumps({"healthy": verdict.healthy, "reasons": verdict.reasons, **verdict.facts}))
+        extra = {"stream_incarnation": life.ordinal, "stream_note": line} if life else {}
+        print(json.dumps({"healthy": verdict.healthy, "reasons": verdict.reasons, **verdict.facts, **extra}))
     else:
         print("healthy" if verdict.healthy else "unhealthy: " + report.printable("; ".join(verdict.reasons)))
         print("  " + report.printable(", ".join(f"{k}={v}" for k, v in verdict.facts.items())))
+        if line:
+            print(f"  stream {report.printable(s.kinesis_stream_name)} {line}")
     return 0 if verdict.healthy else 1
 
 

@@ -10,6 +10,7 @@ from etl.ops import samples
 from etl.progress import Progress
 from etl.sources.kinesis import stream as kinesis
 from etl.sources.sqs import queue as sqs
+from etl.store import streams
 
 SEND_STEP = 100  # messages per progress step
 
@@ -68,6 +69,8 @@ def replay_rejected(
     if s.source == "kinesis":
         stream = kinesis.Stream(s.kinesis_stream_name)
         target = stream.name
+        life = streams.current_incarnation(conn, stream.name)
+        stream.key = life.key if life else stream.name  # replays are recorded under the ids they will have
 
         def send(bodies: list[str]) -> list[str]:
             return stream.put([(partition_key(b), b) for b in bodies])

@@ -23,6 +23,8 @@ GRANT SELECT (reason) ON rejected_messages TO etl_writer;  -- INSERT ... RETURNI
 GRANT SELECT, INSERT, UPDATE ON stream_checkpoints TO etl_writer;
 GRANT SELECT, INSERT, DELETE ON stream_ranges TO etl_writer;
 GRANT SELECT ON stream_checkpoints TO analyst, pii_officer;
+GRANT SELECT, INSERT ON stream_incarnations TO etl_writer;
+GRANT SELECT ON stream_incarnations TO analyst, pii_officer;
 -- analysts: the rows (tokens only) and their views; no vault, no rejected bodies, no audit
 GRANT SELECT ON user_logins, user_logins_readable, shared_device_tokens, shared_ip_tokens,
     logins_per_day, top_locales TO analyst;

@@ -9,6 +9,7 @@ committing at once take turns, and the later one sees the earlier one's range.
 from decimal import Decimal
 from typing import Any
 
+from etl.errors import TerminalError, TransientError
 from etl.model import shards
 from etl.model.shards import Checkpoint, Position
 from etl.store.connection import Connection, query, transaction
@@ -30,7 +31,8 @@ _FORGET = "DELETE FROM stream_ranges WHERE stream = %s AND shard_id = %s AND las
 
 
 def _text(value: Decimal | int | None) -> str | None:
-    return None if value is None else str(int(value))
+    """A numeric column as a position (etl.model.shards.from_db)."""
+    return None if value is None else shards.from_db(format(value, "f"))
 
 
 def ensure_shards(conn: Connection, stream: str, shard_ids: list[str], start_at: float | None) -> None:
@@ -61,7 +63,7 @@ def mark_end(conn: Connection, stream: str, shard_id: str, end_seq: str) -> None
     with transaction(conn, "mark shard end") as cur:
         cur.execute(
             "UPDATE stream_checkpoints SET end_seq = %s WHERE stream = %s AND shard_id = %s",
-            (end_seq, stream, shard_id),
+            (shards.to_db(end_seq), stream, shard_id),
         )
 
 
@@ -71,13 +73,67 @@ def record_range(cur: Any, position: Position) -> str:
     cur.execute(_ENSURE, (*key, None))  # a shard the fetch recorded is already there
     cur.execute(_LOCK, key)
     current = _text(cur.fetchone()[0]) or shards.START
-    cur.execute(_RECORD, (*key, position.after, position.last))
-    cur.execute(_RANGES, (*key, current))
-    moved = shards.advance(current, [(str(int(a)), str(int(b))) for a, b in cur.fetchall()])
+    cur.execute(_RECORD, (*key, shards.to_db(position.after), shards.to_db(position.last)))
+    cur.execute(_RANGES, (*key, shards.to_db(current)))
+    moved = shards.advance(current, [(_text(a) or shards.START, _text(b) or shards.START) for a, b in cur.fetchall()])
     if moved != current:
-        cur.execute(_MOVE, (moved, *key))
-        cur.execute(_FORGET, (*key, moved))
+        cur.execute(_MOVE, (shards.to_db(moved), *key))
+        cur.execute(_FORGET, (*key, shards.to_db(moved)))
     return moved
+
+
+_FIND = """
+SELECT ordinal, (SELECT extract(epoch FROM max(p.created_at)) FROM stream_incarnations p
+                 WHERE p.stream = i.stream AND p.created_at < i.created_at)
+FROM stream_incarnations i WHERE stream = %s AND created_at = to_timestamp(%s)
+"""
+_ADD = """
+INSERT INTO stream_incarnations (stream, created_at, ordinal, arn)
+SELECT %s, to_timestamp(%s), coalesce(max(ordinal), 0) + 1, %s FROM stream_incarnations WHERE stream = %s
+ON CONFLICT DO NOTHING RETURNING ordinal
+"""
+
+
+MAX_INCARNATIONS = 999  # "~999": what message ids leave room for (etl.settings.MAX_STREAM_NAME)
+
+
+def incarnation(conn: Connection, name: str, created_at: float, arn: str | None) -> shards.Incarnation:
+    """The stream's incarnation with this creation time, recorded if it is new (``new``). Fetches
+    racing to record the same one agree on its ordinal (the unique keys decide)."""
+    with transaction(conn, "stream incarnation") as cur:
+        for _ in range(5):
+            cur.execute(_FIND, (name, created_at))
+            row = cur.fetchone()
+            if row is not None:
+                if int(row[0]) > MAX_INCARNATIONS:
+                    raise TerminalError(f"stream {name}: re-created over {MAX_INCARNATIONS} times; use a new name")
+                return shards.Incarnation(name, created_at, int(row[0]), False, _float(row[1]))
+            cur.execute(_ADD, (name, created_at, arn, name))
+            if cur.fetchone() is not None:
+                cur.execute(_FIND, (name, created_at))
+                ordinal, previous = cur.fetchone()
+                if int(ordinal) > MAX_INCARNATIONS:
+                    raise TerminalError(f"stream {name}: re-created over {MAX_INCARNATIONS} times; use a new name")
+                return shards.Incarnation(name, created_at, int(ordinal), True, _float(previous))
+    raise TransientError(f"stream {name}: its incarnation could not be recorded (concurrent re-creations)")
+
+
+def current_incarnation(conn: Connection, name: str) -> shards.Incarnation | None:
+    """The latest incarnation of ``name`` the pipeline has seen (for `etl stats`, `etl health`)."""
+    rows = query(
+        conn,
+        "SELECT extract(epoch FROM created_at), ordinal FROM stream_incarnations WHERE stream = %s"
+        " ORDER BY created_at DESC LIMIT 2",
+        (name,),
+    )
+    if not rows:
+        return None
+    previous = _float(rows[1][0]) if len(rows) > 1 else None
+    return shards.Incarnation(name, float(rows[0][0]), int(rows[0][1]), False, previous)
+
+
+def _float(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def shard_report(conn: Connection, stream: str) -> list[dict[str, Any]]:

@@ -391,6 +391,15 @@ def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
     rejected = int(re.search(r"^rejected\s+(\d+)", done.stdout, re.M)[1])  # type: ignore[index]
     assert sent == rows + rejected and rows > 0
     assert "kinesis: embedded moto server" in done.stdout and "\nstream     checkpoints " in done.stdout
+    # again on the same .demo/: a new moto server, so a new stream under the same name, whose
+    # sequence numbers start over; its own records are processed, none taken for the first run's
+    again = run_demo(tmp_path, env)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "read from its start as " in again.stdout
+    rows2 = int(re.search(r"^rows\s+(\d+)", again.stdout, re.M)[1])  # type: ignore[index]
+    rejected2 = int(re.search(r"^rejected\s+(\d+)", again.stdout, re.M)[1])  # type: ignore[index]
+    assert (rows2, rejected2) == (rows, rejected)
+    assert "(0.0s from worker start" not in again.stdout
 
 
 @pytest.mark.parametrize("fault", ["redis", "postgres"])
@@ -432,4 +441,146 @@ def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
         assert "Unrecoverable error" not in p.log("worker")
     finally:
         blocker.close()
+        p.stop()
+
+
+def put_aggregated(
+    stream: kinesis.Stream, bodies: list[str], seed: int, corrupt: int = 2
+) -> tuple[dict[str, str], set[str]]:
+    """Put ``bodies`` the way a KPL producer does: most packed into aggregated records of 2 to 45
+    user records (aws-kinesis-agg), some plain, in random order and shards; plus ``corrupt``
+    aggregates (bad digest, bad protobuf). Returns every user record's expected message id ->
+    body, and the ids of the corrupt aggregates."""
+    import hashlib
+    import random
+
+    from aws_kinesis_agg.aggregator import AggRecord
+
+    rng = random.Random(seed)
+    entries: list[tuple[list[str] | None, bytes]] = []  # (bodies inside, or None: corrupt) and the data
+    i = 0
+    while i < len(bodies):
+        n = 1 if rng.random() < 0.25 else rng.randint(2, 45)
+        group = bodies[i : i + n]
+        i += n
+        if len(group) == 1:
+            entries.append((group, group[0].encode()))
+            continue
+        agg = AggRecord()
+        for b in group:
+            assert agg.add_user_record(uuid.uuid4().hex, b.encode())
+        entries.append((group, bytes(agg.get_contents()[2])))
+    for k in range(corrupt):
+        agg = AggRecord()
+        for b in samples.generate(5, seed=seed + k, malformed_rate=0.0):
+            agg.add_user_record("k", b.encode())
+        data = bytes(agg.get_contents()[2])
+        if k % 2 == 0:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])  # the digest no longer matches
+        else:
+            body = data[4:-16][:-3]  # a protobuf cut short, under a digest that matches it
+            data = data[:4] + body + hashlib.md5(body, usedforsecurity=False).digest()
+        entries.insert(rng.randrange(len(entries)), (None, data))
+    client = boto3.client("kinesis", endpoint_url=os.environ["AWS_ENDPOINT_URL_KINESIS"], **_aws())
+    expected: dict[str, str] = {}
+    broken: set[str] = set()
+    for start in range(0, len(entries), 100):
+        batch = entries[start : start + 100]
+        got = client.put_records(
+            StreamName=stream.name, Records=[{"Data": d, "PartitionKey": uuid.uuid4().hex} for _, d in batch]
+        )
+        assert not got.get("FailedRecordCount")
+        for (group, _), r in zip(batch, got["Records"], strict=True):
+            sid, seq = r["ShardId"], r["SequenceNumber"]
+            if group is None:
+                broken.add(shards.message_id(stream.name, sid, seq))
+            elif len(group) == 1:
+                expected[shards.message_id(stream.name, sid, seq)] = group[0]
+            else:
+                expected.update({shards.message_id(stream.name, sid, seq, j): b for j, b in enumerate(group)})
+    return expected, broken
+
+
+def test_aggregated_and_plain_records_through_sigkills_each_user_record_once(
+    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """KPL-aggregated records (bad user records inside), plain ones and corrupt aggregates mixed
+    on 2 shards; chunks of 20 user records, so chunk boundaries fall inside aggregates; pool
+    processes and then the whole worker SIGKILLed mid-run: every valid user record one row,
+    every bad one one rejection, each corrupt aggregate one `bad_aggregate` rejection."""
+    bodies = samples.generate(700, seed=51, malformed_rate=0.08)
+    expected, broken = put_aggregated(stream, bodies, seed=51)
+    valid = valid_count(list(expected.values()))
+    assert len(expected) == len(bodies) and valid < len(bodies)
+    seqs = shard_records(stream)
+    assert all(len(qs) > 5 for qs in seqs.values()), "both shards hold records"
+    total = len(expected) + len(broken)
+    p = ProcessGroup(env=stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
+    try:
+        p.start("worker", "beat")
+        killed = 0
+        for fraction in (0.15, 0.35):
+            wait_until(lambda f=fraction: sum(counts(conn)) >= f * total, 120, f"{fraction:.0%} written")
+            for pid in _pool_pids(p.procs["worker"].pid):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        wait_until(lambda: sum(counts(conn)) >= 0.55 * total, 120, "55% written")
+        p.procs["worker"].kill()
+        p.procs.pop("worker").wait()
+        p.stop("beat")
+        time.sleep(1)
+        p.start("worker", "beat")
+        wait_until(all_in(conn, total), 180, "every user record after the kills")
+        assert killed >= 2
+        assert counts(conn) == (valid, total - valid)
+        rows = {r[0] for r in store.query(conn, "SELECT message_id FROM user_logins")}
+        rejected = dict(store.query(conn, "SELECT message_id, reason FROM rejected_messages"))
+        assert rows | set(rejected) == set(expected) | broken, "no user record lost, none made up"
+        assert {k for k, why in rejected.items() if why == events.BAD_AGGREGATE} == broken
+        assert max(len(m) for m in rows | set(rejected)) <= 128
+        assert any(m.count("/") == 3 for m in rows), "user records of aggregates carry a sub-sequence number"
+        want = {sid: qs[-1] for sid, qs in seqs.items()}
+        wait_until(lambda: checkpoints(conn, stream) == want, 60, "checkpoints at each shard's last record")
+    finally:
+        p.stop()
+
+
+def test_a_stream_deleted_and_re_created_is_read_from_its_start_and_said_so(
+    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """The same name, another stream (its StreamCreationTimestamp differs): its sequence numbers
+    start over, so the old checkpoints and message ids must not apply. Every record of the new
+    stream lands, and the change is said in the log, `etl stats` and `etl health`."""
+    first = samples.generate(100, seed=61, malformed_rate=0.0)
+    put(stream, first)
+    p = ProcessGroup(env=stream_env(stream, sqs_endpoint), workdir=tmp_path)
+    try:
+        p.start("worker", "beat")
+        wait_until(all_in(conn, len(first)), 90, "the first stream's records")
+        before = checkpoints(conn, stream)
+        client = boto3.client("kinesis", endpoint_url=sqs_endpoint, **_aws())
+        client.delete_stream(StreamName=stream.name)
+        wait_until(lambda: stream.name not in client.list_streams()["StreamNames"], 30, "the stream to be deleted")
+        stream.create(2)
+        second = samples.generate(120, seed=62, malformed_rate=0.0)
+        put(stream, second)
+        seqs = shard_records(stream)
+        wait_until(all_in(conn, len(first) + len(second)), 120, "every record of the re-created stream")
+        assert counts(conn) == (len(first) + len(second), 0)
+        key = f"{stream.name}~2"
+        new_ids = {
+            r[0]
+            for r in store.query(conn, "SELECT message_id FROM user_logins WHERE message_id LIKE %s", (key + "/%",))
+        }
+        assert new_ids == {shards.message_id(key, sid, q) for sid, qs in seqs.items() for q in qs}
+        assert checkpoints(conn, stream) == before, "the first stream's checkpoints stay as they were"
+        want = {sid: qs[-1] for sid, qs in seqs.items()}
+        got = lambda: {sid: cp.seq for sid, cp in store.streams.checkpoints(conn, key).items()}  # noqa: E731
+        wait_until(lambda: got() == want, 30, "the new stream's checkpoints at its last records")
+        assert p.log("worker").count("was deleted and re-created") == 1
+        stats = etl_command(p, "stats")
+        assert "re-created: this stream was created" in stats and f"as {key} (incarnation 2)" in stats
+        assert json.loads(etl_command(p, "stats", "--json"))["stream"]["incarnation"] == 2
+        assert "re-created: this stream was created" in etl_command(p, "health")
+    finally:
         p.stop()

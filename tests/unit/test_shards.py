@@ -85,6 +85,7 @@ class Reader:
     """An in-memory stream: shard -> sequence numbers; optional scripted failures."""
 
     name = "s"
+    key = "s"
 
     def __init__(self, records: dict[str, list[int]], closed: set[str] = frozenset(), fail: list[Exception] = ()):
         self.records, self.closed, self.fail = records, closed, list(fail)
@@ -121,7 +122,7 @@ def run(reader: Reader, cursors: list[streaming.Cursor], **kw: object) -> tuple[
     report = streaming.fetch(
         reader,
         cursors,
-        lambda pos, msgs: sent.append(pos),
+        kw.pop("dispatch", lambda pos, msgs: sent.append(pos)),  # type: ignore[arg-type]
         chunk_size=kw.pop("chunk_size", 3),  # type: ignore[arg-type]
         budget_seconds=kw.pop("budget", 3.0),  # type: ignore[arg-type]
         clock=clock,
@@ -207,3 +208,121 @@ def test_an_idle_shard_whose_last_record_aged_out_is_no_loss() -> None:
     expired: list[str] = []
     sent, _ = run(reader, [streaming.Cursor(Shard("a"), Pointer("2"))], expired=lambda c: expired.append(c.pointer.seq))
     assert sent == [] and expired == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10**56), st.integers(1, 300)), min_size=1, max_size=6), st.data())
+def test_positions_inside_aggregates_order_between_records_and_survive_postgres(
+    recs: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    """A position inside record S lies after every record before S and before S itself; as
+    numeric text and back it is the same position (Postgres compares them as numeric)."""
+    seqs = sorted({s for s, _ in recs})
+    order: list[str] = [shards.START]
+    for seq in seqs:
+        count = data.draw(st.integers(1, 300))
+        order += [shards.position(str(seq), sub, count) for sub in range(count)]
+    keys = [shards.key(p) for p in order]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert order[-1] == str(seqs[-1])  # the last user record's position is the record's own number
+    from decimal import Decimal
+
+    as_db = [Decimal(shards.to_db(p)) for p in order]
+    assert as_db == sorted(as_db) and len(set(as_db)) == len(as_db)
+    assert [shards.from_db(format(d, "f")) for d in as_db] == order
+    assert all(shards.is_position(p) for p in order)
+
+
+def test_the_checkpoint_stops_inside_an_aggregate_until_its_rest_commits() -> None:
+    # record 7 holds 3 user records, split over two chunks: (5, 7/1] and (7/1, 9]
+    assert shards.advance("5", [("5", "7/1")]) == "7/1"
+    assert shards.advance("5", [("7/1", "9")]) == "5"
+    assert shards.advance("5", [("7/1", "9"), ("5", "7/1")]) == "9"
+    assert not shards.finished(Shard("s", ending="7"), Checkpoint("7/1", 0.0))
+    assert shards.finished(Shard("s", ending="7"), Checkpoint("7", 0.0))
+    assert shards.resume(Checkpoint("7/1", 0.0), Pointer("7/0", 0.0), 1.0, 60) == (Pointer("7/1"), False)
+
+
+class Aggregates(Reader):
+    """An in-memory stream of aggregated records: shard -> [(sequence number, user records)]."""
+
+    def __init__(self, records: dict[str, list[tuple[int, int]]]) -> None:
+        super().__init__({k: [q for q, _ in v] for k, v in records.items()})
+        self.aggregates = records
+
+    def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
+        self.calls.append((shard_id, self.now))
+        where = iterator.split(":")[1]
+        seq, _, sub = where.partition("/")
+        first = [(q, n) for q, n in self.aggregates[shard_id] if (q >= int(seq) if sub else q > int(seq))][:limit]
+        messages = [
+            Message(shards.message_id("s", shard_id, str(q), i), shards.position(str(q), i, n), "{}", 0)
+            for q, n in first
+            for i in range(n)
+        ]
+        last = first[-1][0] if first else int(seq)
+        return Batch(messages, f"{shard_id}:{last}", 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 9), min_size=1, max_size=10),
+    st.integers(1, 7),
+    st.lists(st.integers(0, 12), max_size=4),
+)
+def test_aggregates_split_over_chunks_and_a_fetch_that_dies_between_them_skip_and_double_nothing(
+    sizes: list[int], chunk_size: int, crashes: list[int]
+) -> None:
+    """Reads of aggregated records go on as chunks of at most chunk_size user records, boundaries
+    inside aggregates; a fetch that dies after any chunk resumes from its pointer: every user
+    record handed on exactly once, in contiguous ranges."""
+    records = {"a": [(10 * (i + 1), n) for i, n in enumerate(sizes)]}
+    expected = [shards.message_id("s", "a", str(q), i) for q, n in records["a"] for i in range(n)]
+    reader = Aggregates(records)
+    got: list[str] = []
+    ranges: list[tuple[str, str]] = []
+    pointer = Pointer(shards.START)
+    for crash in [*crashes, None]:
+        dispatched = 0
+
+        def dispatch(position: Position, messages: list[Message], crash: int | None = crash) -> None:
+            nonlocal dispatched
+            if crash is not None and dispatched >= crash:
+                raise TransientError("worker killed")
+            assert 0 < len(messages) <= chunk_size
+            dispatched += 1
+            got.extend(m.message_id for m in messages)
+            ranges.append((position.after, position.last))
+
+        cursor = streaming.Cursor(Shard("a"), pointer)
+        try:
+            run(reader, [cursor], dispatch=dispatch, chunk_size=chunk_size, budget=30.0)
+        except TransientError:
+            pointer = cursor.pointer  # the next fetch reads on from where this one handed on
+            continue
+        break
+    assert got == expected
+    assert shards.advance(shards.START, ranges) == str(records["a"][-1][0])
+    assert all(a == b for (_, a), (b, _) in itertools.pairwise(ranges))
+
+
+def test_fresh_records_wait_for_a_check_that_the_stream_was_not_re_created() -> None:
+    """A read of records newer than the last incarnation check is handed on only after a later
+    check says the stream is the same one; if it was re-created, nothing of it is handed on."""
+    fresh = Reader({"a": [1, 2, 3, 4, 5, 6]})  # records arrived at unix time 0 (Message's sent_timestamp_ms)
+    checks: list[float] = []
+
+    def same() -> bool:
+        checks.append(fresh.now)
+        return True
+
+    sent, _ = run(fresh, [streaming.Cursor(Shard("a"), Pointer("0"))], same_stream=same, verified_at=0.0)
+    assert [(p.after, p.last) for p in sent] == [("0", "3"), ("3", "6")]
+    assert checks and all(b - a >= streaming.VERIFY_EVERY - 1e-9 for a, b in itertools.pairwise(checks))
+    old = Reader({"a": [1, 2, 3]})  # checked well after they arrived: no check needed
+    sent, _ = run(old, [streaming.Cursor(Shard("a"), Pointer("0"))], same_stream=lambda: False, verified_at=1000.0)
+    assert [(p.after, p.last) for p in sent] == [("0", "3")]
+    gone = Reader({"a": [1, 2, 3]})
+    cursor = streaming.Cursor(Shard("a"), Pointer("0"))
+    sent, report = run(gone, [cursor], same_stream=lambda: False, verified_at=0.0)
+    assert sent == [] and cursor.pointer.seq == "0" and report.stopped == "stream re-created"  # type: ignore[attr-defined]

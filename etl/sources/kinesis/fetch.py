@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from etl import store
 from etl.crypto.masking import Masker
 from etl.crypto.sealing import Sealer
 from etl.crypto.vault import Vault
-from etl.errors import TerminalError, TransientError
+from etl.errors import EtlError, TerminalError, TransientError
 from etl.load import ChunkReport, chunk_report, write
 from etl.model import chunking, shards
 from etl.model.records import Message
@@ -41,20 +42,24 @@ run_log = logging.getLogger("etl.stream_tasks")
 MIN_INTERVAL = 0.2  # GetRecords allows 5 calls per second per shard
 IDLE_INTERVAL = 1.0  # a shard with nothing new is asked again after this long
 MAX_BACKOFF = 5.0
+VERIFY_EVERY = 1.0  # at most one DescribeStreamSummary a second per fetch run, for reads at the stream's tip
+CLOCK_SKEW = 30.0  # seconds our clock may differ from Kinesis' ApproximateArrivalTimestamp
 ROOM_POLL = 0.2  # seconds between looks at the broker while a read's further chunks wait for room
 
 
 class ShardReader(Protocol):
     name: str
+    key: str  # the incarnation's key (etl.model.shards.Incarnation.key): positions name the stream by it
 
     def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str: ...
     def read(self, shard_id: str, iterator: str, limit: int) -> Batch: ...
 
 
 class ShardSource(ShardReader, Protocol):
-    """A stream that also lists its shards (etl.sources.kinesis.stream.Stream)."""
+    """A stream that also lists its shards and says which incarnation it is (etl.sources.kinesis.stream.Stream)."""
 
     def shards(self) -> list[Shard]: ...
+    def incarnation(self) -> tuple[float, str | None]: ...
 
 
 class Database(Protocol):
@@ -91,6 +96,8 @@ class Cursor:
     behind_ms: int | None = None
     read: int = 0
     gap_after: str | None = None  # Kinesis refused the pointer: the next read starts at the trim horizon
+    read_to: str | None = None  # the last position read (ahead of the pointer while reads are held)
+    draining: bool = False  # read to the shard's end; held reads still to hand on
 
 
 @dataclass
@@ -110,18 +117,21 @@ def fetch(
     dispatch: Callable[[Position, list[Message]], None],
     *,
     chunk_size: int,
-    budget_seconds: float,
     chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
+    budget_seconds: float,
     advanced: Callable[[Cursor], None] = lambda c: None,
     ended: Callable[[Cursor], None] = lambda c: None,
     expired: Callable[[Cursor], None] = lambda c: None,
     pause: Callable[[], str | None] = lambda: None,
+    same_stream: Callable[[], bool] | None = None,
+    verified_at: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StreamFetchReport:
     """Read ``cursors`` for up to ``budget_seconds``; each non-empty read becomes one chunk, or
-    several in order when it holds more than ``chunk_bytes`` broker bytes (``hand_on``).
+    several in order of at most ``chunk_size`` user records and ``chunk_bytes`` broker bytes
+    (aggregated records can make a read long: ``hand_on``).
 
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
@@ -129,17 +139,48 @@ def fetch(
     was. A pointer Kinesis no longer accepts (past the stream's retention) makes the shard read
     on from its oldest record kept; if records are found there, the ones between expired unread
     and are reported to ``expired``.
+
+    ``same_stream`` (checked true at unix time ``verified_at``) says whether the stream is still
+    the incarnation the run started on. A read holding records that arrived after the last check
+    (less a clock-skew margin) could come from a stream deleted and re-created since, read
+    through an old iterator: it is held until the next check (at most one a VERIFY_EVERY), and
+    dropped unread, ending the run, if the stream changed.
     """
     started = clock()
     deadline = started + budget_seconds
     report = StreamFetchReport()
+    active = list(cursors)
+    held: list[tuple[Cursor, Batch]] = []
+    checked = verified_at
 
     def room() -> None:
-        """Wait while the broker holds enough chunks (a read cut into several by bytes)."""
+        """Wait while the broker holds enough chunks (a read cut into several)."""
         while clock() < deadline and pause() == "backpressure":
             sleep(ROOM_POLL)
 
-    active = list(cursors)
+    def go_on(c: Cursor, b: Batch) -> None:
+        def send(p: Position, ms: list[Message], moved: Callable[[str], None]) -> int:
+            return hand_on(p, ms, dispatch, chunk_size, chunk_bytes, room, moved)
+
+        _hand_on(reader, c, b, send, advanced, wall, report)
+        if at_end(c.shard, c.pointer, b.next_iterator) and c in active:
+            ended(c)
+            report.ended.append(c.shard.shard_id)
+            active.remove(c)
+
+    def verify_and_hand_on() -> bool:
+        nonlocal checked
+        at = wall()
+        if same_stream is not None and not same_stream():
+            held.clear()
+            report.stopped = "stream re-created"
+            return False
+        checked = at
+        for c, b in held:
+            go_on(c, b)
+        held.clear()
+        return True
+
     while active:
         now = clock()
         if now >= deadline:
@@ -149,9 +190,17 @@ def fetch(
         if reason:
             report.stopped = reason
             break
-        cursor = min(active, key=lambda c: c.next_call)
-        if cursor.next_call > now:
-            sleep(min(cursor.next_call, deadline) - now)
+        if held and wall() - checked >= VERIFY_EVERY:
+            if not verify_and_hand_on():
+                return _done(report, clock, started, active)
+            continue
+        free = [c for c in active if not c.draining]
+        cursor = min(free, key=lambda c: c.next_call) if free else None
+        if cursor is None or cursor.next_call > now:
+            until = deadline if cursor is None else min(cursor.next_call, deadline)
+            if held:
+                until = min(until, now + max(0.0, checked + VERIFY_EVERY - wall()))
+            sleep(max(until - now, 0.0))
             continue
         shard_id = cursor.shard.shard_id
         try:
@@ -181,24 +230,64 @@ def fetch(
             if batch.messages:
                 expired(cursor)
             cursor.gap_after = None
-        if batch.messages:
-            position = Position(reader.name, shard_id, cursor.pointer.seq, batch.messages[-1].receipt_handle)
-            report.chunks += hand_on(position, batch.messages, dispatch, chunk_size, chunk_bytes, room)
-            cursor.pointer = Pointer(position.last, cursor.pointer.pending_since or wall())
-            advanced(cursor)
-            report.received += len(batch.messages)
-            cursor.read += len(batch.messages)
-        cursor.iterator = batch.next_iterator
-        if at_end(cursor.shard, cursor.pointer, batch.next_iterator):
-            ended(cursor)
-            report.ended.append(shard_id)
-            active.remove(cursor)
+        _read_on(cursor, batch, clock)
+        fresh = (checked - CLOCK_SKEW) * 1000
+        if same_stream is not None and (
+            any(c is cursor for c, _ in held) or any(m.sent_timestamp_ms >= fresh for m in batch.messages)
+        ):
+            held.append((cursor, batch))  # the shard is read on meanwhile; hand-ons keep their order
             continue
-        cursor.next_call = clock() + (MIN_INTERVAL if batch.messages else IDLE_INTERVAL)
+        go_on(cursor, batch)
+    if held:
+        verify_and_hand_on()
+    return _done(report, clock, started, active)
+
+
+def _done(
+    report: StreamFetchReport, clock: Callable[[], float], started: float, active: list[Cursor]
+) -> StreamFetchReport:
     report.seconds = clock() - started
     if not active and report.stopped == "budget":
         report.stopped = "shards ended"
     return report
+
+
+def _read_on(cursor: Cursor, batch: Batch, clock: Callable[[], float]) -> None:
+    """After a read: the next one's iterator and time (or none, at a closed shard's end)."""
+    if batch.messages:
+        cursor.read_to = batch.messages[-1].receipt_handle
+    cursor.iterator = batch.next_iterator
+    cursor.draining = at_end(cursor.shard, Pointer(cursor.read_to or cursor.pointer.seq), batch.next_iterator)
+    cursor.next_call = clock() + (MIN_INTERVAL if batch.messages else IDLE_INTERVAL)
+
+
+def _hand_on(
+    reader: ShardReader,
+    cursor: Cursor,
+    batch: Batch,
+    send: Callable[[Position, list[Message], Callable[[str], None]], int],
+    advanced: Callable[[Cursor], None],
+    wall: Callable[[], float],
+    report: StreamFetchReport,
+) -> None:
+    """A read's records go on (``send``: as one chunk or several), the cursor moving past each
+    chunk as it goes (a run that dies between two resumes after the first).
+
+    Records already handed on are dropped first: a fetch that resumes inside an aggregated record
+    reads it again (its position says which of its user records went on).
+    """
+    messages = shards.after(batch.messages, cursor.pointer.seq)
+    if not messages:
+        return
+    position = Position(reader.key, cursor.shard.shard_id, cursor.pointer.seq, messages[-1].receipt_handle)
+
+    def moved(last: str) -> None:
+        cursor.pointer = Pointer(last, cursor.pointer.pending_since or wall())
+        advanced(cursor)
+
+    report.chunks += send(position, messages, moved)
+    report.received += len(messages)
+    cursor.read += len(messages)
 
 
 def hand_on(
@@ -208,17 +297,19 @@ def hand_on(
     chunk_size: int,
     chunk_bytes: int,
     room: Callable[[], None] = lambda: None,
+    moved: Callable[[str], None] = lambda last: None,
 ) -> int:
     """Dispatch one read (``position`` its range) as chunks of at most ``chunk_size`` records and
-    ``chunk_bytes`` broker bytes, each with its own contiguous range; returns how many.
+    ``chunk_bytes`` broker bytes, each with its own contiguous range; returns how many. A boundary
+    may fall inside an aggregated record (its user records' positions say where).
 
     A record over the stream's 1 MiB is withheld (``too_large``); a chunk the broker refuses is
     split, down to a record rejected alone (``broker_refused``: etl.model.chunking.deliver). If
     the broker is down, the error stops the run with the shard's pointer where it was: what was
     handed on is read again and skipped as already written. ``room`` runs before each further
-    chunk (it waits while the broker is full).
+    chunk (it waits while the broker is full); ``moved`` after each chunk, with its last position.
     """
-    after = {}  # each record's range start: the sequence number of the record before it
+    after = {}  # each record's range start: the position of the record before it
     previous = position.after
     for m in messages:
         after[m.receipt_handle] = previous
@@ -242,6 +333,7 @@ def hand_on(
             log.warning(
                 "shard %s: the broker refused %d records on their own (broker_refused)", position.shard_id, len(refused)
             )
+        moved(part[-1].receipt_handle)
     return len(chunks)
 
 
@@ -280,9 +372,9 @@ def run(
     dispatch: Callable[[Position, list[Message]], None],
     *,
     chunk_size: int,
+    chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
     budget_seconds: float,
     shards_per_fetch: int,
-    chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
     start: str,
     reread_after: float,
     pause: Callable[[], str | None] = lambda: None,
@@ -300,16 +392,28 @@ def run(
     """
     try:
         conn = db.conn()
+        verified_at = time.time()
+        life = streams.incarnation(conn, stream.name, *stream.incarnation())
+        stream.key = life.key
+        if life.new and life.previous_created_at is not None:
+            run_log.warning(
+                "stream %s was deleted and re-created (created %s, the one read before %s): reading the new "
+                "stream from its start, its checkpoints and message ids under %s",
+                stream.name,
+                _when(life.created_at),
+                _when(life.previous_created_at),
+                life.key,
+            )
         listed = stream.shards()
-        known = streams.checkpoints(conn, stream.name)
+        known = streams.checkpoints(conn, stream.key)
         new = [x.shard_id for x in listed if x.shard_id not in known]
         if new:
             # "latest" applies to the stream's first contact only: shards born later (splits,
-            # merges) are read from their start, or their first records would be skipped.
-            start_at = time.time() if start == "latest" and not known else None
-            streams.ensure_shards(conn, stream.name, new, start_at)
-            known = streams.checkpoints(conn, stream.name)
-        pointers = redis.entries(stream_key(stream.name, "pointers"))
+            # merges) and a re-created stream are read from their start, or records would be skipped.
+            start_at = time.time() if start == "latest" and not known and life.ordinal == 1 else None
+            streams.ensure_shards(conn, stream.key, new, start_at)
+            known = streams.checkpoints(conn, stream.key)
+        pointers = redis.entries(stream_key(stream.key, "pointers"))
     except TransientError as exc:
         db.drop_conn()
         run_log.warning("stream fetch skipped: %s (the next beat tries again)", exc)
@@ -318,11 +422,11 @@ def run(
     def advanced(cursor: Cursor) -> None:
         p = cursor.pointer
         redis.put(
-            stream_key(stream.name, "pointers"), cursor.shard.shard_id, {"seq": p.seq, "pending_since": p.pending_since}
+            stream_key(stream.key, "pointers"), cursor.shard.shard_id, {"seq": p.seq, "pending_since": p.pending_since}
         )
 
     def ended(cursor: Cursor) -> None:
-        streams.mark_end(conn, stream.name, cursor.shard.shard_id, cursor.pointer.seq)
+        streams.mark_end(conn, stream.key, cursor.shard.shard_id, cursor.pointer.seq)
         run_log.info("shard %s read to its end (last record %s)", cursor.shard.shard_id, cursor.pointer.seq)
 
     def expired(cursor: Cursor) -> None:
@@ -337,8 +441,8 @@ def run(
     candidates = shards.readable(listed, known)
     with contextlib.suppress(TransientError):  # finished or vanished shards report nothing any more
         readable = {c.shard_id for c in candidates}
-        for stale in set(redis.entries(stream_key(stream.name, "status"))) - readable:
-            redis.forget(stream_key(stream.name, "status"), stale)
+        for stale in set(redis.entries(stream_key(stream.key, "status"))) - readable:
+            redis.forget(stream_key(stream.key, "status"), stale)
     random.shuffle(candidates)  # fetch runs on several workers spread over the shards
     with ExitStack() as stack:
         cursors: list[Cursor] = []
@@ -347,7 +451,7 @@ def run(
                 break
             try:
                 held = stack.enter_context(
-                    redis.lease(stream_key(stream.name, f"lease:{shard.shard_id}"), budget_seconds + 10)
+                    redis.lease(stream_key(stream.key, f"lease:{shard.shard_id}"), budget_seconds + 10)
                 )
             except TransientError as exc:
                 run_log.warning("stream fetch skipped: %s (the next beat tries again)", exc)
@@ -376,15 +480,17 @@ def run(
                 cursors,
                 dispatch,
                 chunk_size=chunk_size,
-                budget_seconds=budget_seconds,
                 chunk_bytes=chunk_bytes,
+                budget_seconds=budget_seconds,
                 advanced=advanced,
                 ended=ended,
                 expired=expired,
                 pause=pause,
+                same_stream=lambda: _same(stream, life.created_at),
+                verified_at=verified_at,
             )
         finally:
-            publish_status(redis, stream.name, cursors, known)
+            publish_status(redis, stream.key, cursors, known)
     heartbeat()
     if report.received or report.ended or report.stopped == "backpressure":
         run_log.info(
@@ -407,8 +513,19 @@ def run(
     return {"received": report.received, "chunks": report.chunks, "stopped": report.stopped}
 
 
+def _same(stream: ShardSource, created_at: float) -> bool:
+    try:
+        return abs(stream.incarnation()[0] - created_at) < 0.001
+    except EtlError:  # deleted (not found) or unreachable: read nothing more in this run
+        return False
+
+
+def _when(unix: float) -> str:
+    return datetime.fromtimestamp(unix, tz=UTC).isoformat(timespec="milliseconds")
+
+
 def _pointer(raw: dict[str, Any] | None) -> Pointer | None:
-    if not raw or not str(raw.get("seq", "")).isdigit():
+    if not raw or not shards.is_position(str(raw.get("seq", ""))):
         return None
     return Pointer(str(raw["seq"]), raw.get("pending_since"))
 
@@ -431,7 +548,7 @@ def publish_status(
                     "checkpoint_moved_at": cp.moved_at if cp else None,
                     # handed on past the checkpoint this run started from: records read but not
                     # known committed (a shard stuck here has lag 0 and an ageing checkpoint)
-                    "uncommitted": bool(cp) and int(c.pointer.seq) > int(cp.seq if cp else 0),
+                    "uncommitted": bool(cp) and shards.key(c.pointer.seq) > shards.key(cp.seq if cp else shards.START),
                 },
             )
         except TransientError:

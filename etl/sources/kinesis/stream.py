@@ -6,6 +6,7 @@ Two transient kinds have their own class (etl.model.shards), because a fetch han
 shard: an expired iterator (get a new one) and a throttled shard (back off).
 """
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
@@ -14,7 +15,7 @@ from typing import Any
 
 from etl import aws
 from etl.errors import TerminalError, TransientError
-from etl.model import shards
+from etl.model import kpl, shards
 from etl.model.records import Message
 from etl.model.shards import Batch, Shard
 
@@ -32,7 +33,17 @@ class Stream:
 
     def __init__(self, name: str, client: Any = None) -> None:
         self.name = name
+        # what checkpoints and message ids call this incarnation of the stream (etl.model.shards.
+        # Incarnation.key): the name until a fetch run (or a caller) learns otherwise
+        self.key = name
         self.client = client or aws.client("kinesis")
+
+    def incarnation(self) -> tuple[float, str | None]:
+        """The stream's StreamCreationTimestamp (unix time) and ARN: a stream deleted and re-created
+        under the same name has another creation time."""
+        with _translated("DescribeStreamSummary"):
+            summary = self.client.describe_stream_summary(StreamName=self.name)["StreamDescriptionSummary"]
+        return summary["StreamCreationTimestamp"].timestamp(), summary.get("StreamARN")
 
     def shards(self) -> list[Shard]:
         """Every shard ListShards reports (open and closed, with their parents)."""
@@ -51,10 +62,12 @@ class Stream:
             kwargs = {"NextToken": token}  # ListShards refuses StreamName beside a token
 
     def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str:
-        """An iterator just after sequence number ``after``; at the start: from ``start_at``
+        """An iterator just after position ``after``; at the start: from ``start_at``
         (a unix time) if given, else from the oldest record kept (TRIM_HORIZON)."""
         kwargs: dict[str, Any] = {"StreamName": self.name, "ShardId": shard_id}
-        if after != shards.START:
+        if "/" in after:  # inside an aggregated record: read it again (the fetch drops what it handed on)
+            kwargs.update(ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=after.partition("/")[0])
+        elif after != shards.START:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
         elif start_at is not None:
             kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=datetime.fromtimestamp(start_at, tz=UTC))
@@ -64,11 +77,14 @@ class Stream:
             return str(self.client.get_shard_iterator(**kwargs)["ShardIterator"])
 
     def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
-        """Up to ``limit`` records from ``iterator``, as messages of this stream and shard."""
+        """Up to ``limit`` records from ``iterator``, as messages of this stream and shard (an
+        aggregated record as one message per user record)."""
         with _translated("GetRecords"):
             response = self.client.get_records(ShardIterator=iterator, Limit=max(1, min(limit, 10_000)))
         received_at = time.time()
-        messages = [_to_message(self.name, shard_id, r, received_at) for r in response.get("Records", [])]
+        messages: list[Message] = []
+        for r in response.get("Records", []):
+            messages += _to_messages(self.key, shard_id, r, received_at)
         return Batch(messages, response.get("NextShardIterator"), response.get("MillisBehindLatest"))
 
     def put(
@@ -107,7 +123,7 @@ class Stream:
                 if result.get("ErrorCode"):
                     failed.append(i)
                 else:
-                    ids[i] = shards.message_id(self.name, result["ShardId"], result["SequenceNumber"])
+                    ids[i] = shards.message_id(self.key, result["ShardId"], result["SequenceNumber"])
             if not failed:
                 return [i for i in ids if i is not None]
             pending = failed
@@ -133,15 +149,31 @@ class Stream:
         return str(summary["StreamStatus"])
 
 
-def _to_message(stream: str, shard_id: str, record: Any, received_at: float) -> Message:
+def _to_messages(stream: str, shard_id: str, record: Any, received_at: float) -> list[Message]:
+    """One message for a plain record; one per user record for an aggregated one, each with its
+    sub-sequence number in its id and its position (etl.model.shards.position) as receipt handle.
+    An aggregate that does not decode stays one message, rejected by etl.model.records."""
     arrived = record.get("ApproximateArrivalTimestamp")
     seq = record["SequenceNumber"]
-    return Message(
-        message_id=shards.message_id(stream, shard_id, seq),
-        receipt_handle=seq,
+    data = bytes(record.get("Data", b""))
+    sent_ms = int(arrived.timestamp() * 1000) if arrived else int(received_at * 1000)
+    users = None
+    if kpl.is_aggregated(data):
+        with contextlib.suppress(kpl.Corrupt):
+            users = kpl.decode(data)
+    if users is None:
         # Not UTF-8? Kept byte for byte (surrogateescape) and rejected by validation, never lost.
-        body=bytes(record.get("Data", b"")).decode("utf-8", "surrogateescape"),
-        sent_timestamp_ms=int(arrived.timestamp() * 1000) if arrived else int(received_at * 1000),
-        receive_count=1,
-        received_at=received_at,
-    )
+        body = data.decode("utf-8", "surrogateescape")
+        return [Message(shards.message_id(stream, shard_id, seq), seq, body, sent_ms, 1, received_at)]
+    n = len(users)
+    return [
+        Message(
+            shards.message_id(stream, shard_id, seq, i),
+            shards.position(seq, i, n),
+            u.data.decode("utf-8", "surrogateescape"),
+            sent_ms,
+            1,
+            received_at,
+        )
+        for i, u in enumerate(users)
+    ]
