@@ -6,17 +6,14 @@ rotate-masking-key, rotate-vault-key, keygen (``etl --help`` lists them).
 
 import argparse
 import json
-import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from etl import logs, settings, store
-from etl.crypto import vault
-from etl.crypto.sealing import new_key
 from etl.errors import EtlError
-from etl.ops import health, report, seeding
+from etl.ops import health, keygen, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
 from etl.sources.kinesis import stream as kinesis
@@ -284,13 +281,15 @@ def cmd_rotate_vault_key(args: argparse.Namespace, s: settings.Settings) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    print("# fresh secrets for .env; keep them out of version control and logs")
-    print(f"ETL_MASKING_KEY={secrets.token_urlsafe(48)}")
-    print(f"ETL_PAYLOAD_KEY={new_key()}")
-    private, public = vault.new_keypair()
-    print("# workers get only the public key; the private key belongs to the PII officers' tooling")
-    print(f"ETL_VAULT_PUBLIC_KEY={public}")
-    print(f"ETL_VAULT_PRIVATE_KEY={private}")
+    """Print a workers' env file (``etl keygen > .env``); the private key goes to a file of its own."""
+    text, private = keygen.workers_env(args.private_key_file)
+    keygen.write_private_key(args.private_key_file, private)
+    sys.stdout.write(text)
+    print(
+        f"etl keygen: wrote the vault's private key to {args.private_key_file} (mode 0600): "
+        "for the PII officers only, never for workers",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -381,8 +380,17 @@ def parser() -> argparse.ArgumentParser:
     rotv.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
     rotv.set_defaults(func=cmd_rotate_vault_key)
 
-    keygen = sub.add_parser("keygen", help="print fresh ETL_MASKING_KEY, ETL_PAYLOAD_KEY and the vault key pair")
-    keygen.set_defaults(func=cmd_keygen)
+    keys = sub.add_parser(
+        "keygen",
+        help="print a workers' .env (ETL_MASKING_KEY, ETL_PAYLOAD_KEY, ETL_VAULT_PUBLIC_KEY); "
+        "the vault's private key goes to a file (mode 0600)",
+    )
+    keys.add_argument(
+        "--private-key-file",
+        default=keygen.DEFAULT_PRIVATE_KEY_FILE,
+        help=f"where the officers' private key goes (default {keygen.DEFAULT_PRIVATE_KEY_FILE}; never overwritten)",
+    )
+    keys.set_defaults(func=cmd_keygen)
     return p
 
 
