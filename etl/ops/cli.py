@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from etl import logs, settings, store
+from etl import aws, logs, settings, store
 from etl.errors import EtlError
 from etl.ops import health, keygen, report, seeding
 from etl.pii import service as pii
@@ -69,13 +69,13 @@ def cmd_stats(args: argparse.Namespace, s: settings.Settings) -> int:
         result["queue"] = {"error": str(exc)}
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return 1 if "error" in result["queue"] else 0
     _print_table_stats(result)
     queue = result["queue"]
     if "error" in queue:
         print(f"queue:     unavailable ({queue['error']})")
-    else:
-        print(f"queue:     {queue['visible']} waiting, {queue['in_flight']} in flight, {queue['delayed']} delayed")
+        return 1
+    print(f"queue:     {queue['visible']} waiting, {queue['in_flight']} in flight, {queue['delayed']} delayed")
     return 0
 
 
@@ -401,6 +401,7 @@ WITHOUT_SETTINGS = (cmd_keygen, cmd_demo)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.quiet_drivers()  # botocore at DEBUG would print raw SQS bodies
+    aws.for_commands()  # no command sits silent for minutes on an endpoint that does not answer
     try:
         if args.func in WITHOUT_SETTINGS:
             return int(args.func(args))

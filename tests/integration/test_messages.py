@@ -1,0 +1,98 @@
+"""Every error of a command says what failed, where, and what to do: one line, non-zero exit, in
+bounded time (README "When something is wrong"). Real servers, real `etl` processes."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support import AWS_ENV, DATABASE_URL
+
+PG = urlsplit(DATABASE_URL)
+PG_AT = f"{PG.hostname}:{PG.port or 5432}"
+
+
+def etl(*args: str, timeout: float = 60, **env: str) -> tuple[int, str, str, float]:
+    """`etl args` with only ``env`` (and AWS's test credentials) set: (exit code, stdout, stderr, seconds)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "AWS_", "DATABASE_", "CELERY_", "SQS_"))}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "etl.ops.cli", *args],
+        env={**base, **AWS_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result.returncode, result.stdout, result.stderr, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://postgres:s3cret@127.0.0.1:1/etl", ["127.0.0.1:1/etl as postgres", "connection refused"]),
+        ("postgresql://postgres:s3cret@no-such-host.invalid/etl", ["no-such-host.invalid:5432/etl", "unknown host"]),
+        (
+            f"postgresql://postgres:s3cret@{PG_AT}/no_such_database",
+            [f"{PG_AT}/no_such_database as postgres", "no such database", "createdb"],
+        ),
+        (f"postgresql://no_such_user:s3cret@{PG_AT}/postgres", ["as no_such_user", "no such user", "CREATE ROLE"]),
+        ("mysql://root:s3cret@127.0.0.1/etl", ["scheme mysql://", "postgresql://"]),
+    ],
+)
+def test_database_errors_say_what_where_and_what_to_do(url: str, says: list[str]) -> None:
+    code, _, err, took = etl("stats", DATABASE_URL=url)
+    assert code == 2 and took < 30
+    assert err.count("\n") == 1 and err.startswith("etl stats: "), err
+    assert all(s in err for s in says), err
+    assert "DATABASE_URL" in err and "s3cret" not in err
+
+
+def test_redis_errors_say_where() -> None:
+    code, out, _, _ = etl("health", CELERY_BROKER_URL="redis://:s3cret@127.0.0.1:1/0")
+    assert code == 1 and "Redis" in out and "127.0.0.1:1/0" in out and "connection refused" in out
+    assert "CELERY_BROKER_URL" in out and "s3cret" not in out
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("command", [("stats",), ("init", "--create-queue")])
+def test_an_sqs_endpoint_that_never_answers_costs_at_most_30_s_and_says_so(
+    silent_endpoint: str, command: tuple[str, ...]
+) -> None:
+    code, out, err, took = etl(
+        *command,
+        DATABASE_URL=DATABASE_URL,
+        AWS_ENDPOINT_URL_SQS=silent_endpoint,
+        SQS_QUEUE_URL=f"{silent_endpoint}/000000000000/q",
+        timeout=90,
+    )
+    assert code != 0 and took <= 30
+    assert f"waiting for SQS at {silent_endpoint}" in err  # said while waiting, not only at the end
+    said = (err if command[0] == "init" else out).splitlines()[-1]
+    assert silent_endpoint in said and "no answer in time" in said and "AWS_ENDPOINT_URL_SQS" in said
