@@ -127,7 +127,8 @@ CASES: list[tuple[str, str, BaseException, type[EtlError], str]] = [
      TransientError, "S3 GetObject failed at https://anchors.s3.amazonaws.com: no answer in time (ReadTimeoutError); "
      "check AWS_ENDPOINT_URL_S3 and ETL_AUDIT_ANCHOR, and that S3 answers"),
     ("SQS", "DeleteMessageBatch", ConnectionClosedError(endpoint_url="http://[::1]:9324/000000000000/q"),
-     TransientError, "SQS DeleteMessageBatch failed at http://[::1]:9324: the connection was closed (ConnectionClosedError); "
+     TransientError, "SQS DeleteMessageBatch failed at http://[::1]:9324: the connection was closed "
+     "(ConnectionClosedError); "
      "check AWS_ENDPOINT_URL_SQS and SQS_QUEUE_URL, and that the SQS server answers"),
     ("SQS", "ReceiveMessage", SSLError(endpoint_url="https://localhost:8443/", error=OSError("bad cert")),
      TransientError, "SQS ReceiveMessage failed at https://localhost:8443: TLS failed (SSLError); "
