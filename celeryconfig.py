@@ -7,7 +7,7 @@ and ``celery -A etl`` find it from any working directory.
 
 from etl import settings as _settings
 
-_s = _settings.load()
+_s = _settings.load_or_exit()  # a bad setting: one line and exit 2, never a traceback
 
 broker_url = _s.broker_url
 # Keep retrying the broker at start-up instead of crashing while Redis comes up (compose, k8s).

@@ -54,15 +54,19 @@ shutting_down = multiprocessing.Event()
 
 @worker_init.connect
 def _refuse_to_start_without_keys(**_: Any) -> None:
-    """A worker without its secrets would fail every chunk: refuse to start, and say why.
+    """A worker without its secrets, or whose login may not write, would fail every chunk:
+    refuse to start, and say why (an unreachable database is only a warning: it may come later).
 
     Also readies the metrics directory before the pool forks, and makes the instruments there so
     that every counter is served (at zero) from the start; pool processes inherit them."""
     try:
         rt = runtime.get()
+        warning = runtime.check_database(rt.settings)
     except ConfigError as exc:
         print(f"etl worker: {exc}", file=sys.stderr)
         sys.exit(2)
+    if warning:
+        print(f"etl worker: warning: {warning}", file=sys.stderr, flush=True)
     metrics.prepare(rt.settings.metrics_dir)
     metrics.instruments()
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import AWS_ENV, DATABASE_URL
+from tests.support import AWS_ENV, BROKER_URL, DATABASE_URL, MASKING_KEY, PAYLOAD_KEY
 
 PG = urlsplit(DATABASE_URL)
 PG_AT = f"{PG.hostname}:{PG.port or 5432}"
@@ -96,3 +96,39 @@ def test_an_sqs_endpoint_that_never_answers_costs_at_most_30_s_and_says_so(
     assert f"waiting for SQS at {silent_endpoint}" in err  # said while waiting, not only at the end
     said = (err if command[0] == "init" else out).splitlines()[-1]
     assert silent_endpoint in said and "no answer in time" in said and "AWS_ENDPOINT_URL_SQS" in said
+
+
+@pytest.mark.parametrize("program", ["worker", "beat"])
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"ETL_SQS_THREADS": "abc"}, "ETL_SQS_THREADS='abc' is not a whole number"),
+        ({"ETL_CHUNK_SIZE": "0"}, "ETL_CHUNK_SIZE must be at least 1"),
+        ({"ETL_CHUNKSIZE": "10"}, "ETL_CHUNKSIZE is not a setting of etl: did you mean ETL_CHUNK_SIZE?"),
+    ],
+)
+def test_worker_and_beat_refuse_a_bad_setting_in_one_line(program: str, setting: dict[str, str], says: str) -> None:
+    result = celery(program, DATABASE_URL=DATABASE_URL, **setting)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"etl {program}: {says}" or result.stderr.startswith(f"etl {program}: {says}")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def celery(program: str, **env: str) -> "subprocess.CompletedProcess[str]":
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "AWS_", "DATABASE_", "CELERY_", "SQS_"))}
+    keys = {"ETL_MASKING_KEY": MASKING_KEY, "ETL_PAYLOAD_KEY": PAYLOAD_KEY, "ETL_METRICS_PORT": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "etl.worker", program, "--loglevel=INFO"],
+        env={**base, **AWS_ENV, **keys, "CELERY_BROKER_URL": BROKER_URL, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_worker_whose_login_may_not_write_refuses_to_start_naming_the_role(logins: dict[str, str]) -> None:
+    result = celery("worker", DATABASE_URL=logins["analyst"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("etl worker: the login t_analyst_") and "INSERT on user_logins" in line
+    assert "GRANT etl_writer TO t_analyst_" in line

@@ -135,3 +135,16 @@ def test_the_sqs_client_is_lean_by_default_and_boto3_on_request() -> None:
     assert settings.load({**base, "ETL_SQS_CLIENT": " BOTO3 "}).sqs_client == "boto3"
     with pytest.raises(ConfigError, match="ETL_SQS_CLIENT must be lean or boto3"):
         settings.load({**base, "ETL_SQS_CLIENT": "fast"})
+
+
+def test_a_misspelt_setting_is_named_with_the_nearest_real_one() -> None:
+    with pytest.raises(ConfigError, match=r"ETL_CHUNKSIZE is not a setting of etl: did you mean ETL_CHUNK_SIZE\?"):
+        settings.load({"ETL_CHUNKSIZE": "10"})
+    with pytest.raises(ConfigError, match=r"ETL_NOTHING_LIKE_IT is not a setting of etl: README 'Settings'"):
+        settings.load({"ETL_NOTHING_LIKE_IT": "1"})
+    settings.load({"ETL_TEST_DATABASE_URL": "x", "ETL_EMBEDDED": "never", "OTHER": "x"})  # tests' own, others'
+
+
+def test_a_bad_number_says_what_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"ETL_SQS_THREADS='abc' is not a whole number: set a number of at least 1"):
+        settings.load({"ETL_SQS_THREADS": "abc"})
