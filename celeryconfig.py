@@ -37,8 +37,8 @@ worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 # A chunk that hangs is killed well before its messages' SQS visibility timeout runs out.
-task_soft_time_limit = 60
-task_time_limit = 90
+task_soft_time_limit = _settings.CHUNK_SOFT_TIME_LIMIT
+task_time_limit = _settings.CHUNK_TIME_LIMIT
 
 task_default_queue = "etl"
 # Task events let Flower show progress; every task carries a PII-free argsrepr.

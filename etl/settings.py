@@ -142,6 +142,10 @@ _NUMBERS = (
     ("health_max_idle", "ETL_HEALTH_MAX_IDLE", 10),
     ("kinesis_shards_per_fetch", "ETL_KINESIS_SHARDS_PER_FETCH", 1),
 )
+# A chunk's Celery time limits (celeryconfig): soft, then hard. SQS_VISIBILITY_TIMEOUT must exceed the
+# hard one, or a chunk still running sees its messages handed out again (`etl doctor` checks it).
+CHUNK_SOFT_TIME_LIMIT = 60
+CHUNK_TIME_LIMIT = 90
 # message_id is "<stream>/<shard id>/<sequence number>" in varchar(128): shard ids are 20
 # characters and sequence numbers at most 56 digits, which leaves 50 for the stream's name.
 MAX_STREAM_NAME = 50

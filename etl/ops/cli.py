@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from etl import aws, logs, settings, store
-from etl.errors import EtlError
-from etl.ops import health, keygen, report, seeding
+from etl.errors import EtlError, Forbidden
+from etl.ops import doctor, health, keygen, report, seeding
 from etl.pii import service as pii
 from etl.progress import Bar
 from etl.sources.kinesis import stream as kinesis
 from etl.sources.kinesis.fetch import stream_key
 from etl.sources.sqs import queue as sqs
-from etl.store import streams
+from etl.store import access, streams
 from etl.worker.coordination import Coordinator
 
 
@@ -293,6 +293,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """One line per check, ok or FAIL with the fix; exit 1 if anything failed."""
+    checks = doctor.run(args.role)
+    color = sys.stdout.isatty()
+    for c in checks:
+        mark = ("\033[32mok  \033[0m" if c.ok else "\033[31mFAIL\033[0m") if color else ("ok  " if c.ok else "FAIL")
+        print(f"{mark} {c.name}: {report.printable(c.says)}" + (f" -> {c.fix}" if c.fix and not c.ok else ""))
+    failed = sum(not c.ok for c in checks)
+    print(f"{failed} of {len(checks)} checks failed" if failed else f"all {len(checks)} checks passed")
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from etl.demo import demo
 
@@ -380,6 +392,18 @@ def parser() -> argparse.ArgumentParser:
     rotv.add_argument("--reason", default="scheduled rotation", help="recorded in the audit log")
     rotv.set_defaults(func=cmd_rotate_vault_key)
 
+    doc = sub.add_parser(
+        "doctor", help="check services, the login's roles, keys, queue or stream, Redis, metrics: one line each"
+    )
+    doc.add_argument(
+        "--for",
+        dest="role",
+        choices=sorted(access.NEEDS),
+        default="etl_writer",
+        help="the role whose needs the login is checked against (default etl_writer: a worker)",
+    )
+    doc.set_defaults(func=cmd_doctor)
+
     keys = sub.add_parser(
         "keygen",
         help="print a workers' .env (ETL_MASKING_KEY, ETL_PAYLOAD_KEY, ETL_VAULT_PUBLIC_KEY); "
@@ -394,8 +418,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# keygen makes the keys settings need, and the demo makes its processes' environment itself.
-WITHOUT_SETTINGS = (cmd_keygen, cmd_demo)
+# keygen makes the keys settings need, the demo makes its processes' environment itself.
+WITHOUT_SETTINGS = (cmd_keygen, cmd_demo, cmd_doctor)  # doctor reports a bad setting itself
+
+
+def _needs(command: str) -> str:
+    """What a refused command's login lacks, in roles (README "Roles")."""
+    role = doctor.ROLE_OF_COMMAND.get(command)
+    if role is None:
+        return ""
+    who = "the tables' owner (the login that ran `etl init`)" if role == "admin" else f"the {role} role"
+    return f"; `etl {command}` needs {who} (`etl doctor --for {role}` checks a login)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args))
         return int(args.func(args, settings.load()))  # the command's settings, read once
     except EtlError as exc:
-        print(f"etl {args.command}: {exc}", file=sys.stderr)
+        print(f"etl {args.command}: {exc}{_needs(args.command) if isinstance(exc, Forbidden) else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
