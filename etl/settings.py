@@ -282,3 +282,19 @@ def load_or_exit() -> Settings:
         program = next((a for a in sys.argv[1:] if a in ("worker", "beat", "flower")), "celery")
         print(f"etl {program}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def contradictions(s: Settings) -> list[str]:
+    """Settings that are each valid but contradict each other, as one line each with the fix.
+
+    Reported, not refused: the fault-injection suite runs short visibilities on purpose (a chunk
+    that outlives its messages' visibility is one of its scenarios). A worker prints them at start
+    and ``etl doctor`` fails on them."""
+    found = []
+    if s.visibility_timeout <= CHUNK_TIME_LIMIT:
+        found.append(
+            f"SQS_VISIBILITY_TIMEOUT={s.visibility_timeout} does not exceed a chunk's hard time limit "
+            f"({CHUNK_TIME_LIMIT} s): a chunk still running would see its messages handed out again; "
+            f"set SQS_VISIBILITY_TIMEOUT={CHUNK_TIME_LIMIT + 30} or more (default 120)"
+        )
+    return found

@@ -153,15 +153,10 @@ def _source(s: settings_module.Settings) -> Check:
 
 
 def _visibility(s: settings_module.Settings) -> Check:
+    found = settings_module.contradictions(s)
+    if found:
+        return Check("visibility", False, "; ".join(found))
     hard = settings_module.CHUNK_TIME_LIMIT
-    if s.visibility_timeout <= hard:
-        return Check(
-            "visibility",
-            False,
-            f"SQS_VISIBILITY_TIMEOUT={s.visibility_timeout} does not exceed a chunk's hard time limit ({hard} s): "
-            "a chunk still running would see its messages handed out again",
-            f"SQS_VISIBILITY_TIMEOUT={hard + 30} or more (default 120)",
-        )
     return Check("visibility", True, f"SQS_VISIBILITY_TIMEOUT={s.visibility_timeout} s > hard time limit {hard} s")
 
 

@@ -32,7 +32,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from etl import load, logs, store
+from etl import load, logs, settings, store
 from etl.errors import ConfigError, Expired, TransientError
 from etl.model import records
 from etl.model.records import Message
@@ -65,8 +65,9 @@ def _refuse_to_start_without_keys(**_: Any) -> None:
     except ConfigError as exc:
         print(f"etl worker: {exc}", file=sys.stderr)
         sys.exit(2)
-    if warning:
-        print(f"etl worker: warning: {warning}", file=sys.stderr, flush=True)
+    for line in [warning, *settings.contradictions(rt.settings)]:
+        if line:
+            print(f"etl worker: warning: {line}", file=sys.stderr, flush=True)
     metrics.prepare(rt.settings.metrics_dir)
     metrics.instruments()
 

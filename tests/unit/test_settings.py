@@ -148,3 +148,9 @@ def test_a_misspelt_setting_is_named_with_the_nearest_real_one() -> None:
 def test_a_bad_number_says_what_to_set() -> None:
     with pytest.raises(ConfigError, match=r"ETL_SQS_THREADS='abc' is not a whole number: set a number of at least 1"):
         settings.load({"ETL_SQS_THREADS": "abc"})
+
+
+def test_a_visibility_within_the_chunk_time_limit_is_a_contradiction() -> None:
+    (line,) = settings.contradictions(settings.load({"SQS_VISIBILITY_TIMEOUT": "60"}))
+    assert "SQS_VISIBILITY_TIMEOUT=60 does not exceed a chunk's hard time limit (90 s)" in line
+    assert settings.contradictions(settings.load({})) == []
