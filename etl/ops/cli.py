@@ -308,7 +308,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from etl.demo import demo
 
-    return demo.run(file=Path(args.file) if args.file else None, timeout=args.timeout, flower_port=args.flower_port)
+    return demo.run(
+        file=Path(args.file) if args.file else None,
+        timeout=args.timeout,
+        flower_port=args.flower_port,
+        keep=args.keep,
+        fresh=args.fresh,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -337,6 +343,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--file", help="events to seed (default: the shared samples if present, else generated)")
     demo.add_argument("--timeout", type=float, default=180, help="seconds to wait for the queue to drain")
     demo.add_argument("--flower-port", type=int, default=5555, help="0 to skip Flower")
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the servers up after the summary and print a DATABASE_URL for psql"
+    )
+    demo.add_argument("--fresh", action="store_true", help="empty the demo's embedded database first")
     demo.set_defaults(func=cmd_demo)
 
     check = sub.add_parser("health", help="exit 0 if the pipeline (or one worker) makes progress, else 1")
