@@ -23,7 +23,7 @@ def test_demo_keep_leaves_a_database_to_explore_and_fresh_starts_clean(tmp_path:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: "queue.Queue[str]" = queue.Queue()
+    lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
     seen = []
     try:
