@@ -167,6 +167,16 @@ def cmd_rejected_list(args: argparse.Namespace, s: settings.Settings) -> int:
 def cmd_rejected_replay(args: argparse.Namespace, s: settings.Settings) -> int:
     s.require_keys()
     with store.connection(s.database_url) as conn:
+        if args.reason is not None:
+            reasons = {str(r[0]): int(r[1]) for r in store.rejected_summary(conn)}
+            if args.reason not in reasons:
+                listed = ", ".join(f"{report.printable(r)} ({n})" for r, n in sorted(reasons.items())) or "none"
+                print(
+                    f"etl rejected replay: no rejected message has reason {report.printable(args.reason)!r}; "
+                    f"the reasons are: {listed}",
+                    file=sys.stderr,
+                )
+                return 2
         if args.dry_run:
             count = len(store.rejected_to_replay(conn, args.reason, args.limit or 10_000_000))
             print(f"would replay {count} rejected messages" + (f" with reason {args.reason}" if args.reason else ""))
@@ -317,20 +327,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1 (argparse says so and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etl", description="SQS login events -> masked rows in Postgres, on Celery.")
+    p = argparse.ArgumentParser(
+        prog="etl",
+        description="Login events from SQS or Kinesis (ETL_SOURCE) -> masked rows in Postgres, on Celery. "
+        "First steps: `etl demo`; for your own services `etl keygen > .env`, then `etl doctor` (README).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", help="apply database migrations (idempotent)")
     init.add_argument("--create-queue", action="store_true", help="also create the SQS queue and its dead-letter queue")
     init.add_argument("--roles", action="store_true", help="also create the etl_writer, analyst and pii_officer roles")
     init.add_argument("--create-stream", action="store_true", help="also create the Kinesis stream where absent")
-    init.add_argument("--shards", type=int, default=2, help="shards of a stream --create-stream makes (default 2)")
+    init.add_argument(
+        "--shards", type=_positive, default=2, help="shards of a stream --create-stream makes (default 2)"
+    )
     init.set_defaults(func=cmd_init)
 
     seed = sub.add_parser("seed", help="send login events to the queue (or put them on the stream)")
     seed.add_argument("--file", help="JSON array, JSON-lines, or .gz of either")
-    seed.add_argument("--count", type=int, default=100, help="generated events when no --file (default 100)")
+    seed.add_argument("--count", type=_positive, default=100, help="generated events when no --file (default 100)")
     seed.add_argument("--seed", type=int, default=0, help="generator seed (default 0): same seed, same events")
     seed.add_argument("--target", choices=["sqs", "kinesis"], help="where to put them (default: ETL_SOURCE)")
     seed.set_defaults(func=cmd_seed)
@@ -361,12 +388,12 @@ def parser() -> argparse.ArgumentParser:
     rlist.set_defaults(func=cmd_rejected_list)
     replay = rsub.add_parser("replay", help="send rejected messages back to the queue, recording each replay")
     replay.add_argument("--reason", help="only this reason")
-    replay.add_argument("--limit", type=int, help="at most this many")
+    replay.add_argument("--limit", type=_positive, help="at most this many")
     replay.add_argument("--dry-run", action="store_true", help="only say how many would be replayed")
     replay.set_defaults(func=cmd_rejected_replay)
 
     rep = sub.add_parser("report", help="analysts' tables: shared tokens, logins per day and version, locales")
-    rep.add_argument("--limit", type=int, default=10, help="rows per table (default 10)")
+    rep.add_argument("--limit", type=_positive, default=10, help="rows per table (default 10)")
     rep.add_argument("--png", help="also write a bar chart of logins per day to this PNG file")
     rep.set_defaults(func=cmd_report)
 

@@ -14,6 +14,12 @@ import pytest
 
 from tests.support import AWS_ENV, BROKER_URL, DATABASE_URL, MASKING_KEY, PAYLOAD_KEY
 
+from etl import store  # isort: skip  (after tests.support, which points Celery at the test broker)
+from etl.crypto.masking import Masker
+from etl.crypto.sealing import Sealer
+from etl.model import records
+from etl.model.records import Message
+
 PG = urlsplit(DATABASE_URL)
 PG_AT = f"{PG.hostname}:{PG.port or 5432}"
 
@@ -132,3 +138,14 @@ def test_a_worker_whose_login_may_not_write_refuses_to_start_naming_the_role(log
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("etl worker: the login t_analyst_") and "INSERT on user_logins" in line
     assert "GRANT etl_writer TO t_analyst_" in line
+
+
+def test_replay_of_an_unknown_reason_lists_the_reasons(conn: store.Connection) -> None:
+    rejected = records.transform(
+        [Message("m-1", "r-1", "not json", int(time.time() * 1000))], Masker(MASKING_KEY), Sealer([PAYLOAD_KEY])
+    )
+    store.write_chunk(conn, rejected)
+    (reason,) = [r for (r,) in store.query(conn, "SELECT reason FROM rejected_messages")]
+    keys = {"ETL_MASKING_KEY": MASKING_KEY, "ETL_PAYLOAD_KEY": PAYLOAD_KEY}
+    code, _, err, _ = etl("rejected", "replay", "--reason", "no_such_reason", DATABASE_URL=DATABASE_URL, **keys)
+    assert code == 2 and "no rejected message has reason 'no_such_reason'" in err and f"{reason} (1)" in err
