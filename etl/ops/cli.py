@@ -35,6 +35,7 @@ def cmd_init(args: argparse.Namespace, s: settings.Settings) -> int:
         url = sqs.create_queue(sqs.queue_name(s.sqs_queue_url))
         print(f"queue: {url} (dead-letter queue: {sqs.queue_name(url)}-dlq, after 5 receives)")
     if args.create_stream:
+        print(f"stream: {s.kinesis_stream_name}: creating where absent, waiting until ACTIVE (up to 60 s)", flush=True)
         created = kinesis.Stream(s.kinesis_stream_name).create(args.shards)
         state = f"created with {args.shards} shards" if created else "already exists (shard count unchanged)"
         print(f"stream: {s.kinesis_stream_name} {state}")
