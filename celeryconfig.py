@@ -7,7 +7,7 @@ and ``celery -A etl`` find it from any working directory.
 
 from etl import settings as _settings
 
-_s = _settings.load()
+_s = _settings.load_or_exit()  # a bad setting: one line and exit 2, never a traceback
 
 broker_url = _s.broker_url
 # Keep retrying the broker at start-up instead of crashing while Redis comes up (compose, k8s).
@@ -40,8 +40,8 @@ worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 # A chunk that hangs is killed well before its messages' SQS visibility timeout runs out.
-task_soft_time_limit = 60
-task_time_limit = 90
+task_soft_time_limit = _settings.CHUNK_SOFT_TIME_LIMIT
+task_time_limit = _settings.CHUNK_TIME_LIMIT
 
 task_default_queue = "etl"
 # Task events let Flower show progress; every task carries a PII-free argsrepr.

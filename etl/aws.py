@@ -11,6 +11,8 @@ the operation and the error code (and, for a connection that failed, the endpoin
 and port): never a request's values, never credentials.
 """
 
+import sys
+import threading
 from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,7 +25,15 @@ import botocore.session
 from botocore import xform_name
 from botocore.config import Config
 from botocore.credentials import Credentials
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ParamValidationError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+)
 
 from etl.errors import ConfigError, EtlError, TerminalError, TransientError
 from etl.model.shards import IteratorExpired, Throttled
@@ -32,6 +42,38 @@ RETRIES = 3  # botocore's "max_attempts" counts retries: 4 attempts in all, jitt
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 30  # above SQS's 20 s long-poll maximum
 DEFAULT_REGION = "us-east-1"  # so that a local setup needs no AWS configuration at all
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long a call may wait: per attempt (connect, read) and how many retries after the first.
+
+    Workers keep the defaults (a long poll waits 20 s; retries ride out a blip). A command a person
+    typed must not sit silent for minutes (4 attempts x 30 s): ``for_commands`` bounds each call to
+    about 30 s in all and makes a call that is slow say what it waits for (``notice``)."""
+
+    retries: int = RETRIES
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+    notice: bool = False  # say on stderr what a call waits for once it takes NOTICE_AFTER s
+
+    @property
+    def bound(self) -> float:
+        """The longest one call can take, retries included (backoff aside)."""
+        return (self.retries + 1) * (self.connect_timeout + self.read_timeout)
+
+
+COMMANDS = Patience(retries=1, connect_timeout=4, read_timeout=10, notice=True)  # 2 x 14 s: under 30 s
+NOTICE_AFTER = 2.0
+_patience = Patience()
+# Where each service's clients were pointed (botocore's resolution), for messages that say where.
+_endpoints: dict[str, str] = {}
+
+
+def for_commands() -> None:
+    """Bound every AWS call of this process for a command line (``etl ...``): see Patience."""
+    global _patience
+    _patience = COMMANDS
 
 
 # ---- clients --------------------------------------------------------------------------------------
@@ -62,10 +104,11 @@ def _boto3(service: Service, max_pool: int) -> tuple[Any, Wire]:
     """
     core = botocore.session.get_session()  # its public config lookup finds AWS_CA_BUNDLE / ca_bundle
     session = boto3.session.Session(botocore_session=core)
+    patience = _patience
     config = Config(
-        retries={"mode": "standard", "max_attempts": RETRIES},
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
+        retries={"mode": "standard", "max_attempts": patience.retries},
+        connect_timeout=patience.connect_timeout,
+        read_timeout=patience.read_timeout,
         max_pool_connections=max_pool,
     )
     # Any: calls go by operation name (Boto3Sqs.call), and the stubs' Config has no user_agent.
@@ -76,7 +119,11 @@ def _boto3(service: Service, max_pool: int) -> tuple[Any, Wire]:
         credentials=session.get_credentials(),
         verify=core.get_config_variable("ca_bundle") or True,
         user_agent=client.meta.config.user_agent,
+        max_attempts=patience.retries + 1,
+        connect_timeout=patience.connect_timeout,
+        read_timeout=patience.read_timeout,
     )
+    _endpoints[_NAMES[service]] = _where(client.meta.endpoint_url)
     return client, wire
 
 
@@ -155,6 +202,23 @@ class Row:
 
 
 _SET_CREDENTIALS = "{service} {operation}: {name}: set AWS credentials and region"
+_UNREACHABLE = "{service} {operation} failed{at}: {failure} ({name}); {fix}"
+_NAMES = {"sqs": "SQS", "kinesis": "Kinesis", "s3": "S3"}
+# What to check when a service cannot be reached: the settings that say where it is.
+FIXES = {
+    "SQS": "check AWS_ENDPOINT_URL_SQS and SQS_QUEUE_URL, and that the SQS server answers",
+    "Kinesis": "check AWS_ENDPOINT_URL_KINESIS and KINESIS_STREAM_NAME, and that Kinesis answers",
+    "S3": "check AWS_ENDPOINT_URL_S3 and ETL_AUDIT_ANCHOR, and that S3 answers",
+}
+# botocore's connection failures in words.
+_FAILURES = {
+    "EndpointConnectionError": "cannot connect",
+    "ConnectTimeoutError": "no connection in time",
+    "ReadTimeoutError": "no answer in time",
+    "ConnectionClosedError": "the connection was closed",
+    "SSLError": "TLS failed",
+    "ProxyConnectionError": "cannot connect to the proxy",
+}
 _REFUSED = "{service} {operation} refused: {code}"
 
 TABLE: tuple[Row, ...] = (
@@ -216,9 +280,12 @@ TABLE: tuple[Row, ...] = (
         ConfigError,
         _REFUSED,
     ),
+    # Endpoint unreachable, timeouts, closed connections, TLS: say where, and what to check.
+    Row("*", ConnectionError, TransientError, _UNREACHABLE),
+    Row("*", HTTPClientError, TransientError, _UNREACHABLE),
     # Everything else may heal: throttling and 5xx after botocore's retries, codes we do not know.
     Row("*", ClientError, TransientError, "{service} {operation} failed: {code}"),
-    # Endpoint unreachable, timeouts, closed connections, TLS.
+    # Any other botocore error (parameter validation, ...).
     Row("*", BotoCoreError, TransientError, "{service} {operation} failed: {name}{at}"),
 )
 
@@ -249,9 +316,17 @@ def translate(service: str, operation: str, exc: BaseException) -> EtlError | No
     row = row_for(service, exc)
     if row is None:
         return None
+    name = type(exc).__name__
+    at = _endpoint(exc)
     return row.kind(
         row.says.format(
-            service=service, operation=operation, code=error_code(exc), name=type(exc).__name__, at=_endpoint(exc)
+            service=service,
+            operation=operation,
+            code=error_code(exc),
+            name=name,
+            at=at,
+            failure=_FAILURES.get(name, "unreachable"),
+            fix=FIXES.get(service, "check its endpoint"),
         )
     )
 
@@ -268,7 +343,8 @@ def translated(service: str, operation: str, expected: Collection[str] = ()) -> 
     ``expected`` is an answer, not a failure: it ends the block and is kept in ``Refusal.code``."""
     refusal = Refusal()
     try:
-        yield refusal
+        with _notice(service, operation):
+            yield refusal
     except (BotoCoreError, ClientError) as exc:
         code = error_code(exc)
         if code is not None and code in expected:
@@ -280,14 +356,26 @@ def translated(service: str, operation: str, expected: Collection[str] = ()) -> 
         raise error from None
 
 
-def _endpoint(exc: BaseException) -> str:
-    """The endpoint a botocore connection error names, as ' at scheme://host:port' (else empty).
+@contextmanager
+def _notice(service: str, operation: str) -> Iterator[None]:
+    """With ``Patience.notice``: one line on stderr when a call has waited NOTICE_AFTER seconds."""
+    patience = _patience
+    if not patience.notice:
+        yield
+        return
+    where = f" at {_endpoints[service]}" if service in _endpoints else ""
+    line = f"etl: waiting for {service}{where} ({operation}); giving up after {patience.bound:.0f} s"
+    timer = threading.Timer(NOTICE_AFTER, lambda: print(line, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
-    Only scheme, host and port: a URL's user info, path and query (a request's values) are left out.
-    """
-    url = exc.kwargs.get("endpoint_url") if isinstance(exc, BotoCoreError) else None
-    if not url:
-        return ""
+
+def _where(url: str) -> str:
+    """scheme://host:port of ``url`` (no user info, path or query); empty if it has no host."""
     try:
         parts = urlsplit(str(url))
         host, port = parts.hostname, parts.port
@@ -296,4 +384,14 @@ def _endpoint(exc: BaseException) -> str:
     if not parts.scheme or not host:
         return ""
     host = f"[{host}]" if ":" in host else host
-    return f" at {parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _endpoint(exc: BaseException) -> str:
+    """The endpoint a botocore connection error names, as ' at scheme://host:port' (else empty).
+
+    Only scheme, host and port: a URL's user info, path and query (a request's values) are left out.
+    """
+    url = exc.kwargs.get("endpoint_url") if isinstance(exc, BotoCoreError) else None
+    where = _where(str(url)) if url else ""
+    return f" at {where}" if where else ""

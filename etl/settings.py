@@ -4,7 +4,9 @@ Every setting has a documented default here and in README "Settings" and .env.ex
 Secrets have no default: a process that needs one refuses to start without it.
 """
 
+import difflib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,7 +14,7 @@ from etl.crypto import keys
 from etl.crypto.keys import KEYGEN_HINT
 from etl.errors import ConfigError
 
-__all__ = ["KEYGEN_HINT", "Settings", "load"]
+__all__ = ["KEYGEN_HINT", "Settings", "load", "load_or_exit"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,10 @@ _NUMBERS = (
     ("health_max_idle", "ETL_HEALTH_MAX_IDLE", 10),
     ("kinesis_shards_per_fetch", "ETL_KINESIS_SHARDS_PER_FETCH", 1),
 )
+# A chunk's Celery time limits (celeryconfig): soft, then hard. SQS_VISIBILITY_TIMEOUT must exceed the
+# hard one, or a chunk still running sees its messages handed out again (`etl doctor` checks it).
+CHUNK_SOFT_TIME_LIMIT = 60
+CHUNK_TIME_LIMIT = 90
 # message_id is "<stream>[~<incarnation>]/<shard id>/<sequence number>[/<sub-sequence number>]"
 # in varchar(128): shard ids are 20 characters, sequence numbers at most 56 digits, sub-sequence
 # numbers (a user record of an aggregated record) at most 6, a re-created stream's "~<n>" at most
@@ -158,12 +164,14 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     if not raw:
         return default
     kind = type(default)
+    fix = f"set a number of at least {minimum}, or unset it for the default {default}"
     try:
         value: float = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {what}: {fix}") from None
     if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}: {fix}")
     return value
 
 
@@ -208,9 +216,39 @@ def _require_distinct_keys(s: Settings) -> None:
     )
 
 
+# ETL_ variables read outside this table: the secrets (and their _FILE forms), the demo's choice of
+# servers, and the tests' own (ETL_TEST_*, never a setting of a deployment).
+_OTHER_NAMES = (
+    "ETL_PAYLOAD_KEY",
+    "ETL_VAULT_KEY",
+    "ETL_VAULT_KEY_FILE",
+    "ETL_VAULT_PUBLIC_KEY",
+    "ETL_VAULT_PUBLIC_KEY_FILE",
+    "ETL_VAULT_PRIVATE_KEY",
+    "ETL_VAULT_PRIVATE_KEY_FILE",
+    "ETL_EMBEDDED",
+)
+
+
+def known_names() -> set[str]:
+    """Every ETL_ variable etl reads (ETL_TEST_* aside)."""
+    return {name for _, name in _TEXT} | {name for _, name, _ in _NUMBERS} | set(_OTHER_NAMES)
+
+
+def _refuse_unknown(env: Mapping[str, str]) -> None:
+    """A misspelt setting is refused, named with the nearest real one: never silently ignored."""
+    known = known_names()
+    for name in sorted(env):
+        if name.startswith("ETL_") and not name.startswith("ETL_TEST_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]}?" if near else "README 'Settings' lists them"
+            raise ConfigError(f"{name} is not a setting of etl: {hint} (unset it or fix its name)")
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: the process environment). Raises ConfigError."""
     env = os.environ if env is None else env
+    _refuse_unknown(env)
     values: dict[str, object] = {f: env.get(name) or getattr(_DEFAULTS, f) for f, name in _TEXT}
     values.update({f: _number(env, name, getattr(_DEFAULTS, f), low) for f, name, low in _NUMBERS})
     values["log_format"] = str(values["log_format"]).lower()
@@ -242,3 +280,30 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"ETL_CHUNK_MAX_BYTES must be at most {MAX_CHUNK_BYTES} (Redis's largest value, 512 MiB)")
     _require_distinct_keys(settings)
     return settings
+
+
+def load_or_exit() -> Settings:
+    """``load()``, or the CLI's one line (``etl worker: ...``) on stderr and exit 2: what Celery's
+    processes (worker, beat, Flower) use, so a bad setting is one line, never a traceback."""
+    try:
+        return load()
+    except ConfigError as exc:
+        program = next((a for a in sys.argv[1:] if a in ("worker", "beat", "flower")), "celery")
+        print(f"etl {program}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def contradictions(s: Settings) -> list[str]:
+    """Settings that are each valid but contradict each other, as one line each with the fix.
+
+    Reported, not refused: the fault-injection suite runs short visibilities on purpose (a chunk
+    that outlives its messages' visibility is one of its scenarios). A worker prints them at start
+    and ``etl doctor`` fails on them."""
+    found = []
+    if s.visibility_timeout <= CHUNK_TIME_LIMIT:
+        found.append(
+            f"SQS_VISIBILITY_TIMEOUT={s.visibility_timeout} does not exceed a chunk's hard time limit "
+            f"({CHUNK_TIME_LIMIT} s): a chunk still running would see its messages handed out again; "
+            f"set SQS_VISIBILITY_TIMEOUT={CHUNK_TIME_LIMIT + 30} or more (default 120)"
+        )
+    return found

@@ -122,7 +122,11 @@ class Source:
         return "queue", f"{depth['visible']} waiting, {depth['in_flight']} in flight", empty
 
 
-def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555) -> int:
+def run(
+    file: Path | None = None, timeout: float = 180, flower_port: int = 5555, keep: bool = False, fresh: bool = False
+) -> int:
+    """The demo; ``keep``: leave its servers and processes up after the summary (until Ctrl-C),
+    with what to type to look at them; ``fresh``: empty its own embedded database first."""
     env, notes = demo_env()
     env["FLOWER_PORT"] = str(flower_port)
     for note in notes:
@@ -169,6 +173,11 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
                 )
             else:
                 print(f"{what.lower()}: your {what} at {settings.redact(url)}")
+        if fresh:
+            if not own["DATABASE_URL"]:
+                raise ConfigError("--fresh empties the demo's own embedded database only; DATABASE_URL is yours")
+            embedded.fresh_schema(config.database_url).close()
+            print("postgres: emptied (--fresh): the demo's earlier rows are gone")
         conn = stack.enter_context(store.connection(config.database_url))
         applied = store.migrate(conn)
         print("postgres: schema " + ("migrated" if applied else "up to date"))
@@ -224,7 +233,42 @@ def run(file: Path | None = None, timeout: float = 180, flower_port: int = 5555)
         if counts:
             port = int(env.get("ETL_METRICS_PORT") or 9808)
             print(f"metrics    http://127.0.0.1:{port}/metrics: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
+        if keep:
+            print_kept(env, config, own["DATABASE_URL"])
+            try:
+                while not group.exited():
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                print("\nstopping the demo's servers and processes")
+                return 0
+            print(f"a process of the demo exited; see {LOG_DIR}/")
+            return 1
+    if not keep:
+        print("to look at the table: `etl demo --keep` leaves everything up and prints a DATABASE_URL for psql")
     return 0
+
+
+def print_kept(env: dict[str, str], config: settings.Settings, embedded_postgres: bool) -> None:
+    """What to type, in another shell, to look at what the demo wrote while it stays up."""
+    names = ("DATABASE_URL", "CELERY_BROKER_URL", "SQS_QUEUE_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ACCESS_KEY_ID")
+    values = {
+        **{n: env[n] for n in names if env.get(n)},
+        "DATABASE_URL": config.database_url,
+        "CELERY_BROKER_URL": config.broker_url,
+        "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY", ""),
+    }
+    if config.source == "kinesis":
+        values["AWS_ENDPOINT_URL_KINESIS"] = env["AWS_ENDPOINT_URL_KINESIS"]
+        values["ETL_SOURCE"] = "kinesis"
+    psql = "psql"
+    if embedded_postgres:
+        bundled = embedded.Postgres(LOG_DIR / "postgres").bin / "psql"
+        psql = str(bundled) if bundled.exists() else psql
+    print("kept running (--keep); Ctrl-C here stops everything. In another shell:")
+    print("  export " + " ".join(f"{k}={v}" for k, v in values.items() if v))
+    print(f'  {psql} "$DATABASE_URL" -c "SELECT user_id, masked_ip, locale FROM user_logins LIMIT 5"')
+    print(f"  etl stats; etl report   (etl reveal needs ETL_VAULT_PRIVATE_KEY from {KEYS_FILE})")
+    print(f"DATABASE_URL={config.database_url}")
 
 
 def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]:

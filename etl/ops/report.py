@@ -26,14 +26,9 @@ def printable(value: Any) -> str:
     return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m[0]):04x}", str(value))
 
 
-def short_token(value: Any) -> str:
-    """Tokens are 67 characters; 20 are plenty to tell them apart on screen."""
-    text = str(value)
-    return text[:20] + "…" if text.startswith("k") and ":" in text[:5] and len(text) > 24 else text
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[printable(short_token(c)) for c in row] for row in rows]
+    # tokens in full (67 characters): a row of the report is pasted into `etl reveal --token`
+    cells = [[printable(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

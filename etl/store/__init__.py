@@ -12,6 +12,7 @@ The names most callers need are re-exported here: ``from etl import store``.
 """
 
 from etl.store.connection import Connection, connect, connection, query, transaction
+from etl.store.connection import where as connection_where
 from etl.store.ingest import WriteResult, write_chunk
 from etl.store.reports import rejected_summary, rejected_to_replay, replay_batch, report, stats
 from etl.store.schema import create_roles, migrate
@@ -21,6 +22,7 @@ __all__ = [
     "WriteResult",
     "connect",
     "connection",
+    "connection_where",
     "create_roles",
     "migrate",
     "query",

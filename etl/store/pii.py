@@ -165,13 +165,17 @@ def retokenize(conn: Connection, changes: Sequence[tuple[str, str, str, str]]) -
             mine = [c for c in changes if c[0] == field and c[1] in still]
             moved += mine
             if mine:
-                execute_values(
-                    cur,
-                    f"UPDATE user_logins u SET {column} = m.new FROM (VALUES %s) AS m(old, new)"
-                    f" WHERE u.{column} = m.old",
-                    [(old, new) for _, old, new, _ in mine],
+                # execute_values runs one statement per page: count the returned rows of every
+                # page (cur.rowcount would be the last page's only)
+                updated += len(
+                    execute_values(
+                        cur,
+                        f"UPDATE user_logins u SET {column} = m.new FROM (VALUES %s) AS m(old, new)"
+                        f" WHERE u.{column} = m.old RETURNING 1",
+                        [(old, new) for _, old, new, _ in mine],
+                        fetch=True,
+                    )
                 )
-                updated += cur.rowcount
         if moved:
             execute_values(cur, INSERT_VAULT, [(f, new, c) for f, _, new, c in moved])
     return updated

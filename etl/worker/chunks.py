@@ -32,7 +32,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from etl import load, logs, store
+from etl import load, logs, settings, store
 from etl.errors import ConfigError, Expired, TransientError
 from etl.model import latency, records
 from etl.model.records import Message
@@ -54,15 +54,20 @@ shutting_down = multiprocessing.Event()
 
 @worker_init.connect
 def _refuse_to_start_without_keys(**_: Any) -> None:
-    """A worker without its secrets would fail every chunk: refuse to start, and say why.
+    """A worker without its secrets, or whose login may not write, would fail every chunk:
+    refuse to start, and say why (an unreachable database is only a warning: it may come later).
 
     Also readies the metrics directory before the pool forks, and makes the instruments there so
     that every counter is served (at zero) from the start; pool processes inherit them."""
     try:
         rt = runtime.get()
+        warning = runtime.check_database(rt.settings)
     except ConfigError as exc:
         print(f"etl worker: {exc}", file=sys.stderr)
         sys.exit(2)
+    for line in [warning, *settings.contradictions(rt.settings)]:
+        if line:
+            print(f"etl worker: warning: {line}", file=sys.stderr, flush=True)
     metrics.prepare(rt.settings.metrics_dir)
     metrics.instruments()
 

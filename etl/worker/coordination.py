@@ -19,18 +19,72 @@ from typing import Any
 
 import redis
 
-from etl.errors import TransientError
+from etl.errors import ConfigError, TransientError
 
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
 LATENCY = "etl:latency:"  # + unix minute: hash, latency bucket -> messages committed in that minute
 LATENCY_KEEP = 3600  # seconds a minute's counts are kept
+FIX = "check CELERY_BROKER_URL and that Redis is up"
+
+
+def where(url: str) -> str:
+    """``host:port/db`` of a redis:// URL, never its password."""
+    try:
+        kwargs = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return "(an unreadable CELERY_BROKER_URL)"
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def failure(exc: redis.RedisError) -> str:
+    """A redis-py error in words (its text can name hosts, never data; only our words leave)."""
+    text = str(exc).lower()
+    if isinstance(exc, redis.AuthenticationError) or "noauth" in text or "wrongpass" in text or "auth" in text:
+        return f"authentication failed ({type(exc).__name__}): fix the password in CELERY_BROKER_URL"
+    if isinstance(exc, redis.TimeoutError):
+        return "no answer in time (TimeoutError)"
+    if "refused" in text or "error 111" in text:
+        return "connection refused (nothing listens there)"
+    if "name or service not known" in text or "error -2" in text or "nodename" in text:
+        return "unknown host"
+    return type(exc).__name__
 
 
 class Coordinator:
     """Leases, queue length and heartbeats in Redis (one client per process)."""
 
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        except ValueError:
+            raise ConfigError(
+                f"CELERY_BROKER_URL has the scheme {url.partition('://')[0]}://: etl needs Redis; "
+                "set CELERY_BROKER_URL=redis://host:6379/0 (or rediss://, unix://)"
+            ) from None
+        self.where = where(url)
+
+    def _failed(self, operation: str, exc: redis.RedisError) -> TransientError:
+        """What failed, where (host:port/db, never a password) and what to check, in one line."""
+        return TransientError(f"Redis {operation} at {self.where} failed: {failure(exc)}; {FIX}")
+
+    def ping(self) -> None:
+        """Raise TransientError (with where and why) unless Redis answers."""
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise self._failed("PING", exc) from None
+
+    def eviction_policy(self) -> str | None:
+        """Redis's maxmemory-policy (None where CONFIG is refused, as on some managed Redis)."""
+        try:
+            value = self._redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:
+            return None
+        except redis.RedisError as exc:
+            raise self._failed("CONFIG GET", exc) from None
+        return value.decode() if isinstance(value, bytes) else value
 
     @contextmanager
     def lease(self, name: str, seconds: float) -> Iterator[bool]:
@@ -43,7 +97,7 @@ class Coordinator:
         try:
             acquired = bool(lock.acquire())
         except redis.RedisError as exc:
-            raise TransientError(f"Redis lease {name} failed: {type(exc).__name__}") from None
+            raise self._failed(f"lease {name}", exc) from None
         try:
             yield acquired
         finally:
@@ -56,14 +110,14 @@ class Coordinator:
         try:
             return int(self._redis.llen(queue))
         except redis.RedisError as exc:
-            raise TransientError(f"Redis LLEN failed: {type(exc).__name__}") from None
+            raise self._failed("LLEN", exc) from None
 
     def flag(self, name: str, seconds: float) -> bool:
         """Set ``name`` for ``seconds`` unless it is already set; True if we set it."""
         try:
             return bool(self._redis.set(name, "1", nx=True, px=int(seconds * 1000)))
         except redis.RedisError as exc:
-            raise TransientError(f"Redis SET failed: {type(exc).__name__}") from None
+            raise self._failed("SET", exc) from None
 
     def heartbeat(self, what: str, node: str) -> None:
         """Record that ``node`` just did ``what`` (best effort: never fail a chunk for this)."""
@@ -75,7 +129,7 @@ class Coordinator:
         try:
             raw = self._redis.hgetall(HEARTBEATS)
         except redis.RedisError as exc:
-            raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
+            raise self._failed("HGETALL", exc) from None
         return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
 
     def put(self, name: str, key: str, value: dict[str, Any]) -> None:
@@ -83,21 +137,21 @@ class Coordinator:
         try:
             self._redis.hset(name, key, json.dumps(value))
         except redis.RedisError as exc:
-            raise TransientError(f"Redis HSET failed: {type(exc).__name__}") from None
+            raise self._failed("HSET", exc) from None
 
     def forget(self, name: str, key: str) -> None:
         """Remove ``key`` from the hash ``name``."""
         try:
             self._redis.hdel(name, key)
         except redis.RedisError as exc:
-            raise TransientError(f"Redis HDEL failed: {type(exc).__name__}") from None
+            raise self._failed("HDEL", exc) from None
 
     def entries(self, name: str) -> dict[str, dict[str, Any]]:
         """Every JSON record in the hash ``name``, by key."""
         try:
             raw = self._redis.hgetall(name)
         except redis.RedisError as exc:
-            raise TransientError(f"Redis HGETALL failed: {type(exc).__name__}") from None
+            raise self._failed("HGETALL", exc) from None
         return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
 
     def count_latencies(self, counts: dict[str, int], now: float | None = None) -> None:

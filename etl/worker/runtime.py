@@ -13,10 +13,11 @@ from etl.crypto import vault
 from etl.crypto.masking import Masker
 from etl.crypto.sealing import Sealer
 from etl.crypto.vault import Vault
-from etl.errors import ConfigError
+from etl.errors import ConfigError, Forbidden, TransientError
 from etl.pii import service as pii
 from etl.sources.kinesis import stream as kinesis
 from etl.sources.sqs import queue as sqs
+from etl.store import access
 from etl.worker.coordination import Coordinator
 
 
@@ -104,3 +105,27 @@ def get() -> Runtime:
     if _current is None or _current[0] != os.getpid():
         _current = (os.getpid(), build(config()))
     return _current[1]
+
+
+def check_database(config: settings.Settings) -> str | None:
+    """At a worker's start: can its login write what a worker writes?
+
+    Raises ConfigError when the database answers and the login lacks a privilege (every chunk
+    would fail): the line names the role to grant. Returns a warning (None when all is well) when
+    Postgres cannot be reached or the schema is missing: the worker starts anyway, since chunks
+    stay in SQS and are retried until the database is back (it may start after the workers)."""
+    try:
+        with store.connection(config.database_url) as conn:
+            who = access.login(conn)
+            missing = access.lacking(conn, "etl_writer")
+    except (TransientError, Forbidden) as exc:
+        return f"{exc}; chunks wait in SQS and are retried until it answers"
+    except ConfigError as exc:  # the schema is missing: `etl init` has not run yet
+        return str(exc)
+    if missing:
+        user = who["user"]
+        raise ConfigError(
+            f"the login {user} lacks {', '.join(missing)} at {store.connection_where(config.database_url)}: "
+            f"a worker needs the etl_writer role; GRANT etl_writer TO {user} (`etl init --roles` creates the role)"
+        )
+    return None

@@ -37,7 +37,7 @@ def test_a_row_postgres_refuses_is_isolated_from_its_chunk(
     wait_until(drained(queue, conn, 10), 60, "the queue to drain")
     assert store.stats(conn)["rows"] == 9
     assert store.query(conn, "SELECT reason, detail FROM rejected_messages") == [
-        ("db_refused", "Postgres write chunk refused: 23514 CheckViolation")
+        ("db_refused", "Postgres write chunk refused: 23514 integrity constraint violation (CheckViolation)")
     ]
 
 

@@ -391,3 +391,16 @@ def test_masking_key_rotation_resumes_across_batches(conn: store.Connection, mon
     assert got == [(u, masker.mask_ip(v["ip"]), masker.mask_device_id(v["device_id"])) for u, v in originals(4).items()]
     expected = {(u, f): v for u, values in originals(4).items() for f, v in values.items()}
     assert vault_contents(conn, config) == expected
+
+
+def test_masking_key_rotation_counts_every_row_it_moves(conn: store.Connection) -> None:
+    """Issue 22: the count came from the last page of one UPDATE (100 rows a page), not all of them."""
+    load_vault(conn, 250)  # 250 rows, 500 k1 entries: one batch, several pages per field
+    config = settings.load(
+        base_env(
+            ETL_MASKING_KEY="a-brand-new-masking-key-0123456789abcdef",
+            ETL_MASKING_KEY_VERSION="2",
+            ETL_VAULT_PRIVATE_KEY=VAULT_PRIVATE_KEY,
+        )
+    )
+    assert pii.rotate_masking_key(config, conn, "count", Recorded()) == (500, 500)  # 250 ip + 250 device updates

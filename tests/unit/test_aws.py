@@ -118,15 +118,21 @@ CASES: list[tuple[str, str, BaseException, type[EtlError], str]] = [
      "Kinesis ListShards failed: AccessDenied"),
     # connection-level errors: the endpoint (scheme, host, port) is named, nothing more of its URL
     ("SQS", "ReceiveMessage", EndpointConnectionError(endpoint_url="http://127.0.0.1:4566/"), TransientError,
-     "SQS ReceiveMessage failed: EndpointConnectionError at http://127.0.0.1:4566"),
+     "SQS ReceiveMessage failed at http://127.0.0.1:4566: cannot connect (EndpointConnectionError); "
+     "check AWS_ENDPOINT_URL_SQS and SQS_QUEUE_URL, and that the SQS server answers"),
     ("Kinesis", "GetRecords", ConnectTimeoutError(endpoint_url="https://kinesis.eu-west-1.amazonaws.com/"),
-     TransientError, "Kinesis GetRecords failed: ConnectTimeoutError at https://kinesis.eu-west-1.amazonaws.com"),
+     TransientError, "Kinesis GetRecords failed at https://kinesis.eu-west-1.amazonaws.com: no connection in time "
+     "(ConnectTimeoutError); check AWS_ENDPOINT_URL_KINESIS and KINESIS_STREAM_NAME, and that Kinesis answers"),
     ("S3", "GetObject", ReadTimeoutError(endpoint_url=f"https://user:secret@anchors.s3.amazonaws.com/a?ip={VALUE}"),
-     TransientError, "S3 GetObject failed: ReadTimeoutError at https://anchors.s3.amazonaws.com"),
+     TransientError, "S3 GetObject failed at https://anchors.s3.amazonaws.com: no answer in time (ReadTimeoutError); "
+     "check AWS_ENDPOINT_URL_S3 and ETL_AUDIT_ANCHOR, and that S3 answers"),
     ("SQS", "DeleteMessageBatch", ConnectionClosedError(endpoint_url="http://[::1]:9324/000000000000/q"),
-     TransientError, "SQS DeleteMessageBatch failed: ConnectionClosedError at http://[::1]:9324"),
+     TransientError, "SQS DeleteMessageBatch failed at http://[::1]:9324: the connection was closed "
+     "(ConnectionClosedError); "
+     "check AWS_ENDPOINT_URL_SQS and SQS_QUEUE_URL, and that the SQS server answers"),
     ("SQS", "ReceiveMessage", SSLError(endpoint_url="https://localhost:8443/", error=OSError("bad cert")),
-     TransientError, "SQS ReceiveMessage failed: SSLError at https://localhost:8443"),
+     TransientError, "SQS ReceiveMessage failed at https://localhost:8443: TLS failed (SSLError); "
+     "check AWS_ENDPOINT_URL_SQS and SQS_QUEUE_URL, and that the SQS server answers"),
     ("SQS", "SendMessageBatch", ParamValidationError(report=f"MessageBody {VALUE}"), TransientError,
      "SQS SendMessageBatch failed: ParamValidationError"),
 ]  # fmt: skip

@@ -14,3 +14,10 @@ def test_control_characters_and_bidi_overrides_come_out_escaped() -> None:
 def test_every_table_cell_is_printable() -> None:
     text = report.render({"locales": [("fr\x1b[2J", 3, 2)]})
     assert "\x1b" not in text and "fr\\u001b[2J" in text
+
+
+def test_report_shows_tokens_whole_so_they_can_be_pasted_into_reveal() -> None:
+    from etl.ops import report
+
+    token = "k1:" + "ab" * 32
+    assert token in report.table(["ip token", "users"], [(token, 2)])

@@ -40,7 +40,7 @@ def test_bad_number_is_named() -> None:
 def test_chunk_max_bytes_is_checked_at_start_up() -> None:
     assert settings.load({}).chunk_max_bytes == 524_288
     assert settings.load({"ETL_CHUNK_MAX_BYTES": "1048576"}).chunk_max_bytes == 1_048_576
-    for bad, said in (("64k", "not a valid int"), ("1000", "at least 65536"), (str(2**30), "at most")):
+    for bad, said in (("64k", "not a whole number"), ("1000", "at least 65536"), (str(2**30), "at most")):
         with pytest.raises(ConfigError, match=f"ETL_CHUNK_MAX_BYTES.*{said}|{said}.*ETL_CHUNK_MAX_BYTES"):
             settings.load({"ETL_CHUNK_MAX_BYTES": bad})
 
@@ -143,3 +143,22 @@ def test_the_sqs_client_is_lean_by_default_and_boto3_on_request() -> None:
     assert settings.load({**base, "ETL_SQS_CLIENT": " BOTO3 "}).sqs_client == "boto3"
     with pytest.raises(ConfigError, match="ETL_SQS_CLIENT must be lean or boto3"):
         settings.load({**base, "ETL_SQS_CLIENT": "fast"})
+
+
+def test_a_misspelt_setting_is_named_with_the_nearest_real_one() -> None:
+    with pytest.raises(ConfigError, match=r"ETL_CHUNKSIZE is not a setting of etl: did you mean ETL_CHUNK_SIZE\?"):
+        settings.load({"ETL_CHUNKSIZE": "10"})
+    with pytest.raises(ConfigError, match=r"ETL_NOTHING_LIKE_IT is not a setting of etl: README 'Settings'"):
+        settings.load({"ETL_NOTHING_LIKE_IT": "1"})
+    settings.load({"ETL_TEST_DATABASE_URL": "x", "ETL_EMBEDDED": "never", "OTHER": "x"})  # tests' own, others'
+
+
+def test_a_bad_number_says_what_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"ETL_SQS_THREADS='abc' is not a whole number: set a number of at least 1"):
+        settings.load({"ETL_SQS_THREADS": "abc"})
+
+
+def test_a_visibility_within_the_chunk_time_limit_is_a_contradiction() -> None:
+    (line,) = settings.contradictions(settings.load({"SQS_VISIBILITY_TIMEOUT": "60"}))
+    assert "SQS_VISIBILITY_TIMEOUT=60 does not exceed a chunk's hard time limit (90 s)" in line
+    assert settings.contradictions(settings.load({})) == []

@@ -166,6 +166,12 @@ class Queue:
             "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
         }
 
+    def attributes(self, names: Sequence[str]) -> dict[str, str]:
+        """The queue's attributes ``names`` (e.g. "RedrivePolicy", "VisibilityTimeout") that it has."""
+        with aws.translated("SQS", "GetQueueAttributes"):
+            answer = self.client.call("GetQueueAttributes", {"QueueUrl": self.url, "AttributeNames": list(names)})
+        return {k: str(v) for k, v in answer.get("Attributes", {}).items()}
+
 
 def create_queue(name: str, client: SqsClient | None = None, dead_letter_after: int = 5) -> str:
     """Create (or find) ``name`` and its dead-letter queue ``name-dlq``; return the queue URL.

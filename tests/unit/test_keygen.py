@@ -1,0 +1,45 @@
+"""`etl keygen`: its stdout is a workers' env file; the private key goes to a 0600 file, never stdout."""
+
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from etl import settings
+from etl.ops import cli
+
+
+def test_keygen_prints_a_workers_env_and_writes_the_private_key_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["keygen"]) == 0
+    out = capsys.readouterr().out
+    key = (tmp_path / "vault-private.key").read_text().strip()
+    assert stat.S_IMODE((tmp_path / "vault-private.key").stat().st_mode) == 0o600
+    assert key not in out and not re.search("^ETL_VAULT_PRIVATE_KEY", out, re.M)
+    loaded = settings.load(dict(re.findall(r"^([A-Z_0-9]+)=(.*)$", out, re.M)))
+    loaded.require_keys()  # what a worker checks at start
+    assert loaded.vault_public_key and not loaded.vault_private_key
+    officer = settings.load(
+        {
+            **dict(re.findall(r"^([A-Z_0-9]+)=(.*)$", out, re.M)),
+            "ETL_VAULT_PRIVATE_KEY_FILE": "vault-private.key",
+        }
+    )
+    assert officer.vault_private_keys == (key,)
+
+
+def test_keygen_never_overwrites_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "officers.key"
+    target.write_text("old key\n")
+    assert cli.main(["keygen", "--private-key-file", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "exists already" in captured.err and "--private-key-file" in captured.err
+    assert target.read_text() == "old key\n"
+
+
+def test_env_example_never_overrides_keygens_keys() -> None:
+    example = (Path(__file__).parents[2] / ".env.example").read_text()
+    assert not re.search(r"^(ETL_MASKING_KEY|ETL_PAYLOAD_KEY|ETL_VAULT_\w+)=", example, re.M)
