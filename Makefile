@@ -29,10 +29,16 @@ unit: install
 	$(BIN)/pytest tests/unit -q
 
 integration: install
-	$(BIN)/pytest tests/integration -q
+	$(BIN)/pytest tests/integration -q $(XDIST)
+
+# TEST_WORKERS pytest-xdist processes (the tests mostly wait on servers and workers, so more
+# processes than cores pay), each on servers of its own (tests/support.py); the tests marked long
+# start first, one at a time per free worker (tests/conftest.py). TEST_WORKERS=1: one plain process.
+TEST_WORKERS ?= 4
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist load --maxschedchunk 1)
 
 test: lint typecheck
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # All seven fault-injection scenarios, on embedded Postgres and Redis of their own (see README).
 chaos: install

@@ -7,6 +7,10 @@ GitHub's runners), set ``ETL_TEST_WITHOUT_SHARED_SAMPLES=1``: those tests are th
 pytest's summary names each skip (``-ra``). The pipeline test then runs on 100 generated events.
 
 The integration tests' servers are started by tests/support.py (see there).
+
+``@pytest.mark.long(seconds)`` says about how long a test takes on the 2-core CI machine: under
+pytest-xdist (``make test``) the longest start first, so no worker is left with a long test
+while the others have finished (see pytest_collection_modifyitems).
 """
 
 import os
@@ -38,3 +42,21 @@ def shared_samples() -> Path:
     if path is None:
         pytest.skip(f"{WITHOUT_SHARED_SAMPLES}=1: the exercise's samples are not checked in this run")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the tests marked long first, longest first, the rest in their order.
+
+    ``make test`` runs ``--dist load --maxschedchunk 1``: each worker takes the next test in
+    this order when it is free, so the long ones run at the same time on every worker from the
+    start (the longest-first rule). A single process keeps pytest's own order.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    items.sort(key=lambda item: -expected_seconds(item))  # stable: the rest keep their order
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """A test's ``long(seconds)`` mark (the closest one: a parameter's before its function's); 0 if none."""
+    mark = item.get_closest_marker("long")
+    return float(mark.args[0]) if mark else 0.0
