@@ -47,13 +47,20 @@ def shared_samples() -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the tests marked long first, longest first, the rest in their order.
 
-    ``make test`` runs ``--dist load --maxschedchunk 1``: each worker takes the next test in
-    this order when it is free, so the long ones run at the same time on every worker from the
-    start (the longest-first rule). A single process keeps pytest's own order.
+    ``make test`` runs ``--dist load --maxschedchunk 1``: each worker holds two tests, and takes
+    the next in this order whenever it finishes one, so the long ones run at the same time on
+    every worker from the start (the longest-first rule). Its first two are consecutive tests
+    of this order: each of the ``workers`` longest is paired with one of the shortest, so that no
+    worker begins with two long ones. A single process keeps pytest's own order.
     """
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    items.sort(key=lambda item: -expected_seconds(item))  # stable: the rest keep their order
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    ranked = sorted(items, key=lambda item: -expected_seconds(item))  # stable: the rest keep their order
+    if len(ranked) >= 4 * workers:
+        head, middle, tail = ranked[:workers], ranked[workers:-workers], ranked[-workers:]
+        ranked = [test for pair in zip(head, tail, strict=True) for test in pair] + middle
+    items[:] = ranked
 
 
 def expected_seconds(item: pytest.Item) -> float:
