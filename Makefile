@@ -33,9 +33,10 @@ integration: install
 
 # TEST_WORKERS pytest-xdist processes (the tests mostly wait on servers and workers, so more
 # processes than cores pay), each on servers of its own (tests/support.py); the tests marked long
-# start first, one at a time per free worker (tests/conftest.py). TEST_WORKERS=1: one plain process.
+# start first, as workers free up, and an xdist_group runs on one worker (tests/conftest.py).
+# TEST_WORKERS=1: one plain process.
 TEST_WORKERS ?= 4
-XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist load --maxschedchunk 1)
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
 
 test: lint typecheck
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)

@@ -10,7 +10,11 @@ The integration tests' servers are started by tests/support.py (see there).
 
 ``@pytest.mark.long(seconds)`` says about how long a test takes on the 2-core CI machine: under
 pytest-xdist (``make test``) the longest start first, so no worker is left with a long test
-while the others have finished (see pytest_collection_modifyitems).
+while the others have finished (see pytest_collection_modifyitems). The heaviest pipeline runs
+(the exactly-once run at the default settings: chunks of 500, 32 SQS threads; and the worker-kill
+chaos scenario, small and at the defaults) share ``@pytest.mark.xdist_group("heavy")``: one
+worker runs them one after the other, never two at once (all three at once slowed moto until it
+handed messages out twice, and the exactly-once test counted 14 written a second time).
 """
 
 import os
@@ -47,20 +51,14 @@ def shared_samples() -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the tests marked long first, longest first, the rest in their order.
 
-    ``make test`` runs ``--dist load --maxschedchunk 1``: each worker holds two tests, and takes
-    the next in this order whenever it finishes one, so the long ones run at the same time on
-    every worker from the start (the longest-first rule). Its first two are consecutive tests
-    of this order: each of the ``workers`` longest is paired with one of the shortest, so that no
-    worker begins with two long ones. A single process keeps pytest's own order.
+    ``make test`` runs ``--dist loadgroup``: the workers take tests (or a whole
+    ``xdist_group``, which goes to one worker, the largest group first) in this order as they
+    free up, so the long ones run at the same time on every worker from the start (the
+    longest-first rule) and the short ones fill the gaps at the end. A single process keeps
+    pytest's own order.
     """
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    ranked = sorted(items, key=lambda item: -expected_seconds(item))  # stable: the rest keep their order
-    if len(ranked) >= 4 * workers:
-        head, middle, tail = ranked[:workers], ranked[workers:-workers], ranked[-workers:]
-        ranked = [test for pair in zip(head, tail, strict=True) for test in pair] + middle
-    items[:] = ranked
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: -expected_seconds(item))  # stable: the rest keep their order
 
 
 def expected_seconds(item: pytest.Item) -> float:

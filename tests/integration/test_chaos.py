@@ -37,7 +37,7 @@ def check(result: harness.Result) -> None:
 @pytest.mark.parametrize(
     "number",
     [
-        pytest.param(1, marks=pytest.mark.long(130)),
+        pytest.param(1, marks=[pytest.mark.long(130), pytest.mark.xdist_group("heavy")]),
         pytest.param(3, marks=pytest.mark.long(25)),
         pytest.param(7, marks=pytest.mark.long(10)),
     ],
@@ -48,6 +48,7 @@ def test_nothing_lost_or_doubled(number: int, moto: MotoServer, tmp_path: Path) 
 
 
 @pytest.mark.long(130)
+@pytest.mark.xdist_group("heavy")  # never beside another heavy run (tests/conftest.py)
 def test_worker_kills_at_the_default_settings(moto: MotoServer, tmp_path: Path) -> None:
     """Scenario 1 with chunks of 500, 32 SQS threads and visibility 120 s: pool processes killed
     (while they run a chunk of hundreds where the harness catches one) lose nothing, double nothing."""

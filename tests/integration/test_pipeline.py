@@ -319,6 +319,7 @@ DEFAULTS_MESSAGES = 600  # a few chunks of hundreds: as many as moto drains in r
 
 
 @pytest.mark.long(50)
+@pytest.mark.xdist_group("heavy")  # never beside another heavy run (tests/conftest.py)
 def test_exactly_once_at_the_default_settings(
     queue: sqs.Queue, conn: store.Connection, broker: redis.Redis, tmp_path: Path, sqs_endpoint: str
 ) -> None:
