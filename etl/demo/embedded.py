@@ -249,8 +249,7 @@ def for_run(prefix: str, worker: str | None = None, workers: int = 1) -> Iterato
     os.environ.setdefault("ETL_METRICS_PORT", str(free_port()))
     try:
         if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
-            with ExitStack() as stack:
-                stack.enter_context(_yours_split(prefix, worker, workers))
+            with _yours_split(prefix, worker, workers):
                 yield
             return
         with tempfile.TemporaryDirectory(prefix=prefix) as directory, running(Path(directory)) as urls:
