@@ -29,10 +29,17 @@ unit: install
 	$(BIN)/pytest tests/unit -q
 
 integration: install
-	$(BIN)/pytest tests/integration -q
+	$(BIN)/pytest tests/integration -q $(XDIST)
+
+# TEST_WORKERS pytest-xdist processes (the tests mostly wait on servers and workers, so more
+# processes than cores pay), each on servers of its own (tests/support.py); the tests marked long
+# start first, as workers free up, and an xdist_group runs on one worker (tests/conftest.py).
+# TEST_WORKERS=1: one plain process.
+TEST_WORKERS ?= 4
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
 
 test: lint typecheck
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # All seven fault-injection scenarios, on embedded Postgres and Redis of their own (see README).
 chaos: install

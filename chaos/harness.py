@@ -195,8 +195,12 @@ def _port(url: str) -> int:
 
 
 def _embedded(kind: str) -> Any:
-    """The run's own embedded server (tests/conftest.py, chaos/__main__.py), or None for yours."""
+    """The run's own embedded server (etl.demo.embedded.for_run: tests/support.py,
+    chaos/__main__.py), or None for yours. A test worker given one Redis URL for several workers
+    runs an embedded Redis of its own beside your PostgreSQL (ETL_TEST_EMBEDDED_REDIS_DIR)."""
     directory = os.environ.get("ETL_TEST_EMBEDDED_DIR")
+    if kind == "redis" and os.environ.get("ETL_TEST_EMBEDDED_REDIS_DIR"):
+        return embedded.Redis(Path(os.environ["ETL_TEST_EMBEDDED_REDIS_DIR"]), port=_port(BROKER_URL))
     if not directory:
         return None
     if kind == "postgres":

@@ -7,6 +7,14 @@ GitHub's runners), set ``ETL_TEST_WITHOUT_SHARED_SAMPLES=1``: those tests are th
 pytest's summary names each skip (``-ra``). The pipeline test then runs on 100 generated events.
 
 The integration tests' servers are started by tests/support.py (see there).
+
+``@pytest.mark.long(seconds)`` says about how long a test takes on the 2-core CI machine: under
+pytest-xdist (``make test``) the longest start first, so no worker is left with a long test
+while the others have finished (see pytest_collection_modifyitems). The heaviest pipeline runs
+(the exactly-once run at the default settings: chunks of 500, 32 SQS threads; and the worker-kill
+chaos scenario, small and at the defaults) share ``@pytest.mark.xdist_group("heavy")``: one
+worker runs them one after the other, never two at once (all three at once slowed moto until it
+handed messages out twice, and the exactly-once test counted 14 written a second time).
 """
 
 import os
@@ -38,3 +46,22 @@ def shared_samples() -> Path:
     if path is None:
         pytest.skip(f"{WITHOUT_SHARED_SAMPLES}=1: the exercise's samples are not checked in this run")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the tests marked long first, longest first, the rest in their order.
+
+    ``make test`` runs ``--dist loadgroup``: the workers take tests (or a whole
+    ``xdist_group``, which goes to one worker, the largest group first) in this order as they
+    free up, so the long ones run at the same time on every worker from the start (the
+    longest-first rule) and the short ones fill the gaps at the end. A single process keeps
+    pytest's own order.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: -expected_seconds(item))  # stable: the rest keep their order
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """A test's ``long(seconds)`` mark (the closest one: a parameter's before its function's); 0 if none."""
+    mark = item.get_closest_marker("long")
+    return float(mark.args[0]) if mark else 0.0

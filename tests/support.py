@@ -5,6 +5,11 @@ started (CI does, see .ci/run), importing this module starts an embedded Postgre
 free ports for this test run and stops them when the run ends. The machine's servers are never
 touched, two runs at once never meet, and the chaos scenarios restart these, never yours.
 
+Under pytest-xdist (``make test`` runs TEST_WORKERS of them) each worker process has servers of
+its own, so no test sees another's rows, queues or restarts: its own embedded pair, or on yours a
+database ``<yours>_gw<n>`` and the n-th URL of ETL_TEST_BROKER_URL (a space-separated list; one
+URL: a redis-server of the worker's own). See etl.demo.embedded.for_run.
+
 Import this before anything reads ``etl``'s Celery config: it points this process's Celery
 producer at the test broker.
 """
@@ -21,19 +26,23 @@ from pathlib import Path
 from typing import Any
 
 
-def _own_servers() -> None:
-    """The run's servers (etl.demo.embedded.for_run), kept until this test process exits."""
+def _own_servers() -> Callable[[], None]:
+    """The run's servers (etl.demo.embedded.for_run), kept until the session ends (conftest's
+    pytest_sessionfinish) or, at the latest, until this test process exits; returns the stop."""
     import atexit
     from contextlib import ExitStack
 
     from etl.demo import embedded  # etl's Celery config is read lazily: not yet, so the broker set below holds
 
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... in a pytest-xdist worker
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     stack = ExitStack()
-    stack.enter_context(embedded.for_run("etl-test-servers-"))
+    stack.enter_context(embedded.for_run("etl-test-servers-", worker, workers))
     atexit.register(stack.close)
+    return stack.close
 
 
-_own_servers()
+stop_servers = _own_servers()
 DATABASE_URL = os.environ["ETL_TEST_DATABASE_URL"]
 BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
 # Tasks sent from this process (tests that park chunks on the broker) must reach the test broker.

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, closing, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -229,10 +229,17 @@ def running(directory: Path, postgres: bool = True, redis: bool = True) -> Itera
 
 
 @contextmanager
-def for_run(prefix: str) -> Iterator[None]:
+def for_run(prefix: str, worker: str | None = None, workers: int = 1) -> Iterator[None]:
     """The servers a test, chaos or benchmark run uses, named in ETL_TEST_DATABASE_URL and
     ETL_TEST_BROKER_URL: yours when both are set, else a fresh embedded pair for this run only
     (``ETL_TEST_EMBEDDED_DIR`` then says where, so the chaos scenarios can restart them).
+
+    ``worker`` ("gw0", "gw1", ...: pytest-xdist's name for one of ``workers`` parallel test
+    processes) gets servers no other worker touches: on yours, a database ``<yours>_gw<n>`` made
+    for it (and dropped after it) and the n-th of the space-separated ETL_TEST_BROKER_URL list, or,
+    where that names one server only, a redis-server of the worker's own (the chaos scenarios
+    restart the worker's Redis: a shared one would lose the other workers' queues); without
+    ETL_TEST_*, an embedded pair of its own. Outside a worker the first broker URL is the one.
 
     The run's workers also get a metrics port of the run's own (ETL_METRICS_PORT, unless set):
     two runs at once would otherwise both serve on 9808, and the demo a run starts would read the
@@ -242,7 +249,8 @@ def for_run(prefix: str) -> Iterator[None]:
     os.environ.setdefault("ETL_METRICS_PORT", str(free_port()))
     try:
         if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
-            yield
+            with _yours_split(prefix, worker, workers):
+                yield
             return
         with tempfile.TemporaryDirectory(prefix=prefix) as directory, running(Path(directory)) as urls:
             os.environ["ETL_TEST_DATABASE_URL"] = urls["DATABASE_URL"]
@@ -258,7 +266,71 @@ def for_run(prefix: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-_RUN_VARIABLES = ("ETL_TEST_DATABASE_URL", "ETL_TEST_BROKER_URL", "ETL_TEST_EMBEDDED_DIR")
+@contextmanager
+def _yours_split(prefix: str, worker: str | None, workers: int) -> Iterator[None]:
+    """ETL_TEST_* narrowed to one worker's share of your servers (see ``for_run``)."""
+    brokers = os.environ["ETL_TEST_BROKER_URL"].split()
+    if worker is None:
+        os.environ["ETL_TEST_BROKER_URL"] = brokers[0]
+        yield
+        return
+    n = int(worker.removeprefix("gw"))
+    if 1 < len(brokers) < workers:
+        raise ConfigError(f"ETL_TEST_BROKER_URL names {len(brokers)} Redis servers for {workers} test workers")
+    with ExitStack() as stack:
+        os.environ["ETL_TEST_DATABASE_URL"] = stack.enter_context(
+            own_database(os.environ["ETL_TEST_DATABASE_URL"], f"_{worker}")
+        )
+        if len(brokers) >= workers:
+            os.environ["ETL_TEST_BROKER_URL"] = brokers[n]
+        else:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{prefix}{worker}-"))
+            rd = Redis(Path(directory) / "redis")
+            stack.callback(rd.stop)
+            os.environ["ETL_TEST_BROKER_URL"] = rd.start().replace("/0", "/15")
+            os.environ["ETL_TEST_EMBEDDED_REDIS_DIR"] = str(rd.directory)
+        yield
+
+
+@contextmanager
+def own_database(url: str, suffix: str) -> Iterator[str]:
+    """A database ``<url's database><suffix>`` on url's server, made afresh (one a killed run left
+    is dropped first) and migrated, the roles created; yields its URL and drops it at the end.
+
+    Roles belong to the whole server, and two workers' ``CREATE ROLE IF NOT EXISTS`` at the same
+    moment collide: the first migration runs under an advisory lock taken in url's database,
+    which all the workers share, so the roles are made once.
+    """
+    from etl import store
+
+    base, _, name = url.rpartition("/")
+    name, query, params = name.partition("?")
+    own = f"{name}{suffix}"
+    own_url = f"{base}/{own}{query}{params}"
+    with closing(store.connect(url)) as conn:
+        conn.autocommit = True  # CREATE / DROP DATABASE refuse to run in a transaction
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
+            cur.execute(f'CREATE DATABASE "{own}"')
+            cur.execute("SELECT pg_advisory_lock(hashtext('etl.test-roles'))")
+            with closing(fresh_schema(own_url)) as migrated:
+                store.create_roles(migrated)
+            cur.execute("SELECT pg_advisory_unlock(hashtext('etl.test-roles'))")
+    try:
+        yield own_url
+    finally:
+        with suppress(Exception), closing(store.connect(url)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
+
+
+_RUN_VARIABLES = (
+    "ETL_TEST_DATABASE_URL",
+    "ETL_TEST_BROKER_URL",
+    "ETL_TEST_EMBEDDED_DIR",
+    "ETL_TEST_EMBEDDED_REDIS_DIR",
+)
 
 
 def fresh_schema(url: str) -> "store.Connection":

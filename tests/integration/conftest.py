@@ -26,6 +26,7 @@ from tests.support import (
     drained,
     pipeline_env,
     reset_schema,
+    stop_servers,
     wait_until,
 )
 
@@ -52,6 +53,22 @@ def services_up() -> None:
         redis.Redis.from_url(BROKER_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
         pytest.exit(f"Redis unreachable at {BROKER_URL} ({exc}); start it (see README 'Tests')", returncode=3)
+
+
+def pytest_sessionfinish() -> None:
+    """The run's servers stop (and databases made for it go) before pytest-xdist ends the worker."""
+    stop_servers()
+
+
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """What a test sets in os.environ (the chaos harness points AWS_* at its own moto server) is
+    undone after it: the next test in this process (any order, under pytest-xdist) starts clean."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -34,12 +34,21 @@ def check(result: harness.Result) -> None:
     assert result.ok, summary  # includes: no message processed twice where no fault redelivers
 
 
-@pytest.mark.parametrize("number", [1, 3, 7])
+@pytest.mark.parametrize(
+    "number",
+    [
+        pytest.param(1, marks=[pytest.mark.long(130), pytest.mark.xdist_group("heavy")]),
+        pytest.param(3, marks=pytest.mark.long(25)),
+        pytest.param(7, marks=pytest.mark.long(10)),
+    ],
+)
 def test_nothing_lost_or_doubled(number: int, moto: MotoServer, tmp_path: Path) -> None:
     scenario = next(s for s in harness.SCENARIOS if s.number == number)
     check(harness.run(scenario, 100, moto, tmp_path, timeout=180))
 
 
+@pytest.mark.long(130)
+@pytest.mark.xdist_group("heavy")  # never beside another heavy run (tests/conftest.py)
 def test_worker_kills_at_the_default_settings(moto: MotoServer, tmp_path: Path) -> None:
     """Scenario 1 with chunks of 500, 32 SQS threads and visibility 120 s: pool processes killed
     (while they run a chunk of hundreds where the harness catches one) lose nothing, double nothing."""

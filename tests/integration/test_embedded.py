@@ -62,6 +62,7 @@ def test_a_stale_pid_file_does_not_block_the_next_start(tmp_path: Path) -> None:
         rd.stop()
 
 
+@pytest.mark.long(30)
 def test_the_demo_runs_twice_on_its_embedded_servers(tmp_path: Path) -> None:
     """`make demo` on a machine without Postgres or Redis settings, twice on the same .demo/."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}

@@ -184,6 +184,7 @@ def hold_message_id(message_id: str) -> psycopg2.extensions.connection:
     return blocker  # not committed
 
 
+@pytest.mark.long(11)
 def test_checkpoint_never_passes_an_uncommitted_record(
     stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
@@ -253,6 +254,7 @@ def aws_resharding(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models.Stream, "split_shard", split_keeping_records)
 
 
+@pytest.mark.long(12)
 def test_a_split_shard_finishes_before_its_children(
     stream: kinesis.Stream,
     sqs_endpoint: str,
@@ -312,6 +314,7 @@ def test_a_split_shard_finishes_before_its_children(
         p.stop()
 
 
+@pytest.mark.long(45)
 def test_sigkilled_workers_and_a_restarted_lease_owner_lose_and_double_nothing(
     stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
@@ -351,6 +354,7 @@ def _pool_pids(pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.long(16)
 def test_chunks_lost_after_they_were_handed_on_are_read_again_after_the_timeout(
     stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
@@ -380,6 +384,7 @@ def test_chunks_lost_after_they_were_handed_on_are_read_again_after_the_timeout(
         p.stop()
 
 
+@pytest.mark.long(13)
 def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
     """`ETL_SOURCE=kinesis make demo`: the whole pipeline through a Kinesis stream, on servers of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "AWS_ENDPOINT", "DATABASE", "CELERY"))}
@@ -403,6 +408,7 @@ def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fault", ["redis", "postgres"])
+@pytest.mark.long(20)
 def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
     fault: str, stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ def test_rejected_messages_can_be_listed_and_replayed(
     assert "would replay 3" in again.stdout  # only the new rejections, never the replayed ones twice
 
 
+@pytest.mark.long(13)
 def test_health_reports_progress_and_a_stall(pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection) -> None:
     queue.send([event(f"h{i}") for i in range(5)])
     pipeline.start("worker", "beat")

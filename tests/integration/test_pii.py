@@ -176,6 +176,7 @@ def groups(conn: store.Connection, column: str) -> set[frozenset[str]]:
     return {frozenset(r[0]) for r in rows}
 
 
+@pytest.mark.long(22)
 def test_masking_key_rotation_keeps_duplicates_findable(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
@@ -204,6 +205,7 @@ def test_masking_key_rotation_keeps_duplicates_findable(
     assert values(reveal(officer, "device_id", token_of(conn, "masked_device_id", "old-1"), "after")) == ["dev-A"]
 
 
+@pytest.mark.long(23)
 def test_new_key_pair_reseals_everything(loaded: ProcessGroup, conn: store.Connection) -> None:
     from etl.crypto import vault
 
@@ -258,6 +260,7 @@ def test_legacy_vault_entries_migrate_to_sealed_keys(conn: store.Connection) -> 
     assert audit_rows(conn)[0][1] == "rotate-vault-key"
 
 
+@pytest.mark.long(25)
 def test_no_raw_value_anywhere_after_every_pii_command(loaded: ProcessGroup, conn: store.Connection) -> None:
     import redis as redis_lib
 

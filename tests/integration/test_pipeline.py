@@ -187,6 +187,7 @@ def test_each_rejection_reason_is_recorded_and_deleted(
     assert all(sealer.open(s).decode("utf-8", "surrogatepass") == body_of[m] for m, s in sealed.items())
 
 
+@pytest.mark.long(12)
 def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
@@ -317,6 +318,8 @@ def test_cli_seed_and_stats(queue: sqs.Queue, conn: store.Connection) -> None:
 DEFAULTS_MESSAGES = 600  # a few chunks of hundreds: as many as moto drains in reasonable time
 
 
+@pytest.mark.long(50)
+@pytest.mark.xdist_group("heavy")  # never beside another heavy run (tests/conftest.py)
 def test_exactly_once_at_the_default_settings(
     queue: sqs.Queue, conn: store.Connection, broker: redis.Redis, tmp_path: Path, sqs_endpoint: str
 ) -> None:

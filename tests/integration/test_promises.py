@@ -116,6 +116,7 @@ def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
 # ---- 2. SIGTERM during a fetch: it stops receiving and hands on what it holds ------------------------
 
 
+@pytest.mark.long(20)
 def test_sigterm_stops_a_running_fetch_which_hands_on_what_it_holds(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
@@ -222,6 +223,7 @@ def test_a_message_received_five_times_moves_to_the_dead_letter_queue(queue: sqs
     assert queue.depth() == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
+@pytest.mark.long(60)
 def test_a_chunk_that_always_fails_transiently_ends_in_the_dead_letter_queue(
     pipeline: ProcessGroup, queue: sqs.Queue
 ) -> None:

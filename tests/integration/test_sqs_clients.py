@@ -251,6 +251,7 @@ def test_error_codes_map_to_our_kinds_without_retrying_client_faults(
     assert hot_calls(front, "ChangeMessageVisibilityBatch") == 1
 
 
+@pytest.mark.long(14)
 def test_an_unreachable_endpoint_is_transient(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL_SQS": f"http://127.0.0.1:{free_port()}"}.items():
         monkeypatch.setenv(name, value)
