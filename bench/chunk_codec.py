@@ -54,33 +54,43 @@ def per_message_us(fn: Callable[[], object], messages: int, rounds: int) -> floa
     return best / messages * 1e6
 
 
+def measure(chunk_size: int = 500, rounds: int = 20) -> dict[str, dict[str, list[float]]]:
+    """Per body set, before and after: [pack us/msg, unpack us/msg, wire bytes per body byte]."""
+    sealer = Sealer([new_key()])
+    rng = random.Random(20)
+    handle = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(180))
+    sets = {
+        "samples (ASCII)": samples.generate(chunk_size, seed=20),
+        "4 KiB emoji": ["\U0001f600" * 1024] * chunk_size,
+    }
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, bodies in sets.items():
+        chunk = [Message(f"id-{i:06d}-{rng.random()}", handle, b, 1_700_000_000_000, 1) for i, b in enumerate(bodies)]
+        body_bytes = sum(len(b.encode()) for b in bodies)
+        rows: dict[str, list[float]] = {}
+        for label, pack, unpack in (("before", pack_before, unpack_before), ("after", pack_after, unpack_after)):
+            wire = pack(chunk, sealer)
+            assert unpack(wire, sealer) == chunk
+            rows[label] = [
+                per_message_us(partial(pack, chunk, sealer), len(chunk), rounds),
+                per_message_us(partial(unpack, wire, sealer), len(chunk), rounds),
+                len(wire) / body_bytes,
+            ]
+        out[name] = rows
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--chunk", type=int, default=500)
     args = parser.parse_args()
-    sealer = Sealer([new_key()])
-    rng = random.Random(20)
-    handle = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(180))
-    sets = {
-        "samples (ASCII)": samples.generate(args.chunk, seed=20),
-        "4 KiB emoji": ["\U0001f600" * 1024] * args.chunk,
-    }
     print(f"chunk of {args.chunk} messages, best of {args.rounds} rounds, one process")
     print(f"{'bodies':<16} {'':>7} {'pack us/msg':>12} {'unpack us/msg':>14} {'wire bytes/body byte':>21}")
-    for name, bodies in sets.items():
-        chunk = [Message(f"id-{i:06d}-{rng.random()}", handle, b, 1_700_000_000_000, 1) for i, b in enumerate(bodies)]
-        body_bytes = sum(len(b.encode()) for b in bodies)
-        rows = {}
-        for label, pack, unpack in (("before", pack_before, unpack_before), ("after", pack_after, unpack_after)):
-            wire = pack(chunk, sealer)
-            assert unpack(wire, sealer) == chunk
-            rows[label] = (
-                per_message_us(partial(pack, chunk, sealer), len(chunk), args.rounds),
-                per_message_us(partial(unpack, wire, sealer), len(chunk), args.rounds),
-                len(wire) / body_bytes,
-            )
-            print(f"{name:<16} {label:>7} {rows[label][0]:>12.2f} {rows[label][1]:>14.2f} {rows[label][2]:>21.2f}")
+    for name, rows in measure(args.chunk, args.rounds).items():
+        for label in ("before", "after"):
+            r = rows[label]
+            print(f"{name:<16} {label:>7} {r[0]:>12.2f} {r[1]:>14.2f} {r[2]:>21.2f}")
         b, a = rows["before"], rows["after"]
         print(f"{name:<16} {'after/before':>7} {a[0] / b[0]:>7.2f}x {a[1] / b[1]:>13.2f}x {a[2] / b[2]:>20.2f}x")
 

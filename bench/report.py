@@ -113,6 +113,25 @@ def verdicts(res: dict[str, Any]) -> list[Verdict]:
     if "vault" in res:
         off, on = (r["msg_per_s"] for r in res["vault"])
         out.append(("vault on / off, 2 processes", f"{on} / {off} msg/s", f"{on / off:.2f} (>= 0.9)", on / off >= 0.9))
+    for name, rows in res.get("codec", {}).items():  # issue 20: one encoding layer, UTF-8 bodies
+        before, after = rows["before"], rows["after"]
+        out.append(
+            (
+                f"broker bytes / body byte, {name}",
+                f"{after[2]:.2f} (was {before[2]:.2f})",
+                "<= 1.5" if "emoji" in name else "lower than before",
+                after[2] <= 1.5 if "emoji" in name else after[2] < before[2],
+            )
+        )
+        cost, was = after[0] + after[1], before[0] + before[1]
+        out.append(
+            (
+                f"chunk pack+unpack CPU / message, {name}",
+                f"{cost:.1f} us (was {was:.1f} us)",
+                f"{cost / was:.2f}x (<= 1.0)",
+                cost <= was,
+            )
+        )
     if "write_stage" in res:
         ws = res["write_stage"]
         out.append(

@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from bench import context, profile
+from bench import chunk_codec, context, profile
 from bench.context import (
     AWS_ENV,
     MASKING_KEY,
@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         ("naive", lambda: naive(5 if args.quick else 10)),
         ("idle", lambda: idle_receives(30 if args.quick else 60)),
         ("latency", lambda: latency_at_load(capacity(), chunk, threads, seconds)),
+        # issue 20: broker bytes per body byte (<= 1.5 for any body) and the chunk codec's CPU per message
+        ("codec", lambda: chunk_codec.measure(chunk, 5 if args.quick else 20)),
         (
             "memory",
             lambda: standin_run(2, chunk, threads, 0, total=50_000 if args.quick else 200_000, sample_rss_at=10_000),
