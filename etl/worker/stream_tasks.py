@@ -12,7 +12,7 @@ from etl.crypto.sealing import Sealer
 from etl.model import records
 from etl.model.records import Message
 from etl.model.shards import Position
-from etl.sources.kinesis import fetch as streaming
+from etl.sources.kinesis import runner
 from etl.worker import chunks, metrics, runtime
 from etl.worker.celery import app
 from etl.worker.chunks import CHUNK_TASK_OPTIONS, MASK_AND_WRITE_STREAM
@@ -36,7 +36,7 @@ def fetch_stream(self: Any) -> dict[str, Any]:
     """Beat's task for Kinesis: lease free shards, read them for a few seconds, fan out chunks."""
     rt = runtime.get()
     s = rt.settings
-    return streaming.run(
+    return runner.run(
         rt.stream(),
         rt,
         rt.coordinator,
@@ -73,7 +73,7 @@ def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> d
             "chunk %s: time limit hit; shard %s will be read again from its checkpoint", self.request.id, where.shard_id
         ),
     ) as conn:
-        report = streaming.process_chunk(
+        report = runner.process_chunk(
             messages,
             where,
             masker=rt.masker,
