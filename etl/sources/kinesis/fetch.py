@@ -136,7 +136,9 @@ def fetch(
             report.stopped = "stream re-created"
             return False
         checked = at
-        for c, b in held:
+        for n, (c, b) in enumerate(held):
+            if n:
+                room()  # held reads go on together: each waits for the broker's room like a chunk
             go_on(c, b)
         held.clear()
         return True
