@@ -41,17 +41,17 @@ XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist l
 test: lint typecheck
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
-# All seven fault-injection scenarios, on embedded Postgres and Redis of their own (see README).
+# All seven fault-injection scenarios, on embedded Postgres and Redis of their own (see docs/reliability.md).
 chaos: install
 	$(BIN)/python -m chaos --messages $(or $(MESSAGES),300) --json .chaos-results.json
 
-# Throughput, cost and memory against limits measured in the same run (see README Performance).
+# Throughput, cost and memory against limits measured in the same run (see docs/performance.md).
 # Installs LocalStack into /tmp/localstack-venv with Python 3.13 the first time (skipped without it).
 bench: install
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The Kinesis source (moto's server) next to a raw GetRecords drain of the same records (README "Kinesis").
+# The Kinesis source (moto's server) next to a raw GetRecords drain of the same records (docs/kinesis.md).
 bench-kinesis: install
 	$(BIN)/python -m bench.kinesis $(BENCH_ARGS)
 

@@ -1,7 +1,7 @@
 """`make bench`: throughput, CPU, cost and memory of the pipeline, each against a limit measured
 in the same run (these machines are noisy: only ratios within one run mean anything).
 
-Steps (see README "Performance"):
+Steps (see docs/performance.md):
  1. LocalStack (host mode, bench/localstack.py): bare receive+delete drain vs the real pipeline.
  2. CPU per message through the HTTP SQS stand-in (bench/standin.py, 15 ms per call): a bare
     stock-boto3 receive+delete loop (before and after the pipeline runs) and one on the lean

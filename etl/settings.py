@@ -1,6 +1,6 @@
 """Typed settings, read once from the environment (the only module that reads it).
 
-Every setting has a documented default here and in README "Settings" and .env.example.
+Every setting has a documented default here and in docs/settings.md and .env.example.
 Secrets have no default: a process that needs one refuses to start without it.
 """
 

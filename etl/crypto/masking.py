@@ -1,6 +1,6 @@
 """Keyed tokens for personal fields (pure).
 
-Token contract (README "Masking"): ``k<V>:<64 lowercase hex>`` where V is the masking key's
+Token contract (docs/reliability.md "Masking contract"): ``k<V>:<64 lowercase hex>`` where V is the masking key's
 version and the hex is HMAC-SHA256(key, field || 0x1f || value). The same value in the same
 field under the same key always gives the same token, so analysts find duplicates with
 GROUP BY; without the key a token cannot be reversed or brute-forced (a plain SHA-256 of an IPv4

@@ -1,6 +1,6 @@
 """app_version: text <-> integer, order-preserving and collision-free (pure).
 
-Contract (also in README "app_version encoding"):
+Contract (also in docs/reliability.md "app_version contract"):
 
     "MAJOR[.MINOR[.PATCH]]"  ->  MAJOR * 1_000_000 + MINOR * 1_000 + PATCH
 

@@ -1,6 +1,6 @@
 """Parse and validate one SQS message body into a LoginEvent or a Rejection (pure).
 
-The rules (README "Bad input"): the body is a JSON object whose ``user_id``, ``device_type``,
+The rules (docs/reliability.md "Bad input"): the body is a JSON object whose ``user_id``, ``device_type``,
 ``ip``, ``device_id`` and ``app_version`` are non-empty strings, whose ``locale`` is a string or
 null (or absent), and whose values fit their columns. Unknown extra fields are ignored.
 Everything else becomes a Rejection with a stable ``reason`` code and a ``detail`` that names

@@ -48,11 +48,13 @@ def services_up() -> None:
     try:
         psycopg2.connect(DATABASE_URL, connect_timeout=3).close()
     except psycopg2.OperationalError as exc:
-        pytest.exit(f"Postgres unreachable at {DATABASE_URL} ({exc}); start it (see README 'Tests')", returncode=3)
+        pytest.exit(
+            f"Postgres unreachable at {DATABASE_URL} ({exc}); start it (docs/development.md 'Tests')", returncode=3
+        )
     try:
         redis.Redis.from_url(BROKER_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
-        pytest.exit(f"Redis unreachable at {BROKER_URL} ({exc}); start it (see README 'Tests')", returncode=3)
+        pytest.exit(f"Redis unreachable at {BROKER_URL} ({exc}); start it (docs/development.md 'Tests')", returncode=3)
 
 
 def pytest_sessionfinish() -> None:

@@ -86,7 +86,7 @@ def duplicate_ids(conn: store.Connection) -> int:
 def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
-    """README Reliability, "shutdown": a chunk that hits its soft time limit sets visibility 0.
+    """docs/reliability.md, "shutdown": a chunk that hits its soft time limit sets visibility 0.
 
     The chunk is published with a 3 s soft limit (Celery honours per-message limits) while its
     write is stalled by a table lock; its messages were received with a 60 s visibility timeout.
@@ -120,7 +120,7 @@ def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
 def test_sigterm_stops_a_running_fetch_which_hands_on_what_it_holds(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
 ) -> None:
-    """README Reliability, "shutdown". SIGTERM goes to the worker's main process only, the way
+    """docs/reliability.md, "shutdown". SIGTERM goes to the worker's main process only, the way
     docker and Kubernetes stop a container. The fetch (budget 30 s, a queue that never runs dry)
     must stop at once, hand on its chunks, and everything must drain long before the visibility
     timeout, exactly once."""
@@ -211,7 +211,7 @@ def test_backpressure_bounds_the_broker_queue_while_writes_are_stalled(
 
 
 def test_a_message_received_five_times_moves_to_the_dead_letter_queue(queue: sqs.Queue) -> None:
-    """The redrive wiring etl.sources.sqs.queue.create_queue sets up (README "Runbook: the dead-letter queue")."""
+    """The redrive wiring etl.sources.sqs.queue.create_queue sets up (docs/operations.md, the DLQ runbook)."""
     (message_id,) = queue.send([event(1)])
     for attempt in range(1, 6):
         (got,) = wait_until(lambda: queue.receive(1, wait_seconds=1, visibility_timeout=0), 10, f"receive {attempt}")
@@ -266,7 +266,7 @@ def test_real_postgres_errors_are_classified(conn: store.Connection) -> None:
 
 
 def test_a_write_stuck_on_a_lock_times_out_as_a_transient_error(conn: store.Connection) -> None:
-    """README: "a statement timeout turns a stuck write into a retry"."""
+    """docs/reliability.md: "a statement timeout turns a stuck write into a retry"."""
     chunk = records.transform(
         [Message("m-1", "r-1", event(1), int(time.time() * 1000))], Masker(MASKING_KEY), Sealer([PAYLOAD_KEY])
     )

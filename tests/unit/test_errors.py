@@ -1,4 +1,4 @@
-"""The error classification tables (README "Errors are of two kinds"; "Postgres down / SQS down").
+"""The error classification tables (docs/reliability.md "Errors"; "Postgres down / SQS down").
 
 Driver errors are built from the drivers' own classes: psycopg2's SQLSTATE classes (with the
 code the server would send) and botocore's ClientError with a response as SQS returns it. The

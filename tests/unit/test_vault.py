@@ -1,4 +1,4 @@
-"""The vault's cryptography (README "PII and keys"), pure: no database, no environment."""
+"""The vault's cryptography (docs/pii.md), pure: no database, no environment."""
 
 import base64
 

@@ -1,5 +1,5 @@
 """The lean path for SQS's three hot calls: ReceiveMessage, DeleteMessageBatch and
-ChangeMessageVisibilityBatch (README "Performance").
+ChangeMessageVisibilityBatch (docs/performance.md).
 
 botocore spends about 2 ms of CPU on each of these calls (model-driven serialization and
 validation, event hooks, urllib3, model-driven parsing); at 0.2 calls per message that was most
