@@ -9,6 +9,7 @@ ETL_SOURCE=kinesis the events go through a Kinesis stream on the same moto serve
 import json
 import os
 import secrets
+import signal
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +25,7 @@ from etl.sources.kinesis import stream as kinesis
 from etl.sources.sqs import queue as sqs
 from etl.store import streams
 
-SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample_logins.json.gz"
+SHARED_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "sample_logins.json.gz"
 LOG_DIR = Path(".demo")
 
 
@@ -122,13 +123,22 @@ class Source:
         return "queue", f"{depth['visible']} waiting, {depth['in_flight']} in flight", empty
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(
     file: Path | None = None, timeout: float = 180, flower_port: int = 5555, keep: bool = False, fresh: bool = False
 ) -> int:
     """The demo; ``keep``: leave its servers and processes up after the summary (until Ctrl-C),
     with what to type to look at them; ``fresh``: empty its own embedded database first."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill stops it as Ctrl-C does
+        signal.signal(signum, _interrupted)
     env, notes = demo_env()
     env["FLOWER_PORT"] = str(flower_port)
+    if not env.get("ETL_METRICS_PORT") and processes.port_in_use(9808):  # another demo, a worker
+        env["ETL_METRICS_PORT"] = str(processes.free_port())
+        notes.append(f"port 9808 is busy: the worker's metrics are on {env['ETL_METRICS_PORT']}")
     for note in notes:
         print(f"note: {note}")
     LOG_DIR.mkdir(exist_ok=True)

@@ -7,9 +7,11 @@
 * ``screen``: a body over the source's own maximum (1 MiB for SQS and Kinesis) is withheld: it
   travels as a stub (no body; its size and SHA-256 digest) and becomes a ``too_large`` rejection.
 * ``deliver``: a chunk the broker refuses is split in halves and each half tried again; a single
-  message that is still refused, when a stub of it goes through (so the broker is up), becomes a
-  ``broker_refused`` rejection on its own. When even the stub fails the broker is down:
-  ``Undelivered`` names every message not handed on, for the caller to give back.
+  message that is refused twice, when it is heavy enough for a broker's size cap (``REFUSABLE``)
+  and a stub of it goes through (so the broker is up), becomes a ``broker_refused`` rejection on
+  its own. A light message is never withheld (no broker caps a value that small: the broker is
+  failing, e.g. restarting), nor is one when even the stub fails: ``Undelivered`` then names every
+  message not handed on, for the caller to give back, and the source delivers them again.
 """
 
 import hashlib
@@ -30,6 +32,11 @@ MESSAGE_OVERHEAD = 96
 # Bytes of a chunk's envelope on the broker: Celery's headers and kombu's properties (about 1.5 KB
 # measured), Fernet's version, time, IV, padding and HMAC.
 CHUNK_OVERHEAD = 4096
+# The lightest message ``deliver`` may withhold as ``broker_refused``. Redis's lowest
+# proto-max-bulk-len is 1 MiB and managed services cap values at hundreds of MB: a lighter message
+# that is refused met a failing broker (a restart, a dropped connection), not a cap, and is given
+# back rather than rejected for ever.
+REFUSABLE = 65_536
 
 
 def body_bytes(message: Message) -> int:
@@ -88,12 +95,14 @@ class Undelivered(Exception):
         self.cause = cause
 
 
-def deliver(chunk: list[Message], send: Callable[[list[Message]], None]) -> list[Message]:
+def deliver(chunk: list[Message], send: Callable[[list[Message]], None], refusable: int = REFUSABLE) -> list[Message]:
     """Hand ``chunk`` to ``send``, in order; returns the messages withheld as ``broker_refused``.
 
     A refused part is split in halves, first half first (a stream's ranges stay in order). A
-    single refused message is replaced by its stub; if the stub is refused too, the broker is down
-    and Undelivered carries what is left (that message and everything after it).
+    single refused message is tried once more (the broker may have been reconnecting); refused
+    again, it is replaced by its stub if it weighs at least ``refusable`` bytes. A lighter one, or
+    one whose stub is refused too, means the broker is failing: Undelivered carries what is left
+    (that message and everything after it).
     """
     refused: list[Message] = []
     todo: list[list[Message]] = [chunk]
@@ -107,10 +116,15 @@ def deliver(chunk: list[Message], send: Callable[[list[Message]], None]) -> list
                 half = len(part) // 2
                 todo += [part[half:], part[:half]]
                 continue
-            failure = exc
+            failure: BaseException = exc
         only = part[0]
         left = [only] + [m for p in reversed(todo) for m in p]
-        if only.withheld is not None:  # a stub is tiny: the broker is down, not full
+        try:
+            send(part)  # once more: a connection the broker dropped is made again on this try
+            continue
+        except Exception as exc:
+            failure = exc
+        if only.withheld is not None or weight(only) < refusable:  # no broker caps a value this small
             raise Undelivered(left, failure) from failure
         stub = withhold(only, BROKER_REFUSED, f"refused by the broker ({type(failure).__name__})")
         try:

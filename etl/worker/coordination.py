@@ -59,8 +59,10 @@ class Coordinator:
         try:
             self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         except ValueError:
-            raise ConfigError(
-                f"CELERY_BROKER_URL has the scheme {url.partition('://')[0]}://: etl needs Redis; "
+            scheme, sep, _ = url.partition("://")
+            said = f"the scheme {scheme}://" if sep and scheme.isalnum() else "no scheme etl can read"
+            raise ConfigError(  # never the URL itself: it may hold a password
+                f"CELERY_BROKER_URL has {said}: etl needs Redis; "
                 "set CELERY_BROKER_URL=redis://host:6379/0 (or rediss://, unix://)"
             ) from None
         self.where = where(url)

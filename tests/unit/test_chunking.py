@@ -16,7 +16,7 @@ def message(i: int, body: str = "{}") -> Message:
 class Broker:
     """Refuses any part that holds a message of more than ``limit`` body bytes (or all, when down)."""
 
-    def __init__(self, limit: int = 1000, down: bool = False) -> None:
+    def __init__(self, limit: int = 70_000, down: bool = False) -> None:
         self.limit, self.down = limit, down
         self.sent: list[list[Message]] = []
         self.tries = 0
@@ -29,7 +29,7 @@ class Broker:
 
 
 def test_a_refused_message_is_withheld_alone_and_its_neighbours_go_on_in_order() -> None:
-    chunk = [message(i) for i in range(7)] + [message(7, "x" * 5000)] + [message(i) for i in range(8, 16)]
+    chunk = [message(i) for i in range(7)] + [message(7, "x" * 100_000)] + [message(i) for i in range(8, 16)]
     broker = Broker()
     refused = chunking.deliver(chunk, broker)
     sent = [m for part in broker.sent for m in part]
@@ -37,7 +37,7 @@ def test_a_refused_message_is_withheld_alone_and_its_neighbours_go_on_in_order()
     assert [m.message_id for m in refused] == ["m7"]
     stub = next(m for m in sent if m.message_id == "m7")
     assert stub.body == "" and stub.withheld is not None and stub.withheld.reason == chunking.BROKER_REFUSED
-    assert hashlib.sha256(b"x" * 5000).hexdigest() in stub.withheld.detail and stub.withheld.chars == 5000
+    assert hashlib.sha256(b"x" * 100_000).hexdigest() in stub.withheld.detail and stub.withheld.chars == 100_000
     assert all(m.withheld is None for m in sent if m.message_id != "m7")
 
 
@@ -64,6 +64,34 @@ def test_what_was_sent_before_the_broker_went_down_is_not_given_back() -> None:
         chunking.deliver(chunk, flaky)
     assert [m.message_id for m in broker.sent[0]] == ["m0", "m1", "m2", "m3"]
     assert [m.message_id for m in caught.value.left] == ["m4", "m5", "m6", "m7"]
+
+
+def test_a_broker_restarting_under_a_single_message_rejects_nothing() -> None:
+    """A Redis restart drops the connection under one light message: it is tried again and goes
+    on whole; had it stayed refused, it is given back (Undelivered), never withheld for ever."""
+    broker, failures = Broker(), iter([True, True])  # the pair, then m0 alone; up again for its retry
+
+    def restarting(part: list[Message]) -> None:
+        if next(failures, False):
+            raise ConnectionError("Connection reset by peer")
+        broker(part)
+
+    chunk = [message(0), message(1)]
+    assert chunking.deliver(chunk, restarting) == []
+    sent = [m for part in broker.sent for m in part]
+    assert [m.message_id for m in sent] == ["m0", "m1"] and all(m.withheld is None for m in sent)
+
+    picky = Broker()
+
+    def refuses_m1(part: list[Message]) -> None:
+        if any(m.message_id == "m1" for m in part):
+            raise ConnectionError("Broken pipe")
+        picky(part)
+
+    with pytest.raises(chunking.Undelivered) as caught:
+        chunking.deliver([message(0), message(1), message(2)], refuses_m1)
+    assert [m.message_id for m in caught.value.left] == ["m1", "m2"]
+    assert all(m.withheld is None for part in picky.sent for m in part)
 
 
 def test_chunks_are_cut_by_count_and_by_bytes_and_a_heavy_message_travels_alone() -> None:
@@ -104,7 +132,7 @@ def test_a_stream_read_is_handed_on_as_contiguous_ranges() -> None:
     from etl.sources.kinesis.fetch import hand_on
 
     records = [Message(f"s/sh/{n}", str(n), "z" * 30_000, 0) for n in range(100, 110)]
-    records[4] = Message("s/sh/104", "104", "q" * 5000, 0)
+    records[4] = Message("s/sh/104", "104", "q" * 90_000, 0)
     records[6] = Message("s/sh/106", "106", "\U0001f600" * 300_000, 0)  # over the stream's 1 MiB
     got: list[tuple[Position, list[Message]]] = []
 

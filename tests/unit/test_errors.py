@@ -99,3 +99,12 @@ def test_missing_queue_says_how_to_fix_it() -> None:
 
 def test_other_exceptions_pass_through_untouched() -> None:
     assert type(raised(KeyError("x"))) is KeyError
+
+
+@pytest.mark.parametrize("url", ["user:s3cret@host:6379", "redis//:s3cret@host:6379/0", "mysql://u:s3cret@h/0"])
+def test_a_broker_url_etl_cannot_read_is_refused_without_its_password(url: str) -> None:
+    from etl.worker.coordination import Coordinator
+
+    with pytest.raises(ConfigError) as caught:
+        Coordinator(url)
+    assert "s3cret" not in str(caught.value) and "redis://host:6379/0" in str(caught.value)

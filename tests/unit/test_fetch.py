@@ -150,10 +150,10 @@ def test_chunks_are_bounded_by_bytes_and_an_oversized_body_travels_without_it() 
 
 def test_a_chunk_the_broker_refuses_loses_only_its_offender() -> None:
     queue, sent = MemoryQueue(20), []
-    queue.visible[7] = Message("big", "rh-big", "y" * 5000, 0)
+    queue.visible[7] = Message("big", "rh-big", "y" * 100_000, 0)
 
     def small_broker(chunk: list[Message]) -> None:
-        if any(len(m.body) > 1000 for m in chunk):
+        if any(len(m.body) > 70_000 for m in chunk):
             raise ConnectionError("Broken pipe")
         sent.extend(chunk)
 

@@ -23,3 +23,13 @@ def test_reads_array_jsonl_and_gz(tmp_path: Path) -> None:
     assert samples.read_bodies(tmp_path / "a.json") == ['{"a": 1}', '{"b": 2}']
     assert samples.read_bodies(tmp_path / "b.jsonl") == ['{"a": 1}', "not json"]
     assert samples.read_bodies(tmp_path / "c.json.gz") == ['{"a": 1}', '{"b": 2}']
+
+
+def test_the_demo_seeds_the_same_shared_samples_the_tests_read() -> None:
+    """The demo looks for ../shared beside the checkout (it once looked inside it and never found
+    the exercise's samples)."""
+    from etl.demo import demo
+    from tests.conftest import SHARED_SAMPLES
+
+    assert demo.SHARED_SAMPLES == SHARED_SAMPLES
+    assert demo.SHARED_SAMPLES.parent.parent.parent == Path(__file__).resolve().parents[3]
