@@ -28,6 +28,11 @@ MAGIC = b"\xf3\x89\x9a\xc2"
 DIGEST_BYTES = 16
 # The magic bytes as they appear in a body decoded from bytes with "surrogateescape" (they are not UTF-8).
 MAGIC_TEXT = MAGIC.decode("utf-8", "surrogateescape")
+# The most user records one aggregated record may carry. The KPL packs at most 50 KiB by default
+# (AggregationMaxSize) and a login event is over 100 bytes: a real aggregate holds hundreds. A
+# 1 MiB record of empty user records would hold ~170,000, each a rejection row: over this cap the
+# whole record is one ``bad_aggregate`` rejection instead.
+MAX_USER_RECORDS = 10_000
 
 
 class Corrupt(ValueError):
@@ -64,6 +69,8 @@ def decode(data: bytes) -> list[UserRecord]:
         elif field == 2:
             hash_keys.append(_text(value, "explicit hash key"))
         elif field == 3:
+            if len(raw) == MAX_USER_RECORDS:
+                raise Corrupt(f"more than {MAX_USER_RECORDS} user records")
             raw.append(_record(_bytes(value, "record"), len(raw)))
     if not raw:
         raise Corrupt("no user records")

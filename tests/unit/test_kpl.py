@@ -63,6 +63,7 @@ def _framed(body: bytes) -> bytes:
         (_framed(b"\xff"), "protobuf: AggregatedRecord: bad varint"),
         (_framed(b"\x0b"), "protobuf: AggregatedRecord: wire type 3"),
         (_framed(b"\x0a\x01\xff\x1a\x04\x08\x00\x1a\x00"), "partition key: not UTF-8"),
+        (_framed(b"\x0a\x01k" + b"\x1a\x04\x08\x00\x1a\x00" * 10_001), "more than 10000 user records"),  # a bomb
     ],
 )
 def test_a_corrupt_aggregate_says_why_and_names_no_data(data: bytes, why: str) -> None:
