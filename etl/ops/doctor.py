@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from etl import settings as settings_module
 from etl import store
-from etl.crypto import vault
+from etl.crypto import sealing, vault
 from etl.errors import ConfigError, EtlError
 from etl.sources.kinesis import stream as kinesis
 from etl.sources.sqs import queue as sqs
@@ -67,6 +67,10 @@ def _keys(s: settings_module.Settings, role: str) -> Check:
             s.require_keys()
         except ConfigError as exc:
             return Check("keys", False, str(exc), "`etl keygen > .env`, then load .env")
+        try:
+            sealing.Sealer(list(s.payload_keys))  # each key decoded strictly, as a worker will
+        except ConfigError as exc:
+            return Check("keys", False, str(exc), "`etl keygen` prints a valid ETL_PAYLOAD_KEY")
         if s.vault_private_key:
             return Check(
                 "keys", False, "ETL_VAULT_PRIVATE_KEY is set: a worker refuses to start with it", "unset it for workers"

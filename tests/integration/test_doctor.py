@@ -85,6 +85,8 @@ def test_doctor_reports_a_bad_setting_and_an_unreachable_service(sqs_endpoint: s
     assert (
         result.returncode == 1 and "FAIL redis: Redis PING at 127.0.0.1:1/0 failed: connection refused" in result.stdout
     )
+    result = etl("doctor", **worker_env(f"{sqs_endpoint}/123456789012/q", sqs_endpoint, ETL_PAYLOAD_KEY="x" * 44))
+    assert result.returncode == 1 and lines(result)["keys"].startswith("FAIL keys: ETL_PAYLOAD_KEY"), result.stdout
 
 
 def test_a_refusal_names_the_role_the_command_needs(conn: store.Connection, logins: dict[str, str]) -> None:
