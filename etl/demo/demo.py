@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -277,7 +278,9 @@ def print_kept(env: dict[str, str], config: settings.Settings, embedded_postgres
     print("kept running (--keep); Ctrl-C here stops everything. In another shell:")
     print("  export " + " ".join(f"{k}={v}" for k, v in values.items() if v))
     print(f'  {psql} "$DATABASE_URL" -c "SELECT user_id, masked_ip, locale FROM user_logins LIMIT 5"')
-    print(f"  etl stats; etl report   (etl reveal needs ETL_VAULT_PRIVATE_KEY from {KEYS_FILE})")
+    etl = Path(sys.executable).parent / "etl"
+    etl_cmd = str(etl) if etl.exists() else "etl"
+    print(f"  {etl_cmd} stats; {etl_cmd} report   (reveal needs ETL_VAULT_PRIVATE_KEY from {KEYS_FILE})")
     print(f"DATABASE_URL={config.database_url}")
 
 

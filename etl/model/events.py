@@ -9,6 +9,7 @@ fields and limits but never repeats a value, so it is safe to log and to store.
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,20 +98,31 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_USER_ID = re.compile(r'"user_id"\s*:\s*"([^"\\\x00-\x1f]{1,128})"')
+
+
 def _named_user(body: str) -> str | None:
-    """The first valid top-level user_id of a body that is JSON but no event (a duplicate key, a
-    byte-order mark in front): its sealed body holds that user's values, so erasure must find it."""
+    """The user a rejected body names, so that erasure finds its sealed body (which holds that
+    user's values): the top-level user_id of its first JSON value (a duplicate key, a byte-order
+    mark in front, a second event or bytes after it), else the first ``"user_id": "..."`` in it
+    (a body that does not parse to its end). A body naming no valid one stays unattributed."""
     found: list[object] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         found[:] = [v for k, v in items if k == "user_id"]  # the last object closed is the top level
         return {}
 
-    try:
-        json.loads(body, object_pairs_hook=pairs)
+    start = len(body) - len(body.lstrip(" \t\n\r"))
+    try:  # the first whole value, whatever follows it (a second event, trailing bytes)
+        json.JSONDecoder(object_pairs_hook=pairs).raw_decode(body, start)
     except (ValueError, RecursionError):
-        return None
-    return next((v for v in found if isinstance(v, str) and _check_text("user_id", v) is None), None)
+        found.clear()
+    named = next((v for v in found if isinstance(v, str) and _check_text("user_id", v) is None), None)
+    if named is None:  # a body that breaks off part-way (an integer over Python's digit limit ...)
+        match = _USER_ID.search(body)
+        if match and _check_text("user_id", match.group(1)) is None:
+            named = match.group(1)
+    return named
 
 
 def _check_text(field: str, value: object, *, nullable: bool = False) -> Rejection | None:

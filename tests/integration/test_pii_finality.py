@@ -244,6 +244,28 @@ def test_the_audit_chain_never_forks_and_no_login_can_hold_it(
     assert etl({**written.env, "DATABASE_URL": DATABASE_URL}, "audit", "verify").stdout.startswith("audit chain intact")
 
 
+def test_a_login_holding_the_audit_head_delays_an_erasure_seconds_not_minutes(
+    written: ProcessGroup, logins: dict[str, str], conn: store.Connection
+) -> None:
+    """An analyst's refused etl_erase, left in an open transaction, keeps the audit head locked:
+    the officer's erasure gives up in seconds (lock_timeout on the functions), saying so, instead
+    of waiting a minute while every chunk write queues behind it; once the lock goes, it works."""
+    officer = officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
+    with psycopg2.connect(logins["analyst"]) as a, a.cursor() as held:
+        try:
+            held.execute("SELECT * FROM etl_erase('nobody', 'x')")  # refused, audited: the head row stays locked
+        except psycopg2.Error:
+            pass
+        started = time.monotonic()
+        blocked = etl(officer, "erase", "--user-id", "bob", "--reason", "ticket 10")
+        took = time.monotonic() - started
+        a.rollback()
+    assert blocked.returncode != 0 and "55P03" in blocked.stderr, blocked.stderr
+    assert took < 30, took
+    erased = etl(officer, "erase", "--user-id", "bob", "--reason", "ticket 10")
+    assert erased.returncode == 0, erased.stderr
+
+
 def test_erasures_and_chunk_writes_run_in_read_committed_whatever_the_login_says(
     written: ProcessGroup, logins: dict[str, str], conn: store.Connection
 ) -> None:

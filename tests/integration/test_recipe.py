@@ -87,6 +87,7 @@ def test_readme_recipe_runs_as_printed(
     # keygen's private key: a file of its own, owner-only, absent from the workers' env
     key_file = workdir / "vault-private.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((workdir / ".env").stat().st_mode) == 0o600  # the workers' keys: owner-only too
     dotenv = (workdir / ".env").read_text()
     assert key_file.read_text().strip() not in dotenv and not re.search("^ETL_VAULT_PRIVATE_KEY", dotenv, re.M)
     loaded = settings.load(dict(re.findall(r"^([A-Z_0-9]+)=(.*)$", dotenv, re.M)))

@@ -78,3 +78,23 @@ def test_shared_samples_give_99_events_and_1_rejection(shared_samples: Path) -> 
     rejections = [r for r in results if isinstance(r, events.Rejection)]
     assert len(results) == 100
     assert [r.reason for r in rejections] == [events.MISSING_FIELD]
+
+
+EVENT_FOR_ERASURE = json.dumps(
+    {"user_id": "henry", "app_version": "1.0", "device_type": "ios", "ip": "192.0.2.102", "locale": "RU",
+     "device_id": "DEVHENRY2"}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        EVENT_FOR_ERASURE + "\n" + EVENT_FOR_ERASURE,  # two events in one message (newline-delimited)
+        EVENT_FOR_ERASURE + " trailing bytes",
+        EVENT_FOR_ERASURE[:-1] + ', "n": ' + "1" * 5000 + "}",  # over Python's digit limit: parsing stops part-way
+    ],
+)
+def test_a_rejected_body_that_names_a_user_is_kept_under_that_user_for_erasure(body: str) -> None:
+    rejected = events.parse_event(body)
+    assert isinstance(rejected, events.Rejection) and rejected.reason == events.INVALID_JSON
+    assert rejected.user_id == "henry"

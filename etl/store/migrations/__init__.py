@@ -8,9 +8,10 @@ from etl.store.migrations.core import CORE, USER_LOGINS_DDL
 from etl.store.migrations.finality import FINALITY
 from etl.store.migrations.incarnations import INCARNATIONS
 from etl.store.migrations.streams import STREAMS
+from etl.store.migrations.timeouts import TIMEOUTS
 from etl.store.migrations.vault import VAULT
 
-MIGRATIONS: list[tuple[int, str, str]] = [*CORE, *VAULT, *STREAMS, *FINALITY, *INCARNATIONS]
+MIGRATIONS: list[tuple[int, str, str]] = [*CORE, *VAULT, *STREAMS, *FINALITY, *INCARNATIONS, *TIMEOUTS]
 assert [m[0] for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1)), "migrations are numbered 1, 2, 3, ..."
 
 __all__ = ["MIGRATIONS", "USER_LOGINS_DDL"]
