@@ -3,6 +3,7 @@ without a committed audit row, the audit cannot be made to say less, erasure sta
 whatever arrives later, refusals keep no caller text, and no command prints raw terminal codes.
 """
 
+import contextlib
 import json
 import time
 import uuid
@@ -252,10 +253,8 @@ def test_a_login_holding_the_audit_head_delays_an_erasure_seconds_not_minutes(
     of waiting a minute while every chunk write queues behind it; once the lock goes, it works."""
     officer = officer_env({**written.env, "DATABASE_URL": logins["pii_officer"]})
     with psycopg2.connect(logins["analyst"]) as a, a.cursor() as held:
-        try:
+        with contextlib.suppress(psycopg2.Error):
             held.execute("SELECT * FROM etl_erase('nobody', 'x')")  # refused, audited: the head row stays locked
-        except psycopg2.Error:
-            pass
         started = time.monotonic()
         blocked = etl(officer, "erase", "--user-id", "bob", "--reason", "ticket 10")
         took = time.monotonic() - started
