@@ -100,8 +100,9 @@ class StandIn:
 # ---- the bare stock-boto3 loop --------------------------------------------------------------------
 
 
-def _bare_process(url: str, threads: int, seconds: float, kind: str) -> tuple[int, float, float]:
-    """One process: ``threads`` loops of ReceiveMessage(10) + DeleteMessageBatch for ``seconds``.
+def _bare_process(url: str, threads: int, seconds: float, kind: str, wait: int = 0) -> tuple[int, float, float]:
+    """One process: ``threads`` loops of ReceiveMessage(10, WaitTimeSeconds ``wait``) +
+    DeleteMessageBatch for ``seconds``.
     Returns (messages, CPU seconds, wall seconds) of the measured window (after a warm-up)."""
     client = sqs.make_client(max_pool=threads + 2, kind=kind)
     done = 0
@@ -111,9 +112,9 @@ def _bare_process(url: str, threads: int, seconds: float, kind: str) -> tuple[in
     def loop() -> None:
         nonlocal done
         while not stop.is_set():
-            got = client.call("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}).get(
-                "Messages", []
-            )
+            got = client.call(
+                "ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": wait}
+            ).get("Messages", [])
             if got:
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
                 client.call("DeleteMessageBatch", {"QueueUrl": url, "Entries": entries})
@@ -134,10 +135,13 @@ def _bare_process(url: str, threads: int, seconds: float, kind: str) -> tuple[in
     return n1 - n0, cpu1 - cpu0, t1 - t0
 
 
-def bare_loop(url: str, procs: int, threads: int, seconds: float, kind: str = "boto3") -> dict[str, Any]:
-    """Messages/s and CPU µs per message of bare receive+delete loops (stock boto3 by default)."""
+def bare_loop(
+    url: str, procs: int, threads: int, seconds: float, kind: str = "boto3", wait_seconds: int = 0
+) -> dict[str, Any]:
+    """Messages/s and CPU µs per message of bare receive+delete loops (stock boto3 by default;
+    short polls unless ``wait_seconds``)."""
     with multiprocessing.get_context("fork").Pool(procs) as pool:
-        results = pool.starmap(_bare_process, [(url, threads, seconds, kind)] * procs)
+        results = pool.starmap(_bare_process, [(url, threads, seconds, kind, wait_seconds)] * procs)
     messages = sum(r[0] for r in results)
     cpu = sum(r[1] for r in results)
     wall = max(r[2] for r in results)

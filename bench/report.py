@@ -176,13 +176,35 @@ def verdicts(res: dict[str, Any]) -> list[Verdict]:
                 ratio >= 20,
             )
         )
-    for run in res.get("latency") or []:  # reported, no target: what operators see at that load
+    steady_rows = {r["load"]: r for r in res.get("steady") or []}
+    for load, r in steady_rows.items():
+        ours, bare = r["pipeline"], r["bare"]
+        target, ok = {"10%": ("<= 0.35x", r["ratio"] <= 0.35), "saturated": ("<= 0.20x", r["ratio"] <= 0.20)}.get(
+            load, ("(reported)", None)
+        )
         out.append(
             (
-                f"latency p50 / p99 at {run['fraction_of_capacity']:.0%} capacity",
-                f"{run['p50_s']} / {run['p99_s']} s",
-                f"{run['rate_msg_per_s']} msg/s, {run['messages']} msgs",
-                None,
+                f"CPU/msg vs bare loop, {load}" + (f" ({r['rate_msg_per_s']}/s)" if r["rate_msg_per_s"] else ""),
+                f"{ours['cpu_us_per_message']:.0f} / {bare['cpu_us_per_message']:.0f} µs",
+                f"{r['ratio']:.2f}x {target}",
+                ok,
+            )
+        )
+    if "10%" in steady_rows and "saturated" in steady_rows:
+        low, sat = steady_rows["10%"]["pipeline"], steady_rows["saturated"]["pipeline"]
+        flat = low["cpu_us_per_message"] / max(0.1, sat["cpu_us_per_message"])
+        out.append(("CPU/msg at 10% / saturated", f"{flat:.2f}x", "<= 1.5x", flat <= 1.5))
+    for load, r in steady_rows.items():
+        ours = r["pipeline"]
+        if load == "saturated" or ours["p99_s"] is None:
+            continue
+        bound = load in ("10%", "50%")
+        out.append(
+            (
+                f"latency p50 / p99, {load}",
+                f"{ours['p50_s']} / {ours['p99_s']} s",
+                "p99 <= 2 s" if bound else "(reported)",
+                ours["p99_s"] <= 2 if bound else None,
             )
         )
     return out

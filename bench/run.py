@@ -11,8 +11,9 @@ Steps (see docs/performance.md):
  4. Cost: SQS calls per message at load; ReceiveMessage calls per minute on an idle queue.
  5. Memory: worker RSS at the start and end of a 200,000-message run.
  6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete (stock boto3).
- 7. End-to-end latency p50/p99 (SentTimestamp to committed row) while the stand-in's queue fills
-    at half and at 90% of the capacity measured in step 2 (`--only latency` measures it first).
+ 7. Steady load (bench/steady.py): CPU per message and latency p50/p99 (SentTimestamp to
+    committed row) at 10%, 50%, 90% of the capacity measured in step 2 (`--only steady` measures
+    it first) and saturated, at the default fetch settings, each next to a bare loop at that rate.
 
     python -m bench.run [--quick] [--skip-localstack] [--only step,step]
 
@@ -29,9 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from bench import chunk_codec, context, profile
+from bench import chunk_codec, context, profile, steady
 from bench.context import (
     AWS_ENV,
     MASKING_KEY,
@@ -51,11 +50,10 @@ from etl import settings, store
 from etl.crypto import sealing
 from etl.crypto.masking import Masker
 from etl.demo import embedded
-from etl.model import latency, records
+from etl.model import records
 from etl.ops import samples
 from etl.sources.sqs import queue as sqs
 from etl.store import ingest
-from etl.worker.coordination import LATENCY, Coordinator
 
 STANDIN: StandIn  # the run's HTTP SQS stand-in (bench/standin.py), started in main()
 HERE = Path(__file__).parent
@@ -135,63 +133,6 @@ def standin_run(
         procs.stop()
         conn.close()
     return result
-
-
-def latency_at_load(capacity: float, chunk: int, threads: int, seconds: float) -> list[dict[str, Any]]:
-    """End-to-end latency (SentTimestamp to committed row) p50/p99 of the real worker (2
-    processes, lean client) + beat while the stand-in's queue fills at half and at 90% of
-    ``capacity`` (msg/s measured in this run) for ``seconds``, after a warm-up of as long.
-
-    Read as operators read it: the workers' own per-minute latency counts, what `etl stats` shows.
-    """
-    out = []
-    for fraction in (0.5, 0.9):
-        rate = max(1.0, capacity * fraction)
-        warm, measured = int(rate * seconds), int(rate * seconds)
-        conn = fresh()
-        STANDIN.reset(0)
-        procs = Processes()
-        try:
-            env = standin_env(ETL_CHUNK_SIZE=str(chunk), ETL_SQS_THREADS=str(threads))
-            procs.worker(env, 2)
-            procs.beat(env)
-            coordinator = Coordinator(context.BROKER_URL)
-            deadline = time.monotonic() + 120
-            while not any(k.startswith("fetch:") for k in coordinator.heartbeats()):  # worker and beat up
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"latency run: no fetch ran; see {procs.logdir}")
-                time.sleep(0.2)
-            STANDIN.reset(warm + measured, rate=rate)
-            _wait_rows(conn, warm, seconds * 4 + 60, procs)
-            redis.Redis.from_url(context.BROKER_URL).delete(*_latency_keys())  # the warm-up does not count
-            _wait_rows(conn, warm + measured, seconds * 4 + 60, procs)
-            result = latency.summary(coordinator.latencies(60), 60)
-            out.append(
-                {
-                    "fraction_of_capacity": fraction,
-                    "rate_msg_per_s": round(rate),
-                    "messages": result["messages"],
-                    "p50_s": result["p50_s"],
-                    "p99_s": result["p99_s"],
-                }
-            )
-        finally:
-            procs.stop()
-            conn.close()
-    return out
-
-
-def _wait_rows(conn: store.Connection, n: int, timeout: float, procs: Processes) -> None:
-    deadline = time.monotonic() + timeout
-    while rows(conn) < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"latency run: {rows(conn)} of {n} messages in {timeout:.0f}s; see {procs.logdir}")
-        time.sleep(0.2)
-
-
-def _latency_keys() -> list[str]:
-    now = int(time.time() // 60)
-    return [f"{LATENCY}{m}" for m in range(now - 60, now + 2)]
 
 
 def idle_receives(seconds: float) -> dict[str, Any]:
@@ -328,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         ("write_stage", lambda: write_stage(20_000 if args.quick else 50_000, chunk)),
         ("naive", lambda: naive(5 if args.quick else 10)),
         ("idle", lambda: idle_receives(30 if args.quick else 60)),
-        ("latency", lambda: latency_at_load(capacity(), chunk, threads, seconds)),
+        # issue 24: CPU per message and latency at 10/50/90% of capacity and saturated, at the
+        # default fetch settings, each next to a bare loop at the same rate
+        ("steady", lambda: steady.measure(STANDIN, standin_env, capacity(), 2 * seconds)),
         # issue 20: broker bytes per body byte (<= 1.5 for any body) and the chunk codec's CPU per message
         ("codec", lambda: chunk_codec.measure(chunk, 5 if args.quick else 20)),
         (

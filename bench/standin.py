@@ -58,14 +58,22 @@ class State:
         if self.total is not None:
             n = max(0, min(n, self.total - self.issued))
         long_poll = float(request.get("WaitTimeSeconds", 0))
+        wait = self.latency
         if self.rate:
             due = int((time.time() - self.started) * self.rate)
-            n = max(0, min(n, due - self.issued))
-            # an empty long poll answers when the next message is due, as SQS would
-            long_poll = min(long_poll, max(0.0, self.started + (self.issued + 1) / self.rate - time.time()))
+            wanted, n = n, max(0, min(n, due - self.issued))
+            if n == 0 and long_poll > 0 and wanted > 0:
+                # a long poll answers as soon as a message arrives, with that message, as SQS does
+                # (it does not wait to fill the batch); empty after WaitTimeSeconds if none does
+                next_due = self.started + (self.issued + 1) / self.rate - time.time()
+                if next_due <= long_poll:
+                    n, wait = 1, max(self.latency, next_due)
+                else:
+                    wait = max(self.latency, long_poll)
+        elif n == 0:
+            wait = max(self.latency, long_poll)
         first = self.issued
         self.issued += n
-        wait = self.latency if n else max(self.latency, long_poll)
         now = str(int(time.time() * 1000)).encode()
         rate, started = self.rate, self.started * 1000
         frags = self.fragments

@@ -29,6 +29,9 @@ class Settings:
     # Broker bytes per chunk: half of Redis's lowest proto-max-bulk-len (1 MiB, the cap some
     # managed services keep), so a chunk of small bodies never nears it.
     chunk_max_bytes: int = 524_288
+    # Seconds a partial chunk waits for more messages before it is handed on (a fetch receiving
+    # less than a chunk's worth): fewer, fuller chunks at low load, for up to this much latency.
+    chunk_linger: float = 0.5
     fetch_interval: float = 5.0
     fetch_seconds: float = 20.0
     fetch_max_messages: int = 10_000
@@ -136,6 +139,7 @@ _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
     ("chunk_size", "ETL_CHUNK_SIZE", 1),
     ("chunk_max_bytes", "ETL_CHUNK_MAX_BYTES", 65_536),
+    ("chunk_linger", "ETL_CHUNK_LINGER", 0),
     ("fetch_interval", "ETL_FETCH_INTERVAL", 0.5),
     ("fetch_seconds", "ETL_FETCH_SECONDS", 0.5),
     ("fetch_max_messages", "ETL_FETCH_MAX_MESSAGES", 10),
@@ -156,6 +160,7 @@ CHUNK_TIME_LIMIT = 90
 # 4 (etl.store.streams.MAX_INCARNATIONS), which leaves 39 for the stream's name.
 MAX_STREAM_NAME = 39
 MAX_CHUNK_BYTES = 512 * 1024 * 1024  # Redis's own ceiling for one value (proto-max-bulk-len)
+MAX_LINGER = 5.0  # ETL_CHUNK_LINGER's ceiling (seconds)
 _DEFAULTS = Settings()
 
 
@@ -276,6 +281,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"ETL_SQS_CLIENT must be lean or boto3, got {settings.sqs_client!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
+    if settings.chunk_linger > MAX_LINGER:
+        raise ConfigError(
+            f"ETL_CHUNK_LINGER must be at most {MAX_LINGER:g} seconds (a lingering chunk's messages are "
+            "already received and wait invisible): the default 0.5 s costs little latency"
+        )
     if settings.chunk_max_bytes > MAX_CHUNK_BYTES:
         raise ConfigError(f"ETL_CHUNK_MAX_BYTES must be at most {MAX_CHUNK_BYTES} (Redis's largest value, 512 MiB)")
     _require_distinct_keys(settings)

@@ -55,9 +55,14 @@ def fetch(self: Any) -> dict[str, Any]:
             budget_seconds=s.fetch_seconds,
             visibility_timeout=s.visibility_timeout,
             receive_batch=10 * s.sqs_threads,
+            linger=s.chunk_linger,
             pause=lambda: chunks.pause(rt),
         )
     rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
+    if report.stopped in ("budget", "max_messages"):
+        # The next run starts now, not at beat's next tick (up to ETL_FETCH_INTERVAL away: arrivals
+        # would wait that long). Beat's ticks stay the safety net; a second run finds the lease held.
+        self.apply_async(expires=s.fetch_interval)
     if report.received or report.stopped == "backpressure":
         log.info(
             "fetched %d messages in %d chunks (%d receives, %.2fs, stopped: %s)",

@@ -191,3 +191,52 @@ def test_a_round_of_heavy_bodies_waits_for_room_before_each_further_chunk() -> N
     )
     assert len(chunks) == 10 and report.received == 10  # one round of 10, each alone (300 KB bodies)
     assert slept and max(seen) < 3, str(seen)  # it waited for room instead of queueing all ten at once
+
+
+class Trickle(MemoryQueue):
+    """Messages arriving at ``rate`` per second of ``clock``; records what each round asks for."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        super().__init__(0)
+        self.rate, self.clock, self.sent, self.asked = rate, clock, 0, []  # type: list[int]
+
+    def receive(self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int = 120) -> list[Message]:
+        self.asked.append(max_messages)
+        due = int(self.clock.now * self.rate)
+        self.visible += [Message(f"m{i}", f"rh{i}", "{}", 0) for i in range(self.sent, due)]
+        self.sent = max(self.sent, due)
+        return super().receive(max_messages, wait_seconds, visibility_timeout)
+
+
+def trickle_run(linger: float) -> tuple[Trickle, list[list[Message]], sqs_fetch.FetchReport]:
+    clock = Clock()
+    queue, chunks = Trickle(100, clock), []
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    report = sqs_fetch.fetch(
+        queue, chunks.append, chunk_size=500, max_messages=10_000, budget_seconds=10, visibility_timeout=30,
+        receive_batch=320, linger=linger, clock=clock, sleep=sleep,
+    )  # fmt: skip
+    return queue, chunks, report
+
+
+def test_a_trickle_is_gathered_into_chunks_for_up_to_the_linger_in_rounds_sized_to_it() -> None:
+    """100 messages/s for 10 s, chunks of up to 500: with a 0.5 s linger each chunk holds what
+    arrived in about half a second, gathered in paced rounds of a call or two; without it, rounds
+    follow each other as fast as they return, and a chunk that never sees an empty round waits
+    until it is full (5 s at this rate)."""
+    queue, chunks, report = trickle_run(0.5)
+    sent = [m.message_id for c in chunks for m in c]
+    assert sent == [f"m{i}" for i in range(len(sent))] and len(sent) >= 900  # each once, in order
+    assert 15 <= len(chunks) <= 25 and min(len(c) for c in chunks[1:-1]) >= 30
+    assert max(queue.asked[3:]) <= 40  # a round asks for about what arrives (~12 a round), not 320
+    _, eager, eager_report = trickle_run(0)
+    assert eager_report.receive_calls > 3 * report.receive_calls and len(eager[0]) == 500
+
+
+def test_a_round_asks_for_twice_after_a_full_one_and_a_little_more_than_it_got_after_a_thin_one() -> None:
+    assert sqs_fetch.next_round(10, 10, 320) == 20 and sqs_fetch.next_round(200, 200, 320) == 320
+    assert sqs_fetch.next_round(320, 7, 320) == 10 and sqs_fetch.next_round(320, 0, 320) == 10
+    assert sqs_fetch.next_round(320, 70, 320) == 90 and sqs_fetch.next_round(100, 85, 320) == 200

@@ -39,6 +39,7 @@ class MessageSource(Protocol):
 
 
 ROOM_POLL = 0.2  # seconds between looks at the broker while a fetch waits for room
+PACE = 0.25  # after a thin round, a lingering fetch pauses this share of its linger before the next
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def fetch(
     budget_seconds: float,
     visibility_timeout: int,
     receive_batch: int = 10,
+    linger: float = 0.0,
     pause: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -70,20 +72,30 @@ def fetch(
     A chunk holds at most ``chunk_size`` messages and ``chunk_bytes`` broker bytes (a heavier
     message travels alone); a body over the source's maximum travels without its body, to be
     rejected as ``too_large`` (etl.model.chunking).
+
     Each round asks the source for up to ``receive_batch`` messages (the SQS module spreads that
-    over concurrent calls).
+    over concurrent calls); a round sized to what is arriving (``next_round``): after a thin round
+    the next one asks for a little more than it got, after a full one for twice as much, so a
+    trickle costs one call a round, not one per thread. Long-polls only while holding nothing.
+
+    A partial chunk is handed on once it has waited ``linger`` seconds for company (from its
+    first message); meanwhile a thin round is followed by a pause (``PACE`` of the linger) so
+    that messages gather between rounds instead of rounds being spent on them. With
+    ``linger=0`` a partial chunk goes as soon as the queue runs dry.
+
     Before starting each new chunk it asks ``pause`` (backpressure, shutdown); a reason stops
     the run; a round that makes several chunks (large bodies: cut by bytes) waits before each
     further one while ``pause`` says "backpressure", up to the run's budget, so the broker's
-    bound holds whatever the bodies weigh. Long-polls only while holding nothing, so a partial
-    chunk is never kept waiting: it is sent as soon as the queue runs dry. A chunk the broker
-    refuses is split and tried again, down to a single message rejected on its own
-    (``broker_refused``); if the broker is down, the messages not handed on are made visible again
-    at once instead of waiting out their visibility timeout.
+    bound holds whatever the bodies weigh. A chunk the broker refuses is split and tried again,
+    down to a single message rejected on its own (``broker_refused``); if the broker is down, the
+    messages not handed on are made visible again at once instead of waiting out their
+    visibility timeout.
     """
     started = clock()
     deadline = started + budget_seconds
     pending: list[Message] = []
+    held_since = started  # when the oldest message of ``pending`` was received
+    asking = receive_batch  # messages the next round asks for
     received = chunks = calls = withheld = 0
     stopped = "max_messages"
 
@@ -120,13 +132,13 @@ def fetch(
             if wait == 0 and not pending:
                 stopped = "budget"
                 break  # under a second left and nothing in hand: a last short poll is waste
-            batch = source.receive(
-                max_messages=min(receive_batch, max_messages - received),
-                wait_seconds=wait,
-                visibility_timeout=visibility_timeout,
-            )
+            asked = min(asking, max_messages - received)
+            batch = source.receive(max_messages=asked, wait_seconds=wait, visibility_timeout=visibility_timeout)
             calls += 1
             received += len(batch)
+            asking = next_round(min(asked, 10) if wait else asked, len(batch), receive_batch)  # a long poll is one call
+            if batch and not pending:
+                held_since = clock()
             pending.extend(chunking.screen(batch))
             ready = chunking.cut(pending, chunk_size, chunk_bytes)
             if ready and len(ready[-1]) < chunk_size:
@@ -136,10 +148,17 @@ def fetch(
                     room()
                 pending = pending[len(chunk) :]
                 send(chunk)
-            if not batch and pending:
+            if ready and pending:
+                held_since = clock()  # what is left came with this round
+            if not pending:
+                continue
+            waited = clock() - held_since
+            if (linger > 0 and waited >= linger) or (linger == 0 and not batch):
                 room()
                 chunk, pending = pending, []
-                send(chunk)  # the queue ran dry: do not keep a partial chunk waiting
+                send(chunk)  # it waited long enough for company (or the queue ran dry)
+            elif linger > 0 and 2 * len(batch) < asked:  # a thin round: let messages gather before the next one
+                sleep(min(PACE * linger, linger - waited, max(0.0, deadline - clock())))
     except BaseException:
         for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
             send(chunk)  # hand on what is held, then fail (the broker may be what failed)
@@ -148,6 +167,14 @@ def fetch(
         room()
         send(chunk)
     return FetchReport(received, chunks, calls, clock() - started, stopped, withheld)
+
+
+def next_round(asked: int, got: int, most: int) -> int:
+    """Messages the next receive round asks for: twice as many after a (nearly) full round, up to
+    ``most``; after a thin one a little more than it got (whole calls of 10), at least one call."""
+    if got >= asked * 0.8:
+        return min(most, max(asked * 2, 10))
+    return min(most, max(10, -(-(got + got // 4 + 1) // 10) * 10))
 
 
 def release(source: MessageSource, messages: list[Message]) -> None:
