@@ -115,14 +115,10 @@ def _named_user(body: str) -> str | None:
     start = len(body) - len(body.lstrip(" \t\n\r"))
     try:  # the first whole value, whatever follows it (a second event, trailing bytes)
         json.JSONDecoder(object_pairs_hook=pairs).raw_decode(body, start)
-    except (ValueError, RecursionError):
-        found.clear()
-    named = next((v for v in found if isinstance(v, str) and _check_text("user_id", v) is None), None)
-    if named is None:  # a body that breaks off part-way (an integer over Python's digit limit ...)
+    except (ValueError, RecursionError):  # it breaks off part-way (an integer over Python's digit limit ...)
         match = _USER_ID.search(body)
-        if match and _check_text("user_id", match.group(1)) is None:
-            named = match.group(1)
-    return named
+        return match.group(1) if match and _check_text("user_id", match.group(1)) is None else None
+    return next((v for v in found if isinstance(v, str) and _check_text("user_id", v) is None), None)
 
 
 def _check_text(field: str, value: object, *, nullable: bool = False) -> Rejection | None:

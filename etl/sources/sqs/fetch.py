@@ -121,7 +121,7 @@ def fetch(
         while received < max_messages:
             remaining = deadline - clock()
             if remaining <= 0:
-                stopped = "budget"
+                stopped = pause() or "budget"  # a broker still full at the deadline: say so (no successor is queued)
                 break
             if not pending:
                 reason = pause()
