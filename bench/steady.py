@@ -36,7 +36,7 @@ PROCESS_RATE = 2000  # msg/s one bare stock-boto3 process keeps up with, with ro
 THREAD_RATE = 250  # msg/s one bare long-polling thread keeps up with (a cycle of two 15 ms calls, ~75% full)
 
 
-def defaults_env(standin: StandIn, env: Callable[..., dict[str, str]]) -> dict[str, str]:
+def defaults_env(env: Callable[..., dict[str, str]]) -> dict[str, str]:
     """The stand-in's environment with the fetch settings at their defaults (the bench's other
     steps run short fetches so that each run starts quickly)."""
     d = settings.load({})
@@ -104,7 +104,7 @@ def measure(
 ) -> list[dict[str, Any]]:
     """One row per load: the pipeline next to the bare loop at the same rate, and their ratio."""
     out = []
-    run_env = defaults_env(standin, env)
+    run_env = defaults_env(env)
     for fraction in (*FRACTIONS, None):
         rate = None if fraction is None else max(1.0, capacity * fraction)
         ours = pipeline_at(standin, run_env, rate, seconds)

@@ -52,6 +52,7 @@ from etl import store  # noqa: E402
 from etl.crypto import sealing, vault  # noqa: E402
 from etl.demo import embedded, processes  # noqa: E402
 from etl.demo.processes import MotoServer, ProcessGroup  # noqa: E402
+from etl.progress import Progress  # noqa: E402
 from etl.sources.sqs import queue as sqs  # noqa: E402
 
 MASKING_KEY = "integration-test-masking-key-0123456789"
@@ -298,3 +299,13 @@ class FrontServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class Quiet(Progress):
+    """A progress display that shows nothing (seeding in tests)."""
+
+    def start(self, total: int, label: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass

@@ -29,6 +29,7 @@ from tests.support import (
     AWS_ENV,
     DATABASE_URL,
     ProcessGroup,
+    Quiet,
     pipeline_env,
     run_demo,
     wait_until,
@@ -39,17 +40,7 @@ from etl import store
 from etl.ops import samples, seeding
 from etl.sources.kinesis import stream as kinesis
 
-from etl.progress import Progress  # isort: skip
-
 pytestmark = pytest.mark.integration
-
-
-class Quiet(Progress):
-    def start(self, total: int, label: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
 
 
 @pytest.fixture

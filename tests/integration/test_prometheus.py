@@ -28,11 +28,10 @@ import pytest
 import redis
 import yaml
 
-from tests.support import BROKER_URL, ProcessGroup, pipeline_env, processes, wait_until
+from tests.support import BROKER_URL, ProcessGroup, Quiet, pipeline_env, processes, wait_until
 
 from etl import store  # isort: skip
 from etl.ops import seeding
-from etl.progress import Progress
 from etl.sources.kinesis import stream as kinesis
 from etl.sources.sqs import queue as sqs
 
@@ -175,14 +174,6 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 def alert_rules() -> dict[str, Any]:
     return dict(yaml.safe_load(ALERTS.read_text()))
-
-
-class Quiet(Progress):
-    def start(self, total: int, label: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
 
 
 @pytest.fixture

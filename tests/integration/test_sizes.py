@@ -209,15 +209,8 @@ def test_a_flood_of_maximum_size_records_on_a_stream_stays_within_the_same_bound
     import uuid
 
     from etl.ops import seeding
-    from etl.progress import Progress
     from etl.sources.kinesis import stream as kinesis
-
-    class Quiet(Progress):
-        def start(self, total: int, label: str) -> None:
-            pass
-
-        def advance(self, n: int) -> None:
-            pass
+    from tests.support import Quiet
 
     os.environ["AWS_ENDPOINT_URL_KINESIS"] = sqs_endpoint
     try:
