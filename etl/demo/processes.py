@@ -288,3 +288,56 @@ class LocalStack:
 
     def stop(self) -> None:
         stop(self.proc, grace=20)
+
+
+# Where `make install` puts kinesis-mock (the npm package kinesis-local, pinned in the Makefile):
+# inside the venv, so `make clean` removes it with everything else.
+KINESIS_MOCK_VERSION = "0.6.2"
+KINESIS_MOCK = Path(sys.prefix) / "kinesis-mock" / "node_modules" / "kinesis-local"
+
+
+class KinesisMock:
+    """kinesis-mock (the Kinesis server LocalStack itself runs), from its npm build on Node.js.
+
+    A second Kinesis implementation beside moto's for the tests and ``make bench-kinesis``.
+    ``KinesisMock.main()`` is None where it is not installed (no Node.js or npm); callers skip
+    with a message, except CI, which installs it and checks it is there (.ci/run).
+    """
+
+    def __init__(self, workdir: Path, timeout: float = 30) -> None:
+        main = self.main()
+        if main is None:
+            raise RuntimeError(f"kinesis-mock is not installed under {KINESIS_MOCK} (make install needs npm)")
+        self.log_path = workdir / "kinesis-mock.log"
+        for _ in range(5):  # a free port is only a candidate: another process may bind it first
+            port, tls_port = free_port(), free_port()
+            env = {
+                **os.environ,
+                "KINESIS_MOCK_PLAIN_PORT": str(port),
+                "KINESIS_MOCK_TLS_PORT": str(tls_port),
+                "KINESIS_MOCK_CERT_PATH": str(main.parent / "server.json"),
+                "LOG_LEVEL": "WARN",
+                "SHOULD_PERSIST_DATA": "false",
+                # streams become ACTIVE (and are deleted) at once, as moto's do
+                "CREATE_STREAM_DURATION": "0ms",
+                "DELETE_STREAM_DURATION": "0ms",
+            }
+            self.proc = spawn(["node", str(main)], env, self.log_path)
+            self.endpoint = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if port_in_use(port):
+                    time.sleep(0.2)  # ours, unless it exits now, finding its ports taken
+                    if self.proc.poll() is None:
+                        return
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"kinesis-mock did not start; see {self.log_path}")
+
+    @staticmethod
+    def main() -> Path | None:
+        main = KINESIS_MOCK / "main.js"
+        return main if main.exists() and shutil.which("node") else None
+
+    def stop(self) -> None:
+        stop(self.proc, grace=5)

@@ -31,6 +31,7 @@ from tests.support import (
 )
 
 from etl import store  # isort: skip  (after tests.support, which points Celery at the test broker)
+from etl.demo.processes import KINESIS_MOCK, KinesisMock
 from etl.sources.sqs import queue as sqs
 
 # What the insider tests' workers ingest (tests/integration/test_insiders.py and test_pii_finality.py).
@@ -85,6 +86,20 @@ def sqs_endpoint() -> Iterator[str]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kinesis_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """kinesis-mock's endpoint (Node.js; `make install` puts it in the venv). Skipped where it is
+    not installed, unless ETL_REQUIRE_KINESIS_MOCK=1 (CI): there a missing server fails."""
+    if KinesisMock.main() is None:
+        why = f"kinesis-mock is not installed under {KINESIS_MOCK} (make install does it where npm is)"
+        if os.environ.get("ETL_REQUIRE_KINESIS_MOCK") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = KinesisMock(tmp_path_factory.mktemp("kinesis-mock"))
+    yield server.endpoint
     server.stop()
 
 

@@ -1,5 +1,6 @@
 """Kinesis as the source (ETL_SOURCE=kinesis), against moto's Kinesis server and real Celery
-worker and beat processes, real Postgres and Redis.
+worker and beat processes, real Postgres and Redis; the exactly-once tests (``on_both``) run
+again on kinesis-mock, the Kinesis server LocalStack runs.
 
 What is checked is what the design promises: every valid record one row and every bad one one
 rejection, checkpoints at each shard's last sequence number, a checkpoint that never passes an
@@ -43,11 +44,24 @@ from etl.sources.kinesis import stream as kinesis
 pytestmark = pytest.mark.integration
 
 
+SERVERS = ["moto", "kinesis-mock"]
+on_both = pytest.mark.parametrize("kinesis_endpoint", SERVERS, indirect=True)
+
+
 @pytest.fixture
-def stream(sqs_endpoint: str) -> Iterator[kinesis.Stream]:
-    """A fresh 2-shard stream per test, on the session's moto server (which serves Kinesis too)."""
+def kinesis_endpoint(request: pytest.FixtureRequest, sqs_endpoint: str) -> str:
+    """The Kinesis server a test runs on: moto's (the session's SQS server serves Kinesis too),
+    or kinesis-mock where a test is parametrized with ``on_both``."""
+    if getattr(request, "param", "moto") == "moto":
+        return sqs_endpoint
+    return str(request.getfixturevalue("kinesis_mock"))
+
+
+@pytest.fixture
+def stream(kinesis_endpoint: str) -> Iterator[kinesis.Stream]:
+    """A fresh 2-shard stream per test, on the test's Kinesis server."""
     saved = os.environ.get("AWS_ENDPOINT_URL_KINESIS")
-    os.environ["AWS_ENDPOINT_URL_KINESIS"] = sqs_endpoint
+    os.environ["AWS_ENDPOINT_URL_KINESIS"] = kinesis_endpoint
     s = kinesis.Stream(f"logins-{uuid.uuid4().hex[:8]}")
     s.create(2)
     yield s
@@ -70,9 +84,9 @@ def stream_env(stream: kinesis.Stream, endpoint: str, **extra: str) -> dict[str,
 
 @pytest.fixture
 def streaming(
-    stream: kinesis.Stream, conn: store.Connection, broker: redis.Redis, tmp_path: Path, sqs_endpoint: str
+    stream: kinesis.Stream, conn: store.Connection, broker: redis.Redis, tmp_path: Path, kinesis_endpoint: str
 ) -> Iterator[ProcessGroup]:
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint), workdir=tmp_path)
     yield p
     p.stop()
 
@@ -125,6 +139,7 @@ def all_in(conn: store.Connection, total: int) -> Any:
     return lambda: sum(counts(conn)) >= total
 
 
+@on_both
 def test_every_record_once_and_checkpoints_at_the_end(
     stream: kinesis.Stream, streaming: ProcessGroup, conn: store.Connection
 ) -> None:
@@ -177,7 +192,7 @@ def hold_message_id(message_id: str) -> psycopg2.extensions.connection:
 
 @pytest.mark.long(11)
 def test_checkpoint_never_passes_an_uncommitted_record(
-    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+    stream: kinesis.Stream, kinesis_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
     """The first chunk of a shard is held inside Postgres while the later ones commit: the
     checkpoint must stay before it; once it commits, the checkpoint jumps over all of them."""
@@ -187,7 +202,7 @@ def test_checkpoint_never_passes_an_uncommitted_record(
     shard_id, held = max(seqs.items(), key=lambda kv: len(kv[1]))
     assert len(held) >= 50
     blocker = hold_message_id(shards.message_id(stream.name, shard_id, held[3]))  # inside the first chunk of 20
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint), workdir=tmp_path)
     try:
         p.start("worker", "beat")
         later = len(held) - 20
@@ -248,7 +263,7 @@ def aws_resharding(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.long(12)
 def test_a_split_shard_finishes_before_its_children(
     stream: kinesis.Stream,
-    sqs_endpoint: str,
+    kinesis_endpoint: str,
     conn: store.Connection,
     broker: redis.Redis,
     tmp_path: Path,
@@ -260,7 +275,7 @@ def test_a_split_shard_finishes_before_its_children(
     put(stream, first)
     before = shard_records(stream)
     parent, parent_seqs = max(before.items(), key=lambda kv: len(kv[1]))
-    client = boto3.client("kinesis", endpoint_url=sqs_endpoint, **_aws())
+    client = boto3.client("kinesis", endpoint_url=kinesis_endpoint, **_aws())
     hash_range = next(s for s in client.list_shards(StreamName=stream.name)["Shards"] if s["ShardId"] == parent)
     low, high = int(hash_range["HashKeyRange"]["StartingHashKey"]), int(hash_range["HashKeyRange"]["EndingHashKey"])
     client.split_shard(StreamName=stream.name, ShardToSplit=parent, NewStartingHashKey=str((low + high) // 2))
@@ -272,7 +287,7 @@ def test_a_split_shard_finishes_before_its_children(
     assert shard_records(stream)[parent] == parent_seqs, "a closed shard takes no new records"
     assert any(shard_records(stream)[c] for c in children)
     blocker = hold_message_id(shards.message_id(stream.name, parent, parent_seqs[-1]))
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint), workdir=tmp_path)
     try:
         p.start("worker", "beat")
         other = [sid for sid in before if sid != parent]
@@ -305,16 +320,17 @@ def test_a_split_shard_finishes_before_its_children(
         p.stop()
 
 
+@on_both
 @pytest.mark.long(45)
 def test_sigkilled_workers_and_a_restarted_lease_owner_lose_and_double_nothing(
-    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+    stream: kinesis.Stream, kinesis_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
     """Pool processes SIGKILLed mid-chunk, the whole worker (the fetch lease owner) SIGKILLed
     and restarted: chunks lost with them are read again from the checkpoint after
     SQS_VISIBILITY_TIMEOUT, and every record ends as exactly one row or rejection."""
     bodies = samples.generate(400, seed=21, malformed_rate=0.05)
     put(stream, bodies)
-    env = stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10")
+    env = stream_env(stream, kinesis_endpoint, SQS_VISIBILITY_TIMEOUT="10")
     p = ProcessGroup(env=env, workdir=tmp_path)
     try:
         p.start("worker", "beat")
@@ -347,7 +363,7 @@ def _pool_pids(pid: int) -> list[int]:
 
 @pytest.mark.long(16)
 def test_chunks_lost_after_they_were_handed_on_are_read_again_after_the_timeout(
-    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+    stream: kinesis.Stream, kinesis_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
     """The state a lost chunk leaves (a broker that lost it, a chunk out of retries): the read
     pointer in Redis is past records whose chunk never committed. The fetch trusts the pointer
@@ -358,7 +374,7 @@ def test_chunks_lost_after_they_were_handed_on_are_read_again_after_the_timeout(
     for shard_id, shard_seqs in seqs.items():  # every record "handed on" just now, none committed
         pointer = {"seq": shard_seqs[-1], "pending_since": time.time()}
         broker.hset(f"etl:stream:{stream.name}:pointers", shard_id, json.dumps(pointer))
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
     try:
         started = time.monotonic()
         p.start("worker", "beat")
@@ -401,7 +417,12 @@ def test_the_demo_runs_on_a_stream(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fault", ["redis", "postgres"])
 @pytest.mark.long(20)
 def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
-    fault: str, stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+    fault: str,
+    stream: kinesis.Stream,
+    kinesis_endpoint: str,
+    conn: store.Connection,
+    broker: redis.Redis,
+    tmp_path: Path,
 ) -> None:
     """The chaos scenarios that apply to a stream, with a chunk in flight (held inside Postgres)
     when the fault hits: Redis restarted without persistence (queued and unacknowledged chunks,
@@ -414,7 +435,7 @@ def test_a_restarted_broker_or_database_loses_and_doubles_nothing_on_a_stream(
     put(stream, bodies)
     shard_id, held = max(shard_records(stream).items(), key=lambda kv: len(kv[1]))
     blocker = hold_message_id(shards.message_id(stream.name, shard_id, held[0]))
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
     try:
         p.start("worker", "beat")
         wait_until(lambda: sum(counts(conn)) >= 0.2 * len(bodies), 120, "20% written, one chunk held in flight")
@@ -498,8 +519,9 @@ def put_aggregated(
     return expected, broken
 
 
+@on_both
 def test_aggregated_and_plain_records_through_sigkills_each_user_record_once(
-    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+    stream: kinesis.Stream, kinesis_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
     """KPL-aggregated records (bad user records inside), plain ones and corrupt aggregates mixed
     on 2 shards; chunks of 20 user records, so chunk boundaries fall inside aggregates; pool
@@ -512,7 +534,7 @@ def test_aggregated_and_plain_records_through_sigkills_each_user_record_once(
     seqs = shard_records(stream)
     assert all(len(qs) > 5 for qs in seqs.values()), "both shards hold records"
     total = len(expected) + len(broken)
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint, SQS_VISIBILITY_TIMEOUT="10"), workdir=tmp_path)
     try:
         p.start("worker", "beat")
         killed = 0
@@ -542,20 +564,21 @@ def test_aggregated_and_plain_records_through_sigkills_each_user_record_once(
         p.stop()
 
 
+@on_both
 def test_a_stream_deleted_and_re_created_is_read_from_its_start_and_said_so(
-    stream: kinesis.Stream, sqs_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+    stream: kinesis.Stream, kinesis_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
 ) -> None:
     """The same name, another stream (its StreamCreationTimestamp differs): its sequence numbers
     start over, so the old checkpoints and message ids must not apply. Every record of the new
     stream lands, and the change is said in the log, `etl stats` and `etl health`."""
     first = samples.generate(100, seed=61, malformed_rate=0.0)
     put(stream, first)
-    p = ProcessGroup(env=stream_env(stream, sqs_endpoint), workdir=tmp_path)
+    p = ProcessGroup(env=stream_env(stream, kinesis_endpoint), workdir=tmp_path)
     try:
         p.start("worker", "beat")
         wait_until(all_in(conn, len(first)), 90, "the first stream's records")
         before = checkpoints(conn, stream)
-        client = boto3.client("kinesis", endpoint_url=sqs_endpoint, **_aws())
+        client = boto3.client("kinesis", endpoint_url=kinesis_endpoint, **_aws())
         client.delete_stream(StreamName=stream.name)
         wait_until(lambda: stream.name not in client.list_streams()["StreamNames"], 30, "the stream to be deleted")
         stream.create(2)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from etl.demo import processes
 from etl.demo.processes import COMMANDS
 
 ROOT = Path(__file__).parents[2]
@@ -81,3 +82,9 @@ def test_compose_refuses_to_start_without_keys(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "FLOWER_"))}
     result = compose_config(tmp_path, env)
     assert result.returncode != 0 and "etl keygen" in result.stderr
+
+
+def test_make_installs_the_kinesis_mock_the_tests_start() -> None:
+    pinned = re.search(r"^KINESIS_MOCK := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert pinned and pinned.group(1) == processes.KINESIS_MOCK_VERSION
+    assert processes.KINESIS_MOCK.parts[-3:] == ("kinesis-mock", "node_modules", "kinesis-local")
