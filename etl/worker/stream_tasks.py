@@ -36,7 +36,7 @@ def fetch_stream(self: Any) -> dict[str, Any]:
     """Beat's task for Kinesis: lease free shards, read them for a few seconds, fan out chunks."""
     rt = runtime.get()
     s = rt.settings
-    return runner.run(
+    report = runner.run(
         rt.stream(),
         rt,
         rt.coordinator,
@@ -51,6 +51,11 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         heartbeat=lambda: rt.coordinator.heartbeat("fetch", self.request.hostname or "?"),
         on_expired=lambda: metrics.instruments().stream_expired.inc(),
     )
+    if report.get("stopped") == "budget":
+        # Its shards are read on now, not at beat's next tick (up to ETL_FETCH_INTERVAL away); a
+        # run that finds no shard free ends without a successor, so the runs never multiply.
+        self.apply_async(expires=s.fetch_interval)
+    return report
 
 
 @app.task(name=MASK_AND_WRITE_STREAM, **CHUNK_TASK_OPTIONS)

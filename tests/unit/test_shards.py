@@ -91,6 +91,7 @@ class Reader:
         self.records, self.closed, self.fail = records, closed, list(fail)
         self.calls: list[tuple[str, float]] = []
         self.iterators: list[str] = []  # where each iterator asked for starts
+        self.limits: list[int] = []  # each read's Limit
         self.now = 0.0
 
     def iterator(self, shard_id: str, after: str, start_at: float | None = None) -> str:
@@ -99,6 +100,7 @@ class Reader:
 
     def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
         self.calls.append((shard_id, self.now))
+        self.limits.append(limit)
         if self.fail:
             raise self.fail.pop(0)
         after = int(iterator.split(":")[1])
@@ -143,6 +145,17 @@ def test_fetch_hands_on_contiguous_ranges_and_finishes_closed_shards() -> None:
         by_shard.setdefault(p.shard_id, []).append((p.after, p.last))
     assert by_shard == {"a": [("0", "3"), ("3", "6"), ("6", "7")], "b": [("0", "20")]}
     assert ended == ["b"] and cursors[0].pointer.seq == "7"
+
+
+def test_a_read_asks_for_several_chunks_and_hands_them_on_in_order() -> None:
+    """Five reads a second per shard: a read of one chunk would cap a shard at five chunks a second."""
+    reader = Reader({"a": list(range(1, 14))})
+    sent, _ = run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], chunk_size=3, budget=0.1)
+    assert reader.limits[0] == streaming.READ_CHUNKS * 3
+    assert [(p.after, p.last) for p in sent] == [("0", "3"), ("3", "6"), ("6", "9"), ("9", "12")]
+    big = Reader({"a": [1]})
+    run(big, [streaming.Cursor(Shard("a"), Pointer("0"))], chunk_size=5000, budget=0.1)
+    assert big.limits[0] == streaming.MAX_READ == 10_000, "GetRecords' own limit"
 
 
 def test_fetch_respects_five_reads_per_second_per_shard_and_idles() -> None:

@@ -5,7 +5,7 @@ live in etl.sources.kinesis.runner; this module is the loop they drive:
 
 * ``fetch``: read the shards this run leased, round robin, within each shard's read limit
   (GetRecords 5 calls/s), and hand each read on as one chunk with the contiguous range it
-  covers. It pauses for backpressure and shutdown like the SQS fetch.
+  covers. While the broker is full (backpressure) it waits within its budget; it stops on shutdown.
 * ``hand_on``: a read as chunks bounded by count and bytes, a refused chunk split (etl.model.chunking).
 """
 
@@ -28,6 +28,10 @@ MAX_BACKOFF = 5.0
 VERIFY_EVERY = 1.0  # at most one DescribeStreamSummary a second per fetch run, for reads at the stream's tip
 CLOCK_SKEW = 30.0  # seconds our clock may differ from Kinesis' ApproximateArrivalTimestamp
 ROOM_POLL = 0.2  # seconds between looks at the broker while a read's further chunks wait for room
+# A read asks for this many chunks' worth of records (at most GetRecords' 10,000): with 5 reads a
+# second per shard, reads of one chunk would cap a shard at 5 chunks a second, whatever the CPU.
+READ_CHUNKS = 4
+MAX_READ = 10_000
 
 
 class ShardReader(Protocol):
@@ -89,9 +93,9 @@ def fetch(
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StreamFetchReport:
-    """Read ``cursors`` for up to ``budget_seconds``; each non-empty read becomes one chunk, or
-    several in order of at most ``chunk_size`` user records and ``chunk_bytes`` broker bytes
-    (aggregated records can make a read long: ``hand_on``).
+    """Read ``cursors`` for up to ``budget_seconds``; each read asks for up to READ_CHUNKS chunks'
+    worth of records and goes on as chunks in order of at most ``chunk_size`` user records and
+    ``chunk_bytes`` broker bytes (``hand_on``; aggregated records can make a read longer).
 
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
@@ -108,7 +112,7 @@ def fetch(
     """
     started = clock()
     deadline = started + budget_seconds
-    report = StreamFetchReport()
+    report = StreamFetchReport()  # stopped: "budget" unless the run ends waiting for room, or on a pause
     active = list(cursors)
     held: list[tuple[Cursor, Batch]] = []
     checked = verified_at
@@ -146,12 +150,19 @@ def fetch(
     while active:
         now = clock()
         if now >= deadline:
-            report.stopped = "budget"
             break
         reason = pause()
+        if reason == "backpressure":
+            # The records wait in the stream, and nothing is lost by waiting with them: the run
+            # reads on as soon as the broker has room (ending it would leave the shards unread
+            # until beat's next tick).
+            report.stopped = reason
+            sleep(min(ROOM_POLL, max(deadline - now, 0.0)))
+            continue
         if reason:
             report.stopped = reason
             break
+        report.stopped = "budget"
         if held and wall() - checked >= VERIFY_EVERY:
             if not verify_and_hand_on():
                 return _done(report, clock, started, active)
@@ -168,7 +179,7 @@ def fetch(
         try:
             if cursor.iterator is None:
                 cursor.iterator = _iterator(reader, cursor, expired)
-            batch = reader.read(shard_id, cursor.iterator, chunk_size)
+            batch = reader.read(shard_id, cursor.iterator, min(MAX_READ, READ_CHUNKS * chunk_size))
         except IteratorExpired:
             cursor.iterator = None  # a fresh one from the pointer, at once
             continue
