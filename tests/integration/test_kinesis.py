@@ -162,7 +162,8 @@ def test_every_record_once_and_checkpoints_at_the_end(
     assert dates == [(True,)], "create_date is the UTC day of ApproximateArrivalTimestamp"
     stats = json.loads(etl_command(streaming, "stats", "--json"))
     assert {s["shard_id"]: s["checkpoint"] for s in stats["shards"]} == expected
-    assert all(s["ranges_waiting"] == 0 and s["behind_ms"] is not None for s in stats["shards"])
+    shown = stats["shards"]
+    assert all(s["ranges_waiting"] == 0 and s["behind_ms"] is not None for s in shown), json.dumps(shown)
     verdict = json.loads(etl_command(streaming, "health", "--json"))
     assert verdict["healthy"], verdict
     # a replay goes back onto the stream (the pipeline reads nothing else), and is read from it

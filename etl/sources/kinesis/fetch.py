@@ -87,6 +87,7 @@ def fetch(
     ended: Callable[[Cursor], None] = lambda c: None,
     expired: Callable[[Cursor], None] = lambda c: None,
     pause: Callable[[], str | None] = lambda: None,
+    read: Callable[[Cursor, int | None], None] = lambda c, before: None,
     same_stream: Callable[[], bool] | None = None,
     verified_at: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
@@ -99,10 +100,11 @@ def fetch(
 
     A chunk is dispatched before its cursor moves (``advanced`` saves the pointer): a crash in
     between re-reads the chunk (idempotent), never skips it. A closed shard read to its end is
-    reported to ``ended`` and dropped. A failed dispatch stops the run with the pointer where it
-    was. A pointer Kinesis no longer accepts (past the stream's retention) makes the shard read
-    on from its oldest record kept; if records are found there, the ones between expired unread
-    and are reported to ``expired``.
+    reported to ``ended`` and dropped. ``read`` runs after every read with the cursor and its
+    lag before it (the shards' lag is published from it while the run goes on). A failed
+    dispatch stops the run with the pointer where it was. A pointer Kinesis no longer accepts
+    (past the stream's retention) makes the shard read on from its oldest record kept; if
+    records are found there, the ones between expired unread and are reported to ``expired``.
 
     ``same_stream`` (checked true at unix time ``verified_at``) says whether the stream is still
     the incarnation the run started on. A read holding records that arrived after the last check
@@ -196,7 +198,8 @@ def fetch(
             continue
         report.calls += 1
         cursor.backoff = 0.0
-        cursor.behind_ms = batch.behind_ms
+        before, cursor.behind_ms = cursor.behind_ms, batch.behind_ms
+        read(cursor, before)
         if cursor.gap_after is not None:
             # Records found past a refused pointer: whatever lay between them expired unread. None
             # found: the pointer's own record aged out of an idle shard, and nothing was missed.

@@ -36,6 +36,7 @@ from etl.store import streams
 # A fetch run's own lines keep the logger they had when this lived in etl.worker.stream_tasks
 # (JSON logs name it).
 run_log = logging.getLogger("etl.stream_tasks")
+STATUS_EVERY = 1.0  # seconds between a run's publications of its shards' status
 
 
 class ShardSource(ShardReader, Protocol):
@@ -187,6 +188,17 @@ def run(
         if not cursors:
             return {"skipped": "no shard free" if candidates else "no shard to read"}
         heartbeat()
+        published = [0.0]  # the first read publishes at once
+
+        def read(cursor: Cursor, before: int | None) -> None:
+            """The shards' lag and pointers for `etl stats`, `etl health` and the metrics: at most
+            once a STATUS_EVERY while the run goes on, at once when a shard has caught up, and
+            at the run's end (below)."""
+            caught_up = cursor.behind_ms == 0 and before != 0
+            if caught_up or time.monotonic() - published[0] >= STATUS_EVERY:
+                published[0] = time.monotonic()
+                publish_status(redis, stream.key, cursors, known)
+
         try:
             report = fetch(
                 stream,
@@ -199,6 +211,7 @@ def run(
                 ended=ended,
                 expired=expired,
                 pause=pause,
+                read=read,
                 same_stream=lambda: _same(stream, life.created_at),
                 verified_at=verified_at,
             )
