@@ -19,8 +19,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         "SQS client",
         (
             "etl/sources/sqs/queue.py",
-            "etl/sources/sqs/lean.py",
-            "etl/sources/sqs/sigv4.py",
+            "etl/wire/lean.py",
+            "etl/wire/sigv4.py",
             "/botocore/",
             "/boto3/",
             "/urllib3/",

@@ -1,6 +1,6 @@
 """The one place that makes AWS clients (SQS, Kinesis, S3) and maps AWS errors to our kinds.
 
-boto3 is imported here and nowhere else in etl. The lean SQS client (etl.sources.sqs.lean) sends
+boto3 is imported here and nowhere else in etl. The lean SQS client (etl.wire.lean) sends
 its three hot calls itself, with what this module resolved through botocore (``Wire``: endpoint,
 region, the credential chain, CA bundle, retries and timeouts), and sends every other call
 through the stock client made here.
@@ -132,6 +132,11 @@ def client(
 ) -> Any:  # no stubs for kinesis or s3 are installed: untyped
     """A stock boto3 client for ``service`` ("kinesis", "s3"), with our retries and timeouts."""
     return _boto3(service, max_pool)[0]
+
+
+def kinesis(max_pool: int = 10) -> tuple[Any, Wire]:
+    """The stock Kinesis client and what botocore resolved for it (for the lean GetRecords)."""
+    return _boto3("kinesis", max_pool)
 
 
 def sqs(max_pool: int = 10, threads: int | None = None) -> "Boto3Sqs":

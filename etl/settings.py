@@ -53,6 +53,7 @@ class Settings:
     kinesis_stream_name: str = "login-stream"
     kinesis_start: str = "trim_horizon"  # where a shard never read before starts: trim_horizon or latest
     kinesis_shards_per_fetch: int = 4  # shards one fetch run leases at most (spreads shards over workers)
+    kinesis_client: str = "lean"  # ETL_KINESIS_CLIENT: lean (GetRecords over keep-alive HTTP) or boto3
     flower_basic_auth: str = ""  # FLOWER_BASIC_AUTH, as Flower reads it: only `etl.worker.flower` checks it
 
     def __repr__(self) -> str:  # never print the keys
@@ -134,6 +135,7 @@ _TEXT = (
     ("kinesis_stream_name", "KINESIS_STREAM_NAME"),
     ("kinesis_start", "ETL_KINESIS_START"),
     ("sqs_client", "ETL_SQS_CLIENT"),
+    ("kinesis_client", "ETL_KINESIS_CLIENT"),
 )
 _NUMBERS = (
     ("masking_key_version", "ETL_MASKING_KEY_VERSION", 1),
@@ -260,6 +262,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values["source"] = str(values["source"]).lower()
     values["kinesis_start"] = str(values["kinesis_start"]).lower()
     values["sqs_client"] = str(values["sqs_client"]).strip().lower()
+    values["kinesis_client"] = str(values["kinesis_client"]).strip().lower()
     values["payload_keys"] = tuple(k.strip() for k in env.get("ETL_PAYLOAD_KEY", "").split(",") if k.strip())
     values["vault_key"] = _secret(env, "ETL_VAULT_KEY")
     values["vault_public_key"] = _secret(env, "ETL_VAULT_PUBLIC_KEY")
@@ -279,6 +282,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         )
     if settings.sqs_client not in ("lean", "boto3"):
         raise ConfigError(f"ETL_SQS_CLIENT must be lean or boto3, got {settings.sqs_client!r}")
+    if settings.kinesis_client not in ("lean", "boto3"):
+        raise ConfigError(f"ETL_KINESIS_CLIENT must be lean or boto3, got {settings.kinesis_client!r}")
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
     if settings.chunk_linger > MAX_LINGER:

@@ -35,7 +35,7 @@ class Runtime:
     def stream(self) -> kinesis.Stream:
         """The Kinesis stream (ETL_SOURCE=kinesis), its client made on first use."""
         if self._stream is None:
-            self._stream = kinesis.Stream(self.settings.kinesis_stream_name)
+            self._stream = kinesis.Stream(self.settings.kinesis_stream_name, reads=self.settings.kinesis_client)
         return self._stream
 
     def vault(self) -> Vault | None:

@@ -1,7 +1,8 @@
 """The Kinesis calls the stream source makes (etl.sources.kinesis.stream.Stream), on both Kinesis
 servers the tests run: moto's and kinesis-mock (the server LocalStack runs). What the fetch
 relies on is checked call by call: put ids equal read ids, Limit, every iterator kind it asks
-for, the incarnation of a re-created stream, aggregated records, and errors as our kinds.
+for, the incarnation of a re-created stream, aggregated records, and errors as our kinds; each
+with GetRecords lean (etl.wire.lean, the default) and through boto3 (ETL_KINESIS_CLIENT).
 """
 
 import os
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support import AWS_ENV
 
-from etl.errors import ConfigError, TerminalError  # isort: skip
+from etl.errors import ConfigError, EtlError, TerminalError  # isort: skip
 from etl.model import shards
 from etl.sources.kinesis import stream as kinesis
 
@@ -33,9 +34,15 @@ def endpoint(request: pytest.FixtureRequest, sqs_endpoint: str) -> Iterator[str]
         os.environ["AWS_ENDPOINT_URL_KINESIS"] = saved
 
 
+@pytest.fixture(params=["lean", "boto3"])
+def reads(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def one_shard(endpoint: str) -> kinesis.Stream:
-    s = kinesis.Stream(f"conf-{uuid.uuid4().hex[:8]}")
+def one_shard(endpoint: str, reads: str) -> kinesis.Stream:
+    s = kinesis.Stream(f"conf-{uuid.uuid4().hex[:8]}", reads=reads)
+    assert (s._lean is not None) == (reads == "lean")
     assert s.create(1) is True
     assert s.create(1) is False, "an existing stream is kept"
     return s
@@ -121,11 +128,16 @@ def test_a_re_created_stream_is_another_incarnation(one_shard: kinesis.Stream, e
     assert one_shard.incarnation()[0] != created
 
 
-def test_errors_arrive_as_our_kinds_naming_no_data(endpoint: str) -> None:
-    missing = kinesis.Stream(f"missing-{uuid.uuid4().hex[:8]}")
+def test_errors_arrive_as_our_kinds_naming_no_data(endpoint: str, reads: str) -> None:
+    missing = kinesis.Stream(f"missing-{uuid.uuid4().hex[:8]}", reads=reads)
     with pytest.raises(ConfigError, match="ListShards: the stream does not exist; check KINESIS_STREAM_NAME"):
         missing.shards()
     with pytest.raises(ConfigError, match="GetShardIterator: the stream does not exist"):
         missing.iterator("shardId-000000000000", shards.START)
     with pytest.raises(TerminalError, match=r"^Kinesis PutRecords: a record of 1048577 bytes"):
         missing.put([("k", "x" * (1024 * 1024 + 1))])
+    # both servers answer a made-up iterator with a 500 (AWS: InvalidArgumentException); either
+    # way both clients raise our kind, naming the call and never the request
+    with pytest.raises(EtlError, match=r"^Kinesis GetRecords") as refused:
+        missing.read("shardId-000000000000", "not-an-iterator-of-this-server", 10)
+    assert "not-an-iterator" not in str(refused.value), "no request value in the message"

@@ -22,7 +22,8 @@ import pytest
 
 from tests.support import AWS_ENV, FrontServer, receive_all, wait_until
 
-from etl.sources.sqs import queue as sqs, lean as sqs_lean  # isort: skip
+from etl.sources.sqs import queue as sqs  # isort: skip
+from etl.wire import lean as sqs_lean  # isort: skip
 from etl.errors import ConfigError, TransientError  # isort: skip
 from etl.demo.processes import LocalStack, free_port  # isort: skip
 

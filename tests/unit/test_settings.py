@@ -137,6 +137,14 @@ def test_a_key_repeated_in_a_rotation_list_or_reused_from_one_is_refused() -> No
         settings.load({"ETL_PAYLOAD_KEY": f"{PAYLOAD},{old}", "ETL_VAULT_PRIVATE_KEY": f"{PRIVATE},{old}"})
 
 
+def test_the_kinesis_client_is_lean_by_default_and_boto3_on_request() -> None:
+    base = {"ETL_MASKING_KEY": "x" * 32}
+    assert settings.load(base).kinesis_client == "lean"
+    assert settings.load({**base, "ETL_KINESIS_CLIENT": " BOTO3 "}).kinesis_client == "boto3"
+    with pytest.raises(ConfigError, match="ETL_KINESIS_CLIENT must be lean or boto3"):
+        settings.load({**base, "ETL_KINESIS_CLIENT": "fast"})
+
+
 def test_the_sqs_client_is_lean_by_default_and_boto3_on_request() -> None:
     base = {"ETL_MASKING_KEY": "m" * 32}
     assert settings.load(base).sqs_client == "lean"

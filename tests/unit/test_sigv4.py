@@ -1,4 +1,4 @@
-"""etl.sources.sqs.sigv4 signs exactly as botocore's own SigV4 signer does, for the requests the lean path sends."""
+"""etl.wire.sigv4 signs exactly as botocore's own SigV4 signer does, for the requests the lean path sends."""
 
 import json
 
@@ -7,7 +7,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from etl.sources.sqs import sigv4
+from etl.wire import sigv4
 
 FIXED = [
     ("Content-Type", "application/x-amz-json-1.0"),

@@ -1,11 +1,15 @@
 """The only module that talks to Kinesis Data Streams: shards, iterators, reads, puts.
 
-Its client is etl.aws's stock boto3 client. Driver errors leave this module as etl.errors kinds
+Its client is etl.aws's stock boto3 client; GetRecords, the one hot call, goes lean
+(etl.wire.lean: ~15 µs less CPU per record than botocore's parsing) unless ``reads="boto3"``
+(ETL_KINESIS_CLIENT) or the endpoint goes through a proxy. Driver errors leave this module as etl.errors kinds
 (etl.aws.translated's table), naming the operation and error code only (never a record's data).
 Two transient kinds have their own class (etl.model.shards), because a fetch handles them per
 shard: an expired iterator (get a new one) and a throttled shard (back off).
 """
 
+import base64
+import binascii
 import contextlib
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -18,6 +22,7 @@ from etl.errors import TerminalError, TransientError
 from etl.model import kpl, shards
 from etl.model.records import Message
 from etl.model.shards import Batch, Shard
+from etl.wire import lean
 
 MAX_PUT = 500  # PutRecords: records per call
 MAX_PUT_BYTES = 5 * 1024 * 1024  # PutRecords: bytes per call (data + partition keys)
@@ -31,12 +36,17 @@ def _translated(operation: str, expected: Collection[str] = ()) -> AbstractConte
 class Stream:
     """One Kinesis data stream."""
 
-    def __init__(self, name: str, client: Any = None) -> None:
+    def __init__(self, name: str, client: Any = None, reads: str = "lean") -> None:
         self.name = name
         # what checkpoints and message ids call this incarnation of the stream (etl.model.shards.
         # Incarnation.key): the name until a fetch run (or a caller) learns otherwise
         self.key = name
-        self.client = client or aws.client("kinesis")
+        self._lean: lean.LeanClient | None = None
+        if client is None:
+            client, wire = aws.kinesis()
+            if reads == "lean" and not lean.uses_proxy(wire.endpoint_url):
+                self._lean = lean.LeanClient(wire, None, api=lean.KINESIS)
+        self.client = client
 
     def incarnation(self) -> tuple[float, str | None]:
         """The stream's StreamCreationTimestamp (unix time) and ARN: a stream deleted and re-created
@@ -79,12 +89,25 @@ class Stream:
     def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
         """Up to ``limit`` records from ``iterator``, as messages of this stream and shard (an
         aggregated record as one message per user record)."""
-        with _translated("GetRecords"):
-            response = self.client.get_records(ShardIterator=iterator, Limit=max(1, min(limit, 10_000)))
-        received_at = time.time()
+        limit = max(1, min(limit, 10_000))
         messages: list[Message] = []
-        for r in response.get("Records", []):
-            messages += _to_messages(self.key, shard_id, r, received_at)
+        if self._lean is not None:
+            with _translated("GetRecords"):
+                response = self._lean.call("GetRecords", {"ShardIterator": iterator, "Limit": limit})
+            received_at = time.time()
+            for r in response.get("Records") or ():
+                messages += _to_messages(
+                    self.key, shard_id, r["SequenceNumber"], _data(r), r.get("ApproximateArrivalTimestamp"), received_at
+                )
+        else:
+            with _translated("GetRecords"):
+                response = self.client.get_records(ShardIterator=iterator, Limit=limit)
+            received_at = time.time()
+            for r in response.get("Records", []):
+                arrived = r.get("ApproximateArrivalTimestamp")
+                data = bytes(r.get("Data", b""))
+                stamp = arrived.timestamp() if arrived else None
+                messages += _to_messages(self.key, shard_id, r["SequenceNumber"], data, stamp, received_at)
         return Batch(messages, response.get("NextShardIterator"), response.get("MillisBehindLatest"))
 
     def put(
@@ -149,14 +172,24 @@ class Stream:
         return str(summary["StreamStatus"])
 
 
-def _to_messages(stream: str, shard_id: str, record: Any, received_at: float) -> list[Message]:
+def _data(record: dict[str, Any]) -> bytes:
+    """A record's Data as the JSON protocol sends it (base64); what does not decode is kept as
+    sent, to be rejected, never dropped."""
+    raw = record.get("Data") or ""
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return str(raw).encode("utf-8", "surrogatepass")
+
+
+def _to_messages(
+    stream: str, shard_id: str, seq: str, data: bytes, arrived: float | None, received_at: float
+) -> list[Message]:
     """One message for a plain record; one per user record for an aggregated one, each with its
     sub-sequence number in its id and its position (etl.model.shards.position) as receipt handle.
-    An aggregate that does not decode stays one message, rejected by etl.model.records."""
-    arrived = record.get("ApproximateArrivalTimestamp")
-    seq = record["SequenceNumber"]
-    data = bytes(record.get("Data", b""))
-    sent_ms = int(arrived.timestamp() * 1000) if arrived else int(received_at * 1000)
+    An aggregate that does not decode stays one message, rejected by etl.model.records.
+    ``arrived``: ApproximateArrivalTimestamp (unix seconds)."""
+    sent_ms = int(float(arrived) * 1000) if arrived else int(received_at * 1000)
     users = None
     if kpl.is_aggregated(data):
         with contextlib.suppress(kpl.Corrupt):

@@ -1,7 +1,7 @@
 """The SQS client interface: what etl.sources.sqs.queue.Queue asks of a client, and nothing more.
 
 Two clients implement it (``ETL_SQS_CLIENT``): ``etl.aws.Boto3Sqs`` (every call through boto3,
-several at once on a thread pool) and ``etl.sources.sqs.lean.LeanClient`` (the three hot calls
+several at once on a thread pool) and ``etl.wire.lean.LeanClient`` (the three hot calls
 over keep-alive HTTP, multiplexed on one thread; the others through ``Boto3Sqs``). Both answer
 with the dicts boto3 returns and fail with botocore's exceptions, which ``etl.aws.translated``
 maps to our kinds: Queue has one code path for both.

@@ -1,7 +1,7 @@
 """The SQS queue: receive, delete, visibility, send, depth, create.
 
 Every call goes through the SQS client interface (etl.sources.sqs.client.SqsClient), whichever
-client ``ETL_SQS_CLIENT`` chose: the stock one (etl.aws) or the lean one (etl.sources.sqs.lean).
+client ``ETL_SQS_CLIENT`` chose: the stock one (etl.aws) or the lean one (etl.wire.lean).
 Both fail with botocore's exceptions, which leave this module as our kinds (etl.errors, through
 etl.aws.translated's one table), with messages that name the operation and error code only.
 """
@@ -15,8 +15,8 @@ from typing import Any
 from etl import aws
 from etl.errors import TransientError
 from etl.model.records import Message
-from etl.sources.sqs import lean
 from etl.sources.sqs.client import SqsClient
+from etl.wire import lean
 
 log = logging.getLogger("etl.sqs")
 
@@ -30,7 +30,7 @@ def make_client(max_pool: int = 10, kind: str = "boto3", threads: int | None = N
     calls at once.
 
     ``kind="lean"`` sends the three hot calls (receive, delete batch, visibility batch) through
-    etl.sources.sqs.lean with the stock client's credentials, region, endpoint and CA bundle, and
+    etl.wire.lean with the stock client's credentials, region, endpoint and CA bundle, and
     every other call through the stock client; where a proxy is configured for the endpoint it
     stays stock (the lean path speaks direct only).
     """

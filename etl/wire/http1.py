@@ -1,4 +1,4 @@
-"""A minimal keep-alive HTTP/1.1 client connection for the lean SQS path (etl/sources/sqs/lean.py).
+"""A minimal keep-alive HTTP/1.1 client connection for the lean SQS path (etl/wire/lean.py).
 
 A request is written in one ``sendall``; the answer is parsed by hand (status line, headers,
 Content-Length or chunked body). http.client parses headers with the email package and urllib3

@@ -1,17 +1,19 @@
-"""The lean path for SQS's three hot calls: ReceiveMessage, DeleteMessageBatch and
-ChangeMessageVisibilityBatch (docs/performance.md).
+"""The lean path for the hot calls of AWS's JSON-protocol services (``Api``): SQS's
+ReceiveMessage, DeleteMessageBatch and ChangeMessageVisibilityBatch, and Kinesis' GetRecords
+(docs/performance.md, docs/kinesis.md).
 
-botocore spends about 2 ms of CPU on each of these calls (model-driven serialization and
-validation, event hooks, urllib3, model-driven parsing); at 0.2 calls per message that was most
-of what a message cost. This client sends the three calls itself, over pooled keep-alive
+botocore spends about 2 ms of CPU on each SQS call (model-driven serialization and validation,
+event hooks, urllib3, model-driven parsing); at 0.2 calls per message that was most of what a
+message cost; on a GetRecords of 500 records it spends ~15 µs a record (base64 and timestamps
+parsed for every field). This client sends these calls itself, over pooled keep-alive
 connections, and keeps from botocore everything that is hard to get right:
 
 * credentials: the boto3 session's credential chain (env, profile, SSO, container and instance
   roles, web identity / IRSA); expiring credentials are refreshed by botocore itself, because
   every request asks ``get_frozen_credentials()`` of the session's (refreshable) credentials;
 * region and endpoint: what botocore resolved for the stock client (``etl.aws.Wire``:
-  ``AWS_ENDPOINT_URL_SQS``, config files, FIPS/dual-stack, partitions);
-* signing: SigV4 (etl.sources.sqs.sigv4, held equal to botocore's own signer by a test; botocore's costs
+  ``AWS_ENDPOINT_URL_SQS`` / ``_KINESIS``, config files, FIPS/dual-stack, partitions);
+* signing: SigV4 (etl.wire.sigv4, held equal to botocore's own signer by a test; botocore's costs
   more CPU than the rest of a lean call);
 * TLS: verified against botocore's CA bundle (or ``AWS_CA_BUNDLE``), hostname checked;
 * errors: botocore's own exception classes, built as botocore's JSON parser builds them
@@ -20,9 +22,10 @@ connections, and keeps from botocore everything that is hard to get right:
 * retries: botocore's "standard" mode as etl.aws configures it (4 attempts in all; throttling
   codes, 5xx and connection errors; exponential backoff with full jitter, at most 20 s).
 
-It implements etl.sources.sqs.client.SqsClient; every other call (send, depth, create) goes to
-the stock client (``etl.aws.Boto3Sqs``) it is given. Nothing here logs, and no error message
-carries a request or response body (they hold PII).
+For SQS it implements etl.sources.sqs.client.SqsClient, every other call (send, depth, create)
+going to the stock client (``etl.aws.Boto3Sqs``) it is given; Kinesis' stream sends only
+GetRecords through it (answers as the service's JSON: Data still base64, timestamps as epoch
+seconds). Nothing here logs, and no error message carries a request or response body (they hold PII).
 """
 
 import json
@@ -32,7 +35,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -49,10 +53,38 @@ from botocore.exceptions import (
 from botocore.httpsession import get_cert_path
 
 from etl.aws import Wire
-from etl.sources.sqs import http1, sigv4
-from etl.sources.sqs.client import SqsClient
+from etl.wire import http1, sigv4
 
-HOT_CALLS = frozenset({"ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"})
+
+@dataclass(frozen=True)
+class Api:
+    """How one JSON-protocol service's calls look on the wire, and which of them go lean."""
+
+    service: str  # SigV4's signing name
+    target: str  # X-Amz-Target is "<target>.<operation>"
+    content_type: str
+    hot: frozenset[str]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+SQS = Api(
+    "sqs",
+    "AmazonSQS",
+    "application/x-amz-json-1.0",
+    frozenset({"ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"}),
+    (("x-amzn-query-mode", "true"),),  # as botocore sends for SQS (query-compatible error codes)
+)
+KINESIS = Api("kinesis", "Kinesis_20131202", "application/x-amz-json-1.1", frozenset({"GetRecords"}))
+
+
+class Cold(Protocol):
+    """The stock client a lean one hands every other call to (etl.aws.Boto3Sqs)."""
+
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]: ...
+    def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]: ...
+    def close(self) -> None: ...
+
+
 # botocore's standard retry mode (botocore/retries/standard.py): what it retries, and how long.
 _THROTTLING = {
     "Throttling",
@@ -83,16 +115,25 @@ class _Retryable(Exception):
 
 
 class LeanClient:
-    """The three hot SQS calls over keep-alive HTTP; the others through the stock client ``cold``.
+    """``api``'s hot calls over keep-alive HTTP; the others through the stock client ``cold``
+    (none: only hot calls are made).
 
-    Responses are returned as the same dicts boto3 returns, and failures raise the same botocore
-    exceptions, so ``etl.sources.sqs.queue.Queue`` uses either client unchanged (SqsClient).
+    Responses are the service's JSON as dicts (for SQS the same dicts boto3 returns), and
+    failures raise the same botocore exceptions, so ``etl.sources.sqs.queue.Queue`` uses either
+    client unchanged (SqsClient) and ``etl.aws.translated`` maps both clients' errors alike.
     """
 
     def __init__(
-        self, wire: Wire, cold: SqsClient, *, max_pool: int = 10, sleep: Callable[[float], None] = time.sleep
+        self,
+        wire: Wire,
+        cold: Cold | None,
+        *,
+        api: Api = SQS,
+        max_pool: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._cold = cold
+        self._api = api
         self._credentials = wire.credentials
         self._region = wire.region
         self.endpoint_url = wire.endpoint_url
@@ -113,28 +154,34 @@ class LeanClient:
             host = f"{host}:{parts.port}"
         self._url = f"{parts.scheme}://{host}{parts.path or '/'}"
         self._path = (parts.path or "/").encode()
-        self._signer = sigv4.Signer(host, parts.path or "/", self._region)
+        self._signer = sigv4.Signer(host, parts.path or "/", self._region, api.service)
         self._max_pool = max_pool
         self._max_attempts = wire.max_attempts
         self._timeouts = (wire.connect_timeout, wire.read_timeout)
         self._sleep = sleep
         self._idle: list[http1.Connection] = []
         self._lock = threading.Lock()
-        self._user_agent = f"{wire.user_agent} etl-lean-sqs".encode()
+        self._user_agent = f"{wire.user_agent} etl-lean-{api.service}".encode()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-        self._cold.close()
+        if self._cold is not None:
+            self._cold.close()
+
+    def _stock(self, operation: str) -> Cold:
+        if self._cold is None:
+            raise ValueError(f"{operation} is not one of this lean client's calls")
+        return self._cold
 
     # -- one call, with botocore's standard retries --------------------------------------------
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One call, with botocore's standard retries (a cold one: the stock client's call)."""
-        if operation not in HOT_CALLS:
-            return self._cold.call(operation, params)
+        if operation not in self._api.hot:
+            return self._stock(operation).call(operation, params)
         body = json.dumps(params, separators=(",", ":")).encode()
         attempt = 1
         while True:
@@ -161,8 +208,8 @@ class LeanClient:
         cost one latency and no thread switching. Retries follow the standard rules per call, and
         the calls to retry go out together again after one backoff; once every call has ended,
         each call's answer or botocore exception comes back in its place."""
-        if operation not in HOT_CALLS:
-            return self._cold.call_many(operation, params_list)
+        if operation not in self._api.hot:
+            return self._stock(operation).call_many(operation, params_list)
         if len(params_list) <= 1:
             return [self._settled(operation, p) for p in params_list]
         bodies = [json.dumps(p, separators=(",", ":")).encode() for p in params_list]
@@ -299,9 +346,9 @@ class LeanClient:
             raise NoCredentialsError()
         frozen = self._credentials.get_frozen_credentials()  # refreshes expiring credentials
         fixed = [
-            ("Content-Type", "application/x-amz-json-1.0"),
-            ("X-Amz-Target", f"AmazonSQS.{operation}"),
-            ("x-amzn-query-mode", "true"),  # as botocore sends for SQS (query-compatible error codes)
+            ("Content-Type", self._api.content_type),
+            ("X-Amz-Target", f"{self._api.target}.{operation}"),
+            *self._api.headers,
         ]
         keys = sigv4.Frozen(frozen.access_key or "", frozen.secret_key or "", frozen.token)
         headers = self._signer.headers(keys, body, fixed)
