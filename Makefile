@@ -57,7 +57,8 @@ bench: install
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The Kinesis source (moto's server) next to a raw GetRecords drain of the same records (docs/kinesis.md).
+# The Kinesis source next to a bare GetRecords drain of the same records, on moto and on kinesis-mock
+# (docs/kinesis.md); BENCH_ARGS="--records N" for a shorter run (not saved).
 bench-kinesis: install
 	$(BIN)/python -m bench.kinesis $(BENCH_ARGS)
 

@@ -236,11 +236,12 @@ def run(
             return 1
         elapsed = time.monotonic() - started
         print()
-        counts = scrape_metrics(int(env.get("ETL_METRICS_PORT") or 9808), result["rows"])
+        counts = scrape_metrics(int(env.get("ETL_METRICS_PORT") or 9808), result["rows"], config.source == "sqs")
         details = store.query(
             conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
         )
-        print_summary(result, details, len(ids), elapsed, source.backlog(conn)[:2])
+        table_rows = int(store.stats(conn)["rows"])
+        print_summary(result, details, len(ids), elapsed, source.backlog(conn)[:2], table_rows)
         if counts:
             port = int(env.get("ETL_METRICS_PORT") or 9808)
             print(f"metrics    http://127.0.0.1:{port}/metrics: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
@@ -255,7 +256,11 @@ def run(
             print(f"a process of the demo exited; see {LOG_DIR}/")
             return 1
     if not keep:
-        print("to look at the table: `etl demo --keep` leaves everything up and prints a DATABASE_URL for psql")
+        etl = Path(sys.executable).parent / "etl"
+        print(
+            f"to look at the table: `{etl if etl.exists() else 'etl'} demo --keep` leaves everything up and "
+            "prints a DATABASE_URL for psql"
+        )
     return 0
 
 
@@ -284,8 +289,9 @@ def print_kept(env: dict[str, str], config: settings.Settings, embedded_postgres
     print(f"DATABASE_URL={config.database_url}")
 
 
-def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]:
-    """The worker's main counters from its metrics endpoint (empty if it is not reachable)."""
+def scrape_metrics(port: int, rows: int, deletes: bool = True, timeout: float = 5) -> dict[str, float]:
+    """The worker's main counters from its metrics endpoint (empty if it is not reachable);
+    ``deletes``: with messages deleted (SQS: a stream deletes nothing)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -293,7 +299,7 @@ def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]
     wanted = (
         "etl_rows_written_total",
         "etl_rejected_total",
-        "etl_messages_deleted_total",
+        *(("etl_messages_deleted_total",) if deletes else ()),
         "etl_duplicates_skipped_total",
     )
     deadline = time.monotonic() + timeout
@@ -316,17 +322,28 @@ def scrape_metrics(port: int, rows: int, timeout: float = 5) -> dict[str, float]
 
 
 def print_summary(
-    result: dict[str, Any], details: list[tuple[Any, ...]], sent: int, elapsed: float, backlog: tuple[str, str]
+    result: dict[str, Any],
+    details: list[tuple[Any, ...]],
+    sent: int,
+    elapsed: float,
+    backlog: tuple[str, str],
+    table_rows: int = 0,
 ) -> None:
+    """This run's messages: rows, rejections and the masked tokens they share (the duplicates an
+    analyst can find); and the table's total where earlier runs left rows (sent again, the same
+    events are new messages: each run adds its own rows)."""
     print("=" * 64)
     print(f"sent       {sent} messages")
-    print(f"rows       {result['rows']}")
+    earlier = table_rows - int(result["rows"])
+    more = f" (the table holds {table_rows}: {earlier} from earlier runs; --fresh empties it)" if earlier > 0 else ""
+    print(f"rows       {result['rows']}{more}")
     print(f"rejected   {result['rejected']}")
     for reason, detail in details:
         print(f"             {reason}: {detail}")
     print(
-        f"duplicates {result['shared_ip_tokens']} shared ip tokens ({result['rows_with_shared_ip']} rows), "
-        f"{result['shared_device_tokens']} shared device tokens ({result['rows_with_shared_device']} rows)"
+        f"shared     {result['shared_ip_tokens']} ip tokens ({result['rows_with_shared_ip']} rows), "
+        f"{result['shared_device_tokens']} device tokens ({result['rows_with_shared_device']} rows): "
+        "the same ip or device in several rows"
     )
     print(f"{backlog[0]:<10} {backlog[1]}" + (" (empty)" if backlog[0] == "queue" else ""))
     print(f"throughput {sent / elapsed:.1f} messages/s ({elapsed:.1f}s from worker start, including start-up)")
