@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bench import context
+from bench import context, profile
 from bench.context import Processes, fresh, rows
 from bench.cpu import CpuMeter, StandIn, bare_loop
 from etl import settings
@@ -56,8 +56,12 @@ def bare_at(standin: StandIn, rate: float | None, seconds: float) -> dict[str, A
     return bare_loop(url, procs, threads, seconds, "boto3", wait_seconds=20)
 
 
-def pipeline_at(standin: StandIn, env: dict[str, str], rate: float | None, seconds: float) -> dict[str, Any]:
-    """The pipeline's CPU per message, calls per message and latency at ``rate`` (None: saturated)."""
+def pipeline_at(
+    standin: StandIn, env: dict[str, str], rate: float | None, seconds: float, profile_seconds: float = 0
+) -> dict[str, Any]:
+    """The pipeline's CPU per message, calls per message and latency at ``rate`` (None: saturated);
+    with ``profile_seconds``, then where its CPU goes at that rate (py-spy, after the measured
+    window, so the sampling costs nothing in it)."""
     conn = fresh()
     standin.reset(0)
     procs = Processes()
@@ -85,7 +89,9 @@ def pipeline_at(standin: StandIn, env: dict[str, str], rate: float | None, secon
         calls = sum(standin.stats()["calls"].values()) - calls0
         lat = latency.summary(coordinator.latencies(5), 5)
         n = max(1, r1 - r0)
+        stages = profile.record([worker.pid, beat.pid], profile_seconds, procs.logdir) if profile_seconds else None
         return {
+            "profile": stages and {k: round(v, 3) for k, v in stages.items()},
             "msg_per_s": round((r1 - r0) / (t1 - t0)),
             "messages": r1 - r0,
             "cpu_us_per_message": round(cpu / n * 1e6, 1),
@@ -107,7 +113,8 @@ def measure(
     run_env = defaults_env(env)
     for fraction in (*FRACTIONS, None):
         rate = None if fraction is None else max(1.0, capacity * fraction)
-        ours = pipeline_at(standin, run_env, rate, seconds)
+        # where the CPU goes at the everyday load (issue 24 asks for it): profiled at 10%
+        ours = pipeline_at(standin, run_env, rate, seconds, profile_seconds=seconds if fraction == FRACTIONS[0] else 0)
         context.log(f"   pipeline at {fraction or 'saturated'}: {ours}")
         bare = bare_at(standin, rate, seconds)
         out.append(

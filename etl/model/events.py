@@ -121,6 +121,11 @@ def _named_user(body: str) -> str | None:
     return next((v for v in found if isinstance(v, str) and _check_text("user_id", v) is None), None)
 
 
+def check_user_id(value: object) -> Rejection | None:
+    """Why ``value`` is not a user id ingest would accept (None: it is one)."""
+    return _check_text("user_id", value)
+
+
 def _check_text(field: str, value: object, *, nullable: bool = False) -> Rejection | None:
     if value is None and nullable:
         return None

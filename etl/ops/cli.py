@@ -330,7 +330,9 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
 
-    demo = sub.add_parser("demo", help="run the whole pipeline locally on an embedded SQS server (ETL_SOURCE=kinesis: a stream)")
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline locally on an embedded SQS server (ETL_SOURCE=kinesis: a stream)"
+    )
     demo.add_argument("--file", help="events to seed (default: the shared samples if present, else generated)")
     demo.add_argument("--timeout", type=float, default=180, help="seconds to wait for the queue to drain")
     demo.add_argument("--flower-port", type=int, default=5555, help="0 to skip Flower")

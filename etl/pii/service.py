@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from etl.crypto import auditchain, vault
 from etl.crypto.masking import Masker
 from etl.errors import ConfigError, EtlError, Forbidden, TerminalError
+from etl.model import events
 from etl.pii import anchor
 from etl.progress import Progress
 from etl.settings import Settings
@@ -118,9 +119,11 @@ def check_reason(reason: str) -> None:
 
 
 def check_user_id(user_id: str) -> None:
-    """A user id as user_logins holds them (varchar(128)), checked before any SQL."""
-    if not 1 <= len(user_id) <= 128 or _unprintable(user_id):
-        raise ConfigError("a user id is 1 to 128 characters without control characters")
+    """A user id as ingest accepts it (etl.model.events: 1 to 128 characters, not blank, no NUL,
+    valid Unicode), checked before any SQL: every user whose rows the table holds can be named
+    here, format and control characters included (output shows them escaped: report.printable)."""
+    if events.check_user_id(user_id) is not None:
+        raise ConfigError("a user id is 1 to 128 characters, not blank, without NUL, as the table holds them")
 
 
 def select_tokens(

@@ -98,3 +98,21 @@ def test_a_rejected_body_that_names_a_user_is_kept_under_that_user_for_erasure(b
     rejected = events.parse_event(body)
     assert isinstance(rejected, events.Rejection) and rejected.reason == events.INVALID_JSON
     assert rejected.user_id == "henry"
+
+
+@pytest.mark.parametrize("user_id", ["ann", "a\u200db", "tab\there", "\x1b[31mred", "\ue000private", "x" * 128])
+def test_an_officer_can_name_every_user_id_ingest_accepts(user_id: str) -> None:
+    from etl.pii.service import check_user_id
+
+    body = json.dumps({"user_id": user_id, "device_type": "ios", "ip": "1.2.3.4", "device_id": "d", "app_version": "1"})
+    assert isinstance(events.parse_event(body), events.LoginEvent)
+    check_user_id(user_id)  # erase / reveal --user-id take it
+
+
+@pytest.mark.parametrize("user_id", ["", "   ", "a\x00b", "x" * 129, "\ud800"])
+def test_an_id_ingest_refuses_is_refused_before_any_sql(user_id: str) -> None:
+    from etl.errors import ConfigError
+    from etl.pii.service import check_user_id
+
+    with pytest.raises(ConfigError, match="a user id is 1 to 128 characters"):
+        check_user_id(user_id)
