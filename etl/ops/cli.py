@@ -181,8 +181,11 @@ def cmd_health(args: argparse.Namespace, s: settings.Settings) -> int:
             what = "shards behind or uncommitted"
         else:
             waiting, what = sqs.Queue(s.sqs_queue_url).depth()["visible"], "messages"
-    except EtlError as exc:
-        print(f"unhealthy: {exc}")
+    except EtlError as exc:  # a verdict too (it cannot judge): the same shape as any other
+        if args.json:
+            print(json.dumps({"healthy": False, "reasons": [f"cannot check: {exc}"]}))
+        else:
+            print(f"unhealthy: cannot check: {report.printable(str(exc))}")
         return 1
     verdict = health.assess(
         waiting=waiting,

@@ -25,3 +25,15 @@ def test_a_progress_bar_off_a_terminal_prints_one_line(capsys: pytest.CaptureFix
             bar.advance(step)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("seeding: 250/250 msg in ") and "100%" not in err
+
+
+def test_health_that_cannot_check_still_answers_in_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    monkeypatch.setenv("ETL_MASKING_KEY", "x" * 32)
+    assert cli.main(["health", "--json"]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["healthy"] is False and verdict["reasons"][0].startswith("cannot check: Redis")
