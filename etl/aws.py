@@ -369,7 +369,7 @@ def _notice(service: str, operation: str) -> Iterator[None]:
         yield
         return
     where = f" at {_endpoints[service]}" if service in _endpoints else ""
-    line = f"etl: waiting for {service}{where} ({operation}); giving up after {patience.bound:.0f} s"
+    line = f"etl: waiting for {service}{where} ({operation}); giving up within {patience.bound:.0f} s"
     timer = threading.Timer(NOTICE_AFTER, lambda: print(line, file=sys.stderr, flush=True))
     timer.daemon = True
     timer.start()

@@ -271,12 +271,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """One line per check, ok or FAIL with the fix; exit 1 if anything failed."""
+    """One line per check, ok, warn or FAIL (the last two with the fix); exit 1 if anything failed."""
     checks = doctor.run(args.role)
     color = sys.stdout.isatty()
     for c in checks:
-        mark = ("\033[32mok  \033[0m" if c.ok else "\033[31mFAIL\033[0m") if color else ("ok  " if c.ok else "FAIL")
-        print(f"{mark} {c.name}: {report.printable(c.says)}" + (f" -> {c.fix}" if c.fix and not c.ok else ""))
+        word, paint = ("warn", "33") if c.ok and c.warn else ("ok  ", "32") if c.ok else ("FAIL", "31")
+        mark = f"\033[{paint}m{word}\033[0m" if color else word
+        fix = f" -> {c.fix}" if c.fix and (c.warn or not c.ok) else ""
+        print(f"{mark} {c.name}: {report.printable(c.says)}{fix}")
     failed = sum(not c.ok for c in checks)
     print(f"{failed} of {len(checks)} checks failed" if failed else f"all {len(checks)} checks passed")
     return 1 if failed else 0

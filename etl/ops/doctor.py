@@ -41,6 +41,7 @@ class Check:
     ok: bool
     says: str
     fix: str = ""
+    warn: bool = False  # ok, yet something a user probably wants otherwise (shown with its fix)
 
 
 def run(role: str, env_loader: Callable[[], settings_module.Settings] = settings_module.load) -> list[Check]:
@@ -167,7 +168,13 @@ def _visibility(s: settings_module.Settings) -> Check:
 def _metrics(s: settings_module.Settings) -> Check:
     directory = s.metrics_dir
     if not directory:
-        return Check("metrics", True, "PROMETHEUS_MULTIPROC_DIR unset: workers serve no metrics")
+        return Check(
+            "metrics",
+            True,
+            "PROMETHEUS_MULTIPROC_DIR unset: this worker will serve no metrics (dashboards and alerts see nothing)",
+            "set PROMETHEUS_MULTIPROC_DIR to a directory of this worker's own (docs/operations.md)",
+            warn=True,
+        )
     existing = directory
     while existing and not os.path.exists(existing):
         existing = os.path.dirname(existing.rstrip("/")) or "/"
