@@ -4,7 +4,7 @@ production sees, at the default settings, each next to a bare stock-boto3 loop a
 For each load (10%, 50%, 90% of the capacity measured in the same run, and saturated) the
 stand-in's queue fills at that rate (SentTimestamp = when the message is due). The pipeline is
 the real worker (2 processes, lean client) + beat with the default fetch settings
-(ETL_FETCH_INTERVAL, ETL_FETCH_SECONDS, ETL_CHUNK_LINGER_MS ...); after a warm-up its CPU (worker
+(ETL_FETCH_INTERVAL, ETL_FETCH_SECONDS, ETL_CHUNK_LINGER ...); after a warm-up its CPU (worker
 tree + beat) is counted over a window, per committed message, and latency p50/p99 is read as
 operators read it (the workers' per-minute counts, as `etl stats` shows).
 

@@ -31,7 +31,7 @@ class Settings:
     chunk_max_bytes: int = 524_288
     # Seconds a partial chunk waits for more messages before it is handed on (a fetch receiving
     # less than a chunk's worth): fewer, fuller chunks at low load, for up to this much latency.
-    chunk_linger: float = 0.5
+    chunk_linger: float = 1.0
     fetch_interval: float = 5.0
     fetch_seconds: float = 20.0
     fetch_max_messages: int = 10_000
