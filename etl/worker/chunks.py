@@ -113,7 +113,14 @@ def _record_start_and_serve_metrics(sender: Any = None, **_: Any) -> None:
         queued = lambda: rt.coordinator.queued(QUEUE)  # noqa: E731
         if rt.settings.source == "kinesis":
             name = rt.settings.kinesis_stream_name
-            source: Any = metrics.StreamCollector(lambda: rt.coordinator.entries(stream_key(name, "status")), queued)
+
+            def status() -> dict[str, dict[str, Any]]:
+                """The shards of the incarnation the fetch runs read now (a stream re-created under
+                its name has a key of its own; the old one's status would stay frozen)."""
+                current = rt.coordinator.entries(stream_key(name, "incarnation")).get("current") or {}
+                return rt.coordinator.entries(stream_key(str(current.get("key") or name), "status"))
+
+            source: Any = metrics.StreamCollector(status, queued)
         else:
             source = metrics.QueueCollector(rt.queue.depth, queued)
         try:

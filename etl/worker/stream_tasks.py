@@ -19,6 +19,7 @@ from etl.worker.chunks import CHUNK_TASK_OPTIONS, MASK_AND_WRITE_STREAM
 
 log = logging.getLogger("etl.stream_tasks")
 FETCH_STREAM = "etl.fetch_stream"
+ROOM_WAIT = 0.5  # seconds before a run that met backpressure is followed by the next
 
 
 def send_stream_chunk(position: Position, chunk: list[Message], sealer: Sealer) -> None:
@@ -51,10 +52,14 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         heartbeat=lambda: rt.coordinator.heartbeat("fetch", self.request.hostname or "?"),
         on_expired=lambda: metrics.instruments().stream_expired.inc(),
     )
-    if report.get("stopped") == "budget":
-        # Its shards are read on now, not at beat's next tick (up to ETL_FETCH_INTERVAL away); a
-        # run that finds no shard free ends without a successor, so the runs never multiply.
-        self.apply_async(expires=s.fetch_interval)
+    stopped = report.get("stopped")
+    if stopped in ("budget", "backpressure"):
+        # Its shards are read on soon, not at beat's next tick (up to ETL_FETCH_INTERVAL away): at
+        # once after its budget; after ROOM_WAIT on backpressure, having freed its worker process
+        # for the chunks it waits for. A run that finds no shard free queues nothing, so runs
+        # never multiply.
+        wait = ROOM_WAIT if stopped == "backpressure" else 0.0
+        self.apply_async(countdown=wait, expires=s.fetch_interval + wait)
     return report
 
 

@@ -174,6 +174,26 @@ def test_every_record_once_and_checkpoints_at_the_end(
     assert len(replays) == 3 and all(r[0].startswith(stream.name + "/") for r in replays)
 
 
+@pytest.mark.long(15)
+def test_fetch_runs_that_meet_backpressure_leave_the_workers_to_the_chunks(
+    stream: kinesis.Stream, kinesis_endpoint: str, conn: store.Connection, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """One shard per fetch run and two worker processes: both can be holding a fetch run at once.
+    A run that met a full broker and waited in its process for room (as one did for a while)
+    left no process for the chunks it waited on: rows came once per fetch budget (20 s). A run
+    now ends on backpressure and the next follows shortly."""
+    bodies = samples.generate(1500, seed=9, malformed_rate=0.0)
+    put(stream, bodies)
+    env = stream_env(stream, kinesis_endpoint, ETL_KINESIS_SHARDS_PER_FETCH="1", ETL_MAX_QUEUED_CHUNKS="2")
+    p = ProcessGroup(env={**env, "ETL_FETCH_SECONDS": "20"}, workdir=tmp_path)
+    try:
+        p.start("worker", "beat")
+        wait_until(all_in(conn, len(bodies)), 60, "every record, with both processes free to write")
+        assert counts(conn) == (len(bodies), 0)
+    finally:
+        p.stop()
+
+
 def etl_command(group: ProcessGroup, *args: str) -> str:
     """The `etl` command, run as an operator would, with the pipeline's environment."""
     done = subprocess.run(
@@ -603,5 +623,14 @@ def test_a_stream_deleted_and_re_created_is_read_from_its_start_and_said_so(
         assert "re-created: this stream was created" in stats and f"as {key} (incarnation 2)" in stats
         assert json.loads(etl_command(p, "stats", "--json"))["stream"]["incarnation"] == 2
         assert "re-created: this stream was created" in etl_command(p, "health")
+        # what the workers' metrics read: the new incarnation's shards, not the old one's frozen status
+        published = lambda: {  # noqa: E731
+            k.decode(): json.loads(v) for k, v in broker.hgetall(f"etl:stream:{stream.name}:incarnation").items()
+        }
+        assert published()["current"]["key"] == key
+        status = lambda: {  # noqa: E731
+            k.decode(): json.loads(v)["pointer"] for k, v in broker.hgetall(f"etl:stream:{key}:status").items()
+        }
+        wait_until(lambda: status() == want, 30, "the new incarnation's status at its last records")
     finally:
         p.stop()

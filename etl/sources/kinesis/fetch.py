@@ -4,8 +4,9 @@ One fetch run's set-up (shards, leases, checkpoints, incarnations, status) and t
 live in etl.sources.kinesis.runner; this module is the loop they drive:
 
 * ``fetch``: read the shards this run leased, round robin, within each shard's read limit
-  (GetRecords 5 calls/s), and hand each read on as one chunk with the contiguous range it
-  covers. While the broker is full (backpressure) it waits within its budget; it stops on shutdown.
+  (GetRecords 5 calls/s), and hand each read on as chunks, each with the contiguous range it
+  covers. It stops when the broker is full (backpressure: the task queues the next run shortly)
+  and on shutdown.
 * ``hand_on``: a read as chunks bounded by count and bytes, a refused chunk split (etl.model.chunking).
 """
 
@@ -27,7 +28,6 @@ IDLE_INTERVAL = 1.0  # a shard with nothing new is asked again after this long
 MAX_BACKOFF = 5.0
 VERIFY_EVERY = 1.0  # at most one DescribeStreamSummary a second per fetch run, for reads at the stream's tip
 CLOCK_SKEW = 30.0  # seconds our clock may differ from Kinesis' ApproximateArrivalTimestamp
-ROOM_POLL = 0.2  # seconds between looks at the broker while a read's further chunks wait for room
 # A read asks for this many chunks' worth of records (at most GetRecords' 10,000): with 5 reads a
 # second per shard, reads of one chunk would cap a shard at 5 chunks a second, whatever the CPU.
 READ_CHUNKS = 4
@@ -43,7 +43,8 @@ class ShardReader(Protocol):
 
 
 def stream_key(stream: str, what: str) -> str:
-    """A Kinesis stream's Redis key: "pointers" and "status" (hashes by shard), "lease:<shard>"."""
+    """A Kinesis stream's Redis key: "pointers" and "status" (hashes by shard), "lease:<shard>";
+    "incarnation" (under the stream's name: the key its current incarnation is read under)."""
     return f"etl:stream:{stream}:{what}"
 
 
@@ -114,19 +115,14 @@ def fetch(
     """
     started = clock()
     deadline = started + budget_seconds
-    report = StreamFetchReport()  # stopped: "budget" unless the run ends waiting for room, or on a pause
+    report = StreamFetchReport()
     active = list(cursors)
     held: list[tuple[Cursor, Batch]] = []
     checked = verified_at
 
-    def room() -> None:
-        """Wait while the broker holds enough chunks (a read cut into several)."""
-        while clock() < deadline and pause() == "backpressure":
-            sleep(ROOM_POLL)
-
     def go_on(c: Cursor, b: Batch) -> None:
         def send(p: Position, ms: list[Message], moved: Callable[[str], None]) -> int:
-            return hand_on(p, ms, dispatch, chunk_size, chunk_bytes, room, moved)
+            return hand_on(p, ms, dispatch, chunk_size, chunk_bytes, moved)
 
         _hand_on(reader, c, b, send, advanced, wall, report)
         if at_end(c.shard, c.pointer, b.next_iterator) and c in active:
@@ -142,9 +138,7 @@ def fetch(
             report.stopped = "stream re-created"
             return False
         checked = at
-        for n, (c, b) in enumerate(held):
-            if n:
-                room()  # held reads go on together: each waits for the broker's room like a chunk
+        for c, b in held:
             go_on(c, b)
         held.clear()
         return True
@@ -154,17 +148,13 @@ def fetch(
         if now >= deadline:
             break
         reason = pause()
-        if reason == "backpressure":
-            # The records wait in the stream, and nothing is lost by waiting with them: the run
-            # reads on as soon as the broker has room (ending it would leave the shards unread
-            # until beat's next tick).
-            report.stopped = reason
-            sleep(min(ROOM_POLL, max(deadline - now, 0.0)))
-            continue
         if reason:
+            # Backpressure ends the run too, rather than waiting in it: a run holds a worker
+            # process, and the chunks it waits for need those processes (the task queues the next
+            # run shortly, etl.worker.stream_tasks). A read in hand has gone on whole, so the broker
+            # may hold up to one read (READ_CHUNKS chunks) per run over ETL_MAX_QUEUED_CHUNKS.
             report.stopped = reason
             break
-        report.stopped = "budget"
         if held and wall() - checked >= VERIFY_EVERY:
             if not verify_and_hand_on():
                 return _done(report, clock, started, active)
@@ -272,7 +262,6 @@ def hand_on(
     dispatch: Callable[[Position, list[Message]], None],
     chunk_size: int,
     chunk_bytes: int,
-    room: Callable[[], None] = lambda: None,
     moved: Callable[[str], None] = lambda last: None,
 ) -> int:
     """Dispatch one read (``position`` its range) as chunks of at most ``chunk_size`` records and
@@ -282,8 +271,9 @@ def hand_on(
     A record over the stream's 1 MiB is withheld (``too_large``); a chunk the broker refuses is
     split, down to a record rejected alone (``broker_refused``: etl.model.chunking.deliver). If
     the broker is down, the error stops the run with the shard's pointer where it was: what was
-    handed on is read again and skipped as already written. ``room`` runs before each further
-    chunk (it waits while the broker is full); ``moved`` after each chunk, with its last position.
+    handed on is read again and skipped as already written. A read goes on whole, full broker or
+    not (GetRecords bounds it: 10 MB): waiting here would hold the worker process the queued
+    chunks need. ``moved`` runs after each chunk, with its last position.
     """
     after = {}  # each record's range start: the position of the record before it
     previous = position.after
@@ -295,9 +285,7 @@ def hand_on(
         dispatch(replace(position, after=after[part[0].receipt_handle], last=part[-1].receipt_handle), part)
 
     chunks = chunking.cut(chunking.screen(messages), chunk_size, chunk_bytes)
-    for n, part in enumerate(chunks):
-        if n:
-            room()
+    for part in chunks:
         try:
             refused = chunking.deliver(part, send)
         except chunking.Undelivered as exc:

@@ -109,6 +109,8 @@ def run(
         verified_at = time.time()
         life = streams.incarnation(conn, stream.name, *stream.incarnation())
         stream.key = life.key
+        # which key the status below is published under, for the metrics (etl.worker.chunks)
+        redis.put(stream_key(stream.name, "incarnation"), "current", {"key": life.key})
         if life.new and life.previous_created_at is not None:
             run_log.warning(
                 "stream %s was deleted and re-created (created %s, the one read before %s): reading the new "
