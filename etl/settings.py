@@ -156,6 +156,8 @@ _NUMBERS = (
 # hard one, or a chunk still running sees its messages handed out again (`etl doctor` checks it).
 CHUNK_SOFT_TIME_LIMIT = 60
 CHUNK_TIME_LIMIT = 90
+# A fetch run's budget: what the soft time limit leaves after its last chunks are handed on
+MAX_FETCH_SECONDS = CHUNK_SOFT_TIME_LIMIT - 10
 # message_id is "<stream>[~<incarnation>]/<shard id>/<sequence number>[/<sub-sequence number>]"
 # in varchar(128): shard ids are 20 characters, sequence numbers at most 56 digits, sub-sequence
 # numbers (a user record of an aggregated record) at most 6, a re-created stream's "~<n>" at most
@@ -289,7 +291,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if settings.chunk_linger > MAX_LINGER:
         raise ConfigError(
             f"ETL_CHUNK_LINGER must be at most {MAX_LINGER:g} seconds (a lingering chunk's messages are "
-            "already received and wait invisible): the default 0.5 s costs little latency"
+            "already received and wait invisible): the default 1 s costs little latency"
+        )
+    if settings.fetch_seconds > MAX_FETCH_SECONDS:
+        raise ConfigError(
+            f"ETL_FETCH_SECONDS must be at most {MAX_FETCH_SECONDS} seconds: a fetch run is a task under the "
+            f"{CHUNK_SOFT_TIME_LIMIT} s time limit, which would end every longer run (runs follow each other at "
+            "once, so a longer one gains nothing; the default is 20)"
         )
     if settings.chunk_max_bytes > MAX_CHUNK_BYTES:
         raise ConfigError(f"ETL_CHUNK_MAX_BYTES must be at most {MAX_CHUNK_BYTES} (Redis's largest value, 512 MiB)")

@@ -170,3 +170,10 @@ def test_a_visibility_within_the_chunk_time_limit_is_a_contradiction() -> None:
     (line,) = settings.contradictions(settings.load({"SQS_VISIBILITY_TIMEOUT": "60"}))
     assert "SQS_VISIBILITY_TIMEOUT=60 does not exceed a chunk's hard time limit (90 s)" in line
     assert settings.contradictions(settings.load({})) == []
+
+
+def test_a_fetch_budget_the_task_time_limit_would_cut_is_refused() -> None:
+    base = {"ETL_MASKING_KEY": "x" * 32}
+    assert settings.load({**base, "ETL_FETCH_SECONDS": "50"}).fetch_seconds == 50
+    with pytest.raises(ConfigError, match="ETL_FETCH_SECONDS must be at most 50 seconds"):
+        settings.load({**base, "ETL_FETCH_SECONDS": "75"})
