@@ -3,21 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# npm's kinesis-local (kinesis-mock); etl/demo/processes.py KINESIS_MOCK_VERSION says the same
-KINESIS_MOCK := 0.6.2
 
 .PHONY: install demo test lint typecheck unit integration chaos bench bench-kinesis clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile tools/kinesis-mock/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
-	@# kinesis-mock, the second Kinesis server of the tests and bench-kinesis (Node.js); skipped without npm
+	@# kinesis-mock, the second Kinesis server of the tests and bench-kinesis (Node.js), exactly as
+	@# tools/kinesis-mock/package-lock.json pins it (version and integrity hash, no install scripts)
 	if command -v npm >/dev/null 2>&1; then \
-	  npm install --silent --no-audit --no-fund --prefix $(VENV)/kinesis-mock kinesis-local@$(KINESIS_MOCK); \
+	  mkdir -p $(VENV)/kinesis-mock && cp tools/kinesis-mock/package.json tools/kinesis-mock/package-lock.json $(VENV)/kinesis-mock/ && \
+	  npm ci --silent --ignore-scripts --no-audit --no-fund --prefix $(VENV)/kinesis-mock; \
 	else echo "npm not found: the Kinesis tests on kinesis-mock will be skipped (moto's run)"; fi
 	touch $(STAMP)
 

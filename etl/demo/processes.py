@@ -290,8 +290,8 @@ class LocalStack:
         stop(self.proc, grace=20)
 
 
-# Where `make install` puts kinesis-mock (the npm package kinesis-local, pinned in the Makefile):
-# inside the venv, so `make clean` removes it with everything else.
+# Where `make install` puts kinesis-mock (the npm package kinesis-local, locked with its integrity
+# hash in tools/kinesis-mock/): inside the venv, so `make clean` removes it with everything else.
 KINESIS_MOCK_VERSION = "0.6.2"
 KINESIS_MOCK = Path(sys.prefix) / "kinesis-mock" / "node_modules" / "kinesis-local"
 

@@ -85,6 +85,10 @@ def test_compose_refuses_to_start_without_keys(tmp_path: Path) -> None:
 
 
 def test_make_installs_the_kinesis_mock_the_tests_start() -> None:
-    pinned = re.search(r"^KINESIS_MOCK := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
-    assert pinned and pinned.group(1) == processes.KINESIS_MOCK_VERSION
+    tools = ROOT / "tools" / "kinesis-mock"
+    wanted = json.loads((tools / "package.json").read_text())["dependencies"]["kinesis-local"]
+    locked = json.loads((tools / "package-lock.json").read_text())["packages"]["node_modules/kinesis-local"]
+    assert wanted == locked["version"] == processes.KINESIS_MOCK_VERSION, "an exact version, locked"
+    assert locked["integrity"].startswith("sha512-")
+    assert "npm ci --silent --ignore-scripts" in (ROOT / "Makefile").read_text()
     assert processes.KINESIS_MOCK.parts[-3:] == ("kinesis-mock", "node_modules", "kinesis-local")
