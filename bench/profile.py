@@ -21,6 +21,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "etl/sources/sqs/queue.py",
             "etl/wire/lean.py",
             "etl/wire/sigv4.py",
+            "etl/wire/http1.py",
             "/botocore/",
             "/boto3/",
             "/urllib3/",
