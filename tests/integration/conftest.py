@@ -92,10 +92,10 @@ def sqs_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def kinesis_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """kinesis-mock's endpoint (Node.js; `make install` puts it in the venv). Skipped where it is
-    not installed, unless ETL_REQUIRE_KINESIS_MOCK=1 (CI): there a missing server fails."""
+    not installed, unless ETL_TEST_REQUIRE_KINESIS_MOCK=1 (CI): there a missing server fails."""
     if KinesisMock.main() is None:
         why = f"kinesis-mock is not installed under {KINESIS_MOCK} (make install does it where npm is)"
-        if os.environ.get("ETL_REQUIRE_KINESIS_MOCK") == "1":
+        if os.environ.get("ETL_TEST_REQUIRE_KINESIS_MOCK") == "1":
             pytest.fail(why)
         pytest.skip(why)
     server = KinesisMock(tmp_path_factory.mktemp("kinesis-mock"))
