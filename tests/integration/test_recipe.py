@@ -23,7 +23,15 @@ from etl import settings, store  # isort: skip
 
 ROOT = Path(__file__).parents[2]
 EDIT_MARK = "then edit .env"
-REPO_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "pyproject.toml", ".env.example", ".venv")
+REPO_FILES = (
+    "Makefile",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "pyproject.toml",
+    ".env.example",
+    ".venv",
+    "tools",
+)
 
 
 def recipe() -> list[str]:

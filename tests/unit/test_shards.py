@@ -158,6 +158,20 @@ def test_a_read_asks_for_several_chunks_and_hands_them_on_in_order() -> None:
     assert big.limits[0] == streaming.MAX_READ == 10_000, "GetRecords' own limit"
 
 
+def test_a_read_the_broker_fills_up_under_is_cut_and_read_on_by_the_next_run() -> None:
+    """The broker's bound holds inside a read too: once it is full, the rest of the read is not
+    handed on (nor waited for in the worker process); the run ends, and the next run reads on
+    from the pointer: nothing skipped, nothing twice."""
+    reader = Reader({"a": list(range(1, 13))})
+    looks = iter([None, None, "backpressure"])
+    cursor = streaming.Cursor(Shard("a"), Pointer("0"))
+    sent, report = run(reader, [cursor], chunk_size=3, pause=lambda: next(looks, "backpressure"))
+    assert [(p.after, p.last) for p in sent] == [("0", "3"), ("3", "6")]
+    assert report.stopped == "backpressure" and cursor.pointer.seq == "6"  # type: ignore[attr-defined]
+    then, _ = run(reader, [streaming.Cursor(Shard("a"), Pointer("6"))], chunk_size=3, budget=0.1)
+    assert [(p.after, p.last) for p in then] == [("6", "9"), ("9", "12")]
+
+
 def test_fetch_respects_five_reads_per_second_per_shard_and_idles() -> None:
     reader = Reader({"a": list(range(1, 100))})
     run(reader, [streaming.Cursor(Shard("a"), Pointer("0"))], chunk_size=5, budget=2.0)

@@ -34,6 +34,15 @@ READ_CHUNKS = 4
 MAX_READ = 10_000
 
 
+class Paused(Exception):
+    """A read cut short: the broker filled up (or shutdown came) while its chunks went on. The
+    cursor's pointer is past what went; the rest is read again, from it, by the next run."""
+
+    def __init__(self, chunks: int, records: int) -> None:
+        super().__init__(f"{chunks} chunks ({records} records) of a read went on")
+        self.chunks, self.records = chunks, records
+
+
 class ShardReader(Protocol):
     name: str
     key: str  # the incarnation's key (etl.model.shards.Incarnation.key): positions name the stream by it
@@ -122,7 +131,7 @@ def fetch(
 
     def go_on(c: Cursor, b: Batch) -> None:
         def send(p: Position, ms: list[Message], moved: Callable[[str], None]) -> int:
-            return hand_on(p, ms, dispatch, chunk_size, chunk_bytes, moved)
+            return hand_on(p, ms, dispatch, chunk_size, chunk_bytes, moved, more=lambda: pause() is None)
 
         _hand_on(reader, c, b, send, advanced, wall, report)
         if at_end(c.shard, c.pointer, b.next_iterator) and c in active:
@@ -138,8 +147,13 @@ def fetch(
             report.stopped = "stream re-created"
             return False
         checked = at
-        for c, b in held:
-            go_on(c, b)
+        try:
+            for c, b in held:
+                go_on(c, b)
+        except Paused:
+            held.clear()
+            report.stopped = pause() or "backpressure"
+            return False
         held.clear()
         return True
 
@@ -149,10 +163,9 @@ def fetch(
             break
         reason = pause()
         if reason:
-            # Backpressure ends the run too, rather than waiting in it: a run holds a worker
-            # process, and the chunks it waits for need those processes (the task queues the next
-            # run shortly, etl.worker.stream_tasks). A read in hand has gone on whole, so the broker
-            # may hold up to one read (READ_CHUNKS chunks) per run over ETL_MAX_QUEUED_CHUNKS.
+            # Backpressure ends the run, rather than waiting in it: a run holds a worker process,
+            # and the chunks it waits for need those processes (the task queues the next run
+            # shortly, etl.worker.stream_tasks). A read meeting it part-way is cut (Paused).
             report.stopped = reason
             break
         if held and wall() - checked >= VERIFY_EVERY:
@@ -203,7 +216,11 @@ def fetch(
         ):
             held.append((cursor, batch))  # the shard is read on meanwhile; hand-ons keep their order
             continue
-        go_on(cursor, batch)
+        try:
+            go_on(cursor, batch)
+        except Paused:
+            report.stopped = pause() or "backpressure"
+            break
     if held:
         verify_and_hand_on()
     return _done(report, clock, started, active)
@@ -251,7 +268,14 @@ def _hand_on(
         cursor.pointer = Pointer(last, cursor.pointer.pending_since or wall())
         advanced(cursor)
 
-    report.chunks += send(position, messages, moved)
+    try:
+        report.chunks += send(position, messages, moved)
+    except Paused as cut:
+        report.chunks += cut.chunks
+        report.received += cut.records
+        cursor.read += cut.records
+        cursor.iterator = None  # the rest of the read: read again from the pointer
+        raise
     report.received += len(messages)
     cursor.read += len(messages)
 
@@ -263,6 +287,7 @@ def hand_on(
     chunk_size: int,
     chunk_bytes: int,
     moved: Callable[[str], None] = lambda last: None,
+    more: Callable[[], bool] = lambda: True,
 ) -> int:
     """Dispatch one read (``position`` its range) as chunks of at most ``chunk_size`` records and
     ``chunk_bytes`` broker bytes, each with its own contiguous range; returns how many. A boundary
@@ -271,9 +296,11 @@ def hand_on(
     A record over the stream's 1 MiB is withheld (``too_large``); a chunk the broker refuses is
     split, down to a record rejected alone (``broker_refused``: etl.model.chunking.deliver). If
     the broker is down, the error stops the run with the shard's pointer where it was: what was
-    handed on is read again and skipped as already written. A read goes on whole, full broker or
-    not (GetRecords bounds it: 10 MB): waiting here would hold the worker process the queued
-    chunks need. ``moved`` runs after each chunk, with its last position.
+    handed on is read again and skipped as already written. ``moved`` runs after each chunk, with
+    its last position; ``more`` before each further one: once it says no (the broker is full),
+    what is left of the read is not handed on (``Paused``): the run ends and the next reads it
+    again from the pointer. Waiting for room here would hold the worker process the queued
+    chunks need; handing the rest on would break the broker's memory bound (a read can be 10 MB).
     """
     after = {}  # each record's range start: the position of the record before it
     previous = position.after
@@ -285,7 +312,10 @@ def hand_on(
         dispatch(replace(position, after=after[part[0].receipt_handle], last=part[-1].receipt_handle), part)
 
     chunks = chunking.cut(chunking.screen(messages), chunk_size, chunk_bytes)
-    for part in chunks:
+    sent = 0
+    for n, part in enumerate(chunks):
+        if n and not more():
+            raise Paused(n, sent)
         try:
             refused = chunking.deliver(part, send)
         except chunking.Undelivered as exc:
@@ -298,6 +328,7 @@ def hand_on(
                 "shard %s: the broker refused %d records on their own (broker_refused)", position.shard_id, len(refused)
             )
         moved(part[-1].receipt_handle)
+        sent += len(part)
     return len(chunks)
 
 
