@@ -6,6 +6,7 @@ k8s manifests run the same argument lists (a unit test holds them equal). What d
 places is only the environment.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -93,15 +94,17 @@ def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
-    """SIGTERM (a warm shutdown for Celery), then SIGKILL after ``grace`` seconds."""
+    """SIGTERM to the process (a warm shutdown for Celery: its pool finishes the tasks in hand),
+    then SIGKILL to its whole group after ``grace`` seconds. Not SIGTERM to the group: pool
+    processes killed under their tasks log WorkerLostError and have their chunks requeued."""
     if proc.poll() is not None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    os.kill(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace)
-    except subprocess.TimeoutExpired:
+    with contextlib.suppress(ProcessLookupError):  # whatever of its group outlived it (or it, hung)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
 
 
 @dataclass
