@@ -11,6 +11,7 @@ the operation and the error code (and, for a connection that failed, the endpoin
 and port): never a request's values, never credentials.
 """
 
+import re
 import sys
 import threading
 from collections.abc import Collection, Iterator
@@ -295,11 +296,16 @@ TABLE: tuple[Row, ...] = (
 )
 
 
+_CODE = re.compile(r"[A-Za-z0-9_.:#-]{1,128}")
+
+
 def error_code(exc: BaseException) -> str | None:
-    """A ClientError's error code ("Unknown" when the answer has none); None for any other error."""
+    """A ClientError's error code ("Unknown" when the answer has none, "Unrecognized" when it is
+    not a code's shape: a server's bytes never reach a log or a terminal); None for any other error."""
     if not isinstance(exc, ClientError):
         return None
-    return str(exc.response.get("Error", {}).get("Code") or "Unknown")
+    code = str(exc.response.get("Error", {}).get("Code") or "Unknown")
+    return code if _CODE.fullmatch(code) else "Unrecognized"
 
 
 def row_for(service: str, exc: BaseException) -> Row | None:

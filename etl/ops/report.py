@@ -1,7 +1,7 @@
 """`etl report`: the analysts' tables, as text (pure formatting; the data comes from
 etl.store.reports). Every stored text is shown through ``printable``."""
 
-import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,14 +16,27 @@ TITLES = {
 }
 
 
-# C0 and C1 controls (ESC, BEL, CSI ...) and the bidirectional overrides that reorder what a
-# terminal shows: a stored field (a locale is whatever a sender wrote) must not drive the screen.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What a terminal would not show as itself: controls (ESC, BEL, CSI ...), format characters
+# (bidirectional overrides that reorder the screen; zero-width joiners and spaces, U+FEFF, tag
+# characters, the soft hyphen, that make two ids look alike), line and paragraph separators,
+# surrogates, private-use and unassigned code points, and the Hangul fillers that draw as blanks.
+# A stored field (a user id or locale is whatever a sender wrote) must neither drive the screen
+# nor pass for another value.
+_HIDDEN = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"))
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _shown(c: str) -> str:
+    if unicodedata.category(c) in _HIDDEN or c in _BLANK_LETTERS:
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+    return c
 
 
 def printable(value: Any) -> str:
-    """``value`` as text a terminal shows as it is: controls come out as \\uXXXX escapes."""
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m[0]):04x}", str(value))
+    """``value`` as text a terminal shows as it is: what would not show as itself comes out as a
+    \\uXXXX (or \\UXXXXXXXX) escape."""
+    text = str(value)
+    return text if text.isascii() and text.isprintable() else "".join(map(_shown, text))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

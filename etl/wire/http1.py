@@ -21,7 +21,7 @@ class Connection:
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(read_timeout)
         self.sock = sock
-        self.buf = b""
+        self.buf = bytearray()  # appended to in place: a large answer costs no copy per read
         self.reusable = True
 
     def fileno(self) -> int:
@@ -52,7 +52,7 @@ class Connection:
         """The answer to the request sent last (blocking, within the read timeout)."""
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._more()
-        lines = self.buf[:end].split(b"\r\n")
+        lines = bytes(self.buf[:end]).split(b"\r\n")
         self.buf = self.buf[end + 4 :]
         version, status = lines[0].split(b" ", 2)[:2]
         headers = {}
@@ -65,16 +65,18 @@ class Connection:
             length = int(headers[b"content-length"])
             while len(self.buf) < length:
                 self._more()
-            body, self.buf = self.buf[:length], self.buf[length:]
+            body, self.buf = bytes(self.buf[:length]), self.buf[length:]
         else:  # body until the server closes
             try:
                 while True:
                     self._more()
             except ConnectionResetError:
                 pass
-            body, self.buf = self.buf, b""
+            body, self.buf = bytes(self.buf), bytearray()
             self.reusable = False
         if headers.get(b"connection", b"").lower() == b"close" or version == b"HTTP/1.0":
+            self.reusable = False
+        if self.buf:  # more than the answer said it holds: the next answer cannot be told apart
             self.reusable = False
         return int(status), headers, body
 
@@ -83,7 +85,7 @@ class Connection:
         while True:
             while (eol := self.buf.find(b"\r\n")) < 0:
                 self._more()
-            size = int(self.buf[:eol].split(b";", 1)[0], 16)
+            size = int(bytes(self.buf[:eol]).split(b";", 1)[0], 16)
             self.buf = self.buf[eol + 2 :]
             while len(self.buf) < size + 2:
                 self._more()
@@ -94,5 +96,5 @@ class Connection:
                     self.buf = self.buf[eol + 2 :]
                 self.buf = self.buf[2:]
                 return b"".join(parts)
-            parts.append(self.buf[:size])
+            parts.append(bytes(self.buf[:size]))
             self.buf = self.buf[size + 2 :]

@@ -9,10 +9,12 @@ import logging
 from typing import Any
 
 from etl.crypto.sealing import Sealer
+from etl.errors import TransientError
 from etl.model import records
 from etl.model.records import Message
 from etl.model.shards import Position
 from etl.sources.kinesis import runner
+from etl.sources.kinesis.fetch import stream_key
 from etl.worker import chunks, metrics, runtime
 from etl.worker.celery import app
 from etl.worker.chunks import CHUNK_TASK_OPTIONS, MASK_AND_WRITE_STREAM
@@ -53,14 +55,23 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         on_expired=lambda: metrics.instruments().stream_expired.inc(),
     )
     stopped = report.get("stopped")
-    if stopped in ("budget", "backpressure"):
+    if stopped == "budget" or (stopped == "backpressure" and _one_successor(rt, s.kinesis_stream_name)):
         # Its shards are read on soon, not at beat's next tick (up to ETL_FETCH_INTERVAL away): at
         # once after its budget; after ROOM_WAIT on backpressure, having freed its worker process
-        # for the chunks it waits for. A run that finds no shard free queues nothing, so runs
-        # never multiply.
+        # for the chunks it waits for. A run that finds no shard free queues nothing, and of the
+        # runs meeting backpressure only one per ROOM_WAIT queues a successor (with many shards
+        # and one per run, each would find a shard and chain: runs multiplied, all on setup calls).
         wait = ROOM_WAIT if stopped == "backpressure" else 0.0
         self.apply_async(countdown=wait, expires=s.fetch_interval + wait)
     return report
+
+
+def _one_successor(rt: runtime.Runtime, stream: str) -> bool:
+    """True for the first run in a ROOM_WAIT to ask (a Redis flag); False if Redis is away."""
+    try:
+        return rt.coordinator.flag(stream_key(stream, "successor"), ROOM_WAIT)
+    except TransientError:
+        return False
 
 
 @app.task(name=MASK_AND_WRITE_STREAM, **CHUNK_TASK_OPTIONS)

@@ -49,9 +49,12 @@ on_both = pytest.mark.parametrize("kinesis_endpoint", SERVERS, indirect=True)
 
 
 @pytest.fixture
-def kinesis_endpoint(request: pytest.FixtureRequest, sqs_endpoint: str) -> str:
+def kinesis_endpoint(request: pytest.FixtureRequest, sqs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The Kinesis server a test runs on: moto's (the session's SQS server serves Kinesis too),
-    or kinesis-mock where a test is parametrized with ``on_both``."""
+    or kinesis-mock where a test is parametrized with ``on_both``; local credentials set here
+    (a session fixture first made inside another test has its environment undone after it)."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
     if getattr(request, "param", "moto") == "moto":
         return sqs_endpoint
     return str(request.getfixturevalue("kinesis_mock"))

@@ -5,10 +5,8 @@ for, the incarnation of a re-created stream, aggregated records, and errors as o
 with GetRecords lean (etl.wire.lean, the default) and through boto3 (ETL_KINESIS_CLIENT).
 """
 
-import os
 import time
 import uuid
-from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -23,15 +21,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["moto", "kinesis-mock"])
-def endpoint(request: pytest.FixtureRequest, sqs_endpoint: str) -> Iterator[str]:
+def endpoint(request: pytest.FixtureRequest, sqs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server's endpoint, set as AWS_ENDPOINT_URL_KINESIS with local credentials (set here:
+    a session fixture first made inside another test has its environment undone after it)."""
     url = sqs_endpoint if request.param == "moto" else str(request.getfixturevalue("kinesis_mock"))
-    saved = os.environ.get("AWS_ENDPOINT_URL_KINESIS")
-    os.environ["AWS_ENDPOINT_URL_KINESIS"] = url
-    yield url
-    if saved is None:
-        os.environ.pop("AWS_ENDPOINT_URL_KINESIS", None)
-    else:
-        os.environ["AWS_ENDPOINT_URL_KINESIS"] = saved
+    for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL_KINESIS": url}.items():
+        monkeypatch.setenv(name, value)
+    return url
 
 
 @pytest.fixture(params=["lean", "boto3"])

@@ -21,3 +21,19 @@ def test_report_shows_tokens_whole_so_they_can_be_pasted_into_reveal() -> None:
 
     token = "k1:" + "ab" * 32
     assert token in report.table(["ip token", "users"], [(token, 2)])
+
+
+def test_ids_that_only_look_alike_print_apart() -> None:
+    """An officer erasing `alice` must see that `alice\\u200d` is another user (ingest accepts both)."""
+    lookalikes = [
+        "alice\u200d",
+        "alice\u200b",
+        "alice\ufeff",
+        "ali\u00adce",
+        "alice\u2028",
+        "alice\U000e0041",
+        "\u3164",
+    ]
+    shown = {report.printable(v) for v in lookalikes}
+    assert len(shown) == len(lookalikes) and "alice" not in shown
+    assert all(s.isascii() or s == report.printable(s) for s in shown)

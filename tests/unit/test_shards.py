@@ -138,13 +138,33 @@ def run(reader: Reader, cursors: list[streaming.Cursor], **kw: object) -> tuple[
 def test_fetch_hands_on_contiguous_ranges_and_finishes_closed_shards() -> None:
     reader = Reader({"a": [1, 2, 3, 4, 5, 6, 7], "b": [10, 20]}, closed={"b"})
     ended: list[str] = []
-    cursors = [streaming.Cursor(Shard("a"), Pointer("0")), streaming.Cursor(Shard("b"), Pointer("0"))]
+    cursors = [streaming.Cursor(Shard("a"), Pointer("0")), streaming.Cursor(Shard("b", (), "20"), Pointer("0"))]
     sent, _ = run(reader, cursors, ended=lambda c: ended.append(c.shard.shard_id))
     by_shard: dict[str, list[tuple[str, str]]] = {}
     for p in sent:
         by_shard.setdefault(p.shard_id, []).append((p.after, p.last))
     assert by_shard == {"a": [("0", "3"), ("3", "6"), ("6", "7")], "b": [("0", "20")]}
     assert ended == ["b"] and cursors[0].pointer.seq == "7"
+
+
+class Truncated(Reader):
+    """Answers its first read of an open shard without a next iterator (a broken proxy's `{}`)."""
+
+    def read(self, shard_id: str, iterator: str, limit: int) -> Batch:
+        batch = super().read(shard_id, iterator, limit)
+        if len(self.calls) == 1:
+            return Batch(batch.messages, None, 0)
+        return batch
+
+
+def test_an_open_shard_is_not_finished_by_an_answer_without_a_next_iterator() -> None:
+    """Taken as the end, one such answer finished the shard for good: all later records unread."""
+    reader = Truncated({"a": [1, 2, 3, 4, 5]})
+    ended: list[str] = []
+    cursor = streaming.Cursor(Shard("a"), Pointer("0"))
+    sent, _ = run(reader, [cursor], budget=5.0, ended=lambda c: ended.append(c.shard.shard_id))
+    assert ended == [] and cursor.pointer.seq == "5"
+    assert [(p.after, p.last) for p in sent] == [("0", "3"), ("3", "5")], "the answer's records read again"
 
 
 def test_a_read_asks_for_several_chunks_and_hands_them_on_in_order() -> None:

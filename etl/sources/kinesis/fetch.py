@@ -53,7 +53,8 @@ class ShardReader(Protocol):
 
 def stream_key(stream: str, what: str) -> str:
     """A Kinesis stream's Redis key: "pointers" and "status" (hashes by shard), "lease:<shard>";
-    "incarnation" (under the stream's name: the key its current incarnation is read under)."""
+    "incarnation" (under the stream's name: the key its current incarnation is read under);
+    "successor" (a flag: one run after backpressure queues the next)."""
     return f"etl:stream:{stream}:{what}"
 
 
@@ -200,6 +201,16 @@ def fetch(
             cursor.next_call = clock() + cursor.backoff
             continue
         report.calls += 1
+        if batch.next_iterator is None and cursor.shard.ending is None:
+            # Only a closed shard read to its end has no next iterator, and ListShards said this
+            # one is open: an answer not as documented (or the shard closed since the run began).
+            # Taken as an end, it would finish the shard for good; read it again shortly instead
+            # (the next run's ListShards tells a real end).
+            log.warning("shard %s: a read of an open shard came back without a next iterator; reading again", shard_id)
+            cursor.iterator = None
+            cursor.backoff = min(max(2 * cursor.backoff, 1.0), MAX_BACKOFF)
+            cursor.next_call = clock() + cursor.backoff
+            continue
         cursor.backoff = 0.0
         before, cursor.behind_ms = cursor.behind_ms, batch.behind_ms
         read(cursor, before)

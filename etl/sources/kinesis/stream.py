@@ -27,6 +27,7 @@ from etl.wire import lean
 MAX_PUT = 500  # PutRecords: records per call
 MAX_PUT_BYTES = 5 * 1024 * 1024  # PutRecords: bytes per call (data + partition keys)
 MAX_RECORD_BYTES = 1024 * 1024
+MAX_TIMESTAMP = 1e11  # unix seconds: an ApproximateArrivalTimestamp past this is not taken as one
 
 
 def _translated(operation: str, expected: Collection[str] = ()) -> AbstractContextManager[aws.Refusal]:
@@ -91,24 +92,31 @@ class Stream:
         aggregated record as one message per user record)."""
         limit = max(1, min(limit, 10_000))
         messages: list[Message] = []
-        if self._lean is not None:
-            with _translated("GetRecords"):
-                response = self._lean.call("GetRecords", {"ShardIterator": iterator, "Limit": limit})
-            received_at = time.time()
-            for r in response.get("Records") or ():
-                messages += _to_messages(
-                    self.key, shard_id, r["SequenceNumber"], _data(r), r.get("ApproximateArrivalTimestamp"), received_at
-                )
-        else:
-            with _translated("GetRecords"):
-                response = self.client.get_records(ShardIterator=iterator, Limit=limit)
-            received_at = time.time()
-            for r in response.get("Records", []):
-                arrived = r.get("ApproximateArrivalTimestamp")
-                data = bytes(r.get("Data", b""))
-                stamp = arrived.timestamp() if arrived else None
-                messages += _to_messages(self.key, shard_id, r["SequenceNumber"], data, stamp, received_at)
-        return Batch(messages, response.get("NextShardIterator"), response.get("MillisBehindLatest"))
+        try:
+            if self._lean is not None:
+                with _translated("GetRecords"):
+                    response = self._lean.call("GetRecords", {"ShardIterator": iterator, "Limit": limit})
+                received_at = time.time()
+                for r in response.get("Records") or ():
+                    arrived = r.get("ApproximateArrivalTimestamp")
+                    messages += _to_messages(self.key, shard_id, r["SequenceNumber"], _data(r), arrived, received_at)
+            else:
+                with _translated("GetRecords"):
+                    response = self.client.get_records(ShardIterator=iterator, Limit=limit)
+                received_at = time.time()
+                for r in response.get("Records", []):
+                    arrived = r.get("ApproximateArrivalTimestamp")
+                    data = bytes(r.get("Data", b""))
+                    stamp = arrived.timestamp() if arrived else None
+                    messages += _to_messages(self.key, shard_id, r["SequenceNumber"], data, stamp, received_at)
+            next_iterator, behind = response.get("NextShardIterator"), response.get("MillisBehindLatest")
+            if not isinstance(next_iterator, str | None) or not isinstance(behind, int | None):
+                raise TypeError("NextShardIterator or MillisBehindLatest")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # An answer not as the API documents it (a broken proxy or server): never a crash of
+            # the fetch, and never its values in the message; the shard is read again shortly.
+            raise TransientError(f"Kinesis GetRecords: an answer not as documented ({type(exc).__name__})") from None
+        return Batch(messages, next_iterator, behind)
 
     def put(
         self, records: Sequence[tuple[str, str]], progress: Callable[[int], None] = lambda n: None, attempts: int = 8
@@ -189,7 +197,12 @@ def _to_messages(
     sub-sequence number in its id and its position (etl.model.shards.position) as receipt handle.
     An aggregate that does not decode stays one message, rejected by etl.model.records.
     ``arrived``: ApproximateArrivalTimestamp (unix seconds)."""
-    sent_ms = int(float(arrived) * 1000) if arrived else int(received_at * 1000)
+    when = float(arrived) if arrived else received_at
+    if not 0 < when < MAX_TIMESTAMP:  # what no server could mean (year 5138 and on): when it was read
+        when = received_at
+    sent_ms = int(when * 1000)
+    if not isinstance(seq, str) or not shards.is_position(seq):
+        raise ValueError("SequenceNumber")
     users = None
     if kpl.is_aggregated(data):
         with contextlib.suppress(kpl.Corrupt):
