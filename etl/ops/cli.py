@@ -311,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="etl",
         description="Login events from SQS or Kinesis (ETL_SOURCE) -> masked rows in Postgres, on Celery. "
-        "First steps: `etl demo`; for your own services `etl keygen > .env`, then `etl doctor` (README).",
+        "First steps: `etl demo`; for your own services `(umask 077; etl keygen > .env)`, then `etl doctor` (README).",
     )
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -67,7 +67,9 @@ def _keys(s: settings_module.Settings, role: str) -> Check:
         try:
             s.require_keys()
         except ConfigError as exc:
-            return Check("keys", False, str(exc), "`etl keygen > .env`, then load .env")
+            return Check(
+                "keys", False, str(exc), "`(umask 077; etl keygen > .env)` where there is no .env yet, then load .env"
+            )
         try:
             sealing.Sealer(list(s.payload_keys))  # each key decoded strictly, as a worker will
         except ConfigError as exc:
