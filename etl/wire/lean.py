@@ -35,8 +35,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -54,35 +53,9 @@ from botocore.httpsession import get_cert_path
 
 from etl.aws import Wire
 from etl.wire import http1, sigv4
+from etl.wire.api import KINESIS, SQS, Api, Cold
 
-
-@dataclass(frozen=True)
-class Api:
-    """How one JSON-protocol service's calls look on the wire, and which of them go lean."""
-
-    service: str  # SigV4's signing name
-    target: str  # X-Amz-Target is "<target>.<operation>"
-    content_type: str
-    hot: frozenset[str]
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-SQS = Api(
-    "sqs",
-    "AmazonSQS",
-    "application/x-amz-json-1.0",
-    frozenset({"ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch"}),
-    (("x-amzn-query-mode", "true"),),  # as botocore sends for SQS (query-compatible error codes)
-)
-KINESIS = Api("kinesis", "Kinesis_20131202", "application/x-amz-json-1.1", frozenset({"GetRecords"}))
-
-
-class Cold(Protocol):
-    """The stock client a lean one hands every other call to (etl.aws.Boto3Sqs)."""
-
-    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]: ...
-    def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]: ...
-    def close(self) -> None: ...
+__all__ = ["KINESIS", "SQS", "Api", "Cold", "LeanClient", "uses_proxy"]
 
 
 # botocore's standard retry mode (botocore/retries/standard.py): what it retries, and how long.
