@@ -150,8 +150,15 @@ def readable(shards: list[Shard], checkpoints: dict[str, Checkpoint]) -> list[Sh
 
 
 def at_end(shard: Shard, pointer: Pointer, next_iterator: str | None) -> bool:
-    """Has a read reached the end of a closed shard? (no next iterator, or past its last number)"""
-    return next_iterator is None or (shard.ending is not None and key(pointer.seq) >= key(shard.ending))
+    """Has a read reached the end of a closed shard (no next iterator, or past its last number)?
+
+    Only a shard ListShards called closed can end: an open one's read without a next iterator is
+    an answer not as documented (or the shard closed since it was listed), and taken as the end it
+    would finish the shard for good. Its reader takes a fresh iterator from the pointer instead,
+    and the next listing tells a real end."""
+    if shard.ending is None:
+        return False
+    return next_iterator is None or key(pointer.seq) >= key(shard.ending)
 
 
 def resume(checkpoint: Checkpoint, pointer: Pointer | None, now: float, redeliver_after: float) -> tuple[Pointer, bool]:

@@ -201,16 +201,6 @@ def fetch(
             cursor.next_call = clock() + cursor.backoff
             continue
         report.calls += 1
-        if batch.next_iterator is None and cursor.shard.ending is None:
-            # Only a closed shard read to its end has no next iterator, and ListShards said this
-            # one is open: an answer not as documented (or the shard closed since the run began).
-            # Taken as an end, it would finish the shard for good; read it again shortly instead
-            # (the next run's ListShards tells a real end).
-            log.warning("shard %s: a read of an open shard came back without a next iterator; reading again", shard_id)
-            cursor.iterator = None
-            cursor.backoff = min(max(2 * cursor.backoff, 1.0), MAX_BACKOFF)
-            cursor.next_call = clock() + cursor.backoff
-            continue
         cursor.backoff = 0.0
         before, cursor.behind_ms = cursor.behind_ms, batch.behind_ms
         read(cursor, before)
