@@ -136,6 +136,11 @@ def _stop_fetching(**_: Any) -> None:
     shutting_down.set()
 
 
+def room(rt: runtime.Runtime) -> int:
+    """How many more chunks the broker takes before backpressure (ETL_MAX_QUEUED_CHUNKS less those queued)."""
+    return max(0, rt.settings.max_queued_chunks - rt.coordinator.queued(QUEUE))
+
+
 def pause(rt: runtime.Runtime) -> str | None:
     """Why a fetch should stop handing on chunks now ("shutdown", "backpressure"), or None."""
     if shutting_down.is_set():

@@ -51,6 +51,7 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         start=s.kinesis_start,
         reread_after=s.visibility_timeout,
         pause=lambda: chunks.pause(rt),
+        room=lambda: chunks.room(rt),
         heartbeat=lambda: rt.coordinator.heartbeat("fetch", self.request.hostname or "?"),
         on_expired=lambda: metrics.instruments().stream_expired.inc(),
     )
@@ -67,9 +68,10 @@ def fetch_stream(self: Any) -> dict[str, Any]:
 
 
 def _one_successor(rt: runtime.Runtime, stream: str) -> bool:
-    """True for the first run in a ROOM_WAIT to ask (a Redis flag); False if Redis is away."""
+    """True for the first run to ask within half a ROOM_WAIT (a Redis flag; shorter than the wait,
+    so that the successor, meeting backpressure again, may queue its own); False if Redis is away."""
     try:
-        return rt.coordinator.flag(stream_key(stream, "successor"), ROOM_WAIT)
+        return rt.coordinator.flag(stream_key(stream, "successor"), ROOM_WAIT / 2)
     except TransientError:
         return False
 

@@ -176,6 +176,9 @@ def test_a_read_asks_for_several_chunks_and_hands_them_on_in_order() -> None:
     big = Reader({"a": [1]})
     run(big, [streaming.Cursor(Shard("a"), Pointer("0"))], chunk_size=5000, budget=0.1)
     assert big.limits[0] == streaming.MAX_READ == 10_000, "GetRecords' own limit"
+    tight = Reader({"a": list(range(1, 14))})
+    run(tight, [streaming.Cursor(Shard("a"), Pointer("0"))], chunk_size=3, budget=0.1, room=lambda: 2)
+    assert tight.limits[0] == 2 * 3, "no more than the broker takes"
 
 
 def test_a_read_the_broker_fills_up_under_is_cut_and_read_on_by_the_next_run() -> None:

@@ -98,6 +98,7 @@ def fetch(
     ended: Callable[[Cursor], None] = lambda c: None,
     expired: Callable[[Cursor], None] = lambda c: None,
     pause: Callable[[], str | None] = lambda: None,
+    room: Callable[[], int] | None = None,
     read: Callable[[Cursor, int | None], None] = lambda c, before: None,
     same_stream: Callable[[], bool] | None = None,
     verified_at: float = 0.0,
@@ -116,6 +117,9 @@ def fetch(
     dispatch stops the run with the pointer where it was. A pointer Kinesis no longer accepts
     (past the stream's retention) makes the shard read on from its oldest record kept; if
     records are found there, the ones between expired unread and are reported to ``expired``.
+
+    ``room`` (how many chunks the broker takes now) sizes each read to it, so that a read is
+    rarely cut (``hand_on``'s ``more``).
 
     ``same_stream`` (checked true at unix time ``verified_at``) says whether the stream is still
     the incarnation the run started on. A read holding records that arrived after the last check
@@ -185,7 +189,9 @@ def fetch(
         try:
             if cursor.iterator is None:
                 cursor.iterator = _iterator(reader, cursor, expired)
-            batch = reader.read(shard_id, cursor.iterator, min(MAX_READ, READ_CHUNKS * chunk_size))
+            # no more chunks' worth than the broker takes: a read cut short (Paused) is read twice
+            chunks = READ_CHUNKS if room is None else max(1, min(READ_CHUNKS, room()))
+            batch = reader.read(shard_id, cursor.iterator, min(MAX_READ, chunks * chunk_size))
         except IteratorExpired:
             cursor.iterator = None  # a fresh one from the pointer, at once
             continue

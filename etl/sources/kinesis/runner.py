@@ -92,6 +92,7 @@ def run(
     start: str,
     reread_after: float,
     pause: Callable[[], str | None] = lambda: None,
+    room: Callable[[], int] | None = None,
     heartbeat: Callable[[], None] = lambda: None,
     on_expired: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
@@ -213,6 +214,7 @@ def run(
                 ended=ended,
                 expired=expired,
                 pause=pause,
+                room=room,
                 read=read,
                 same_stream=lambda: _same(stream, life.created_at),
                 verified_at=verified_at,
