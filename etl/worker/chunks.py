@@ -145,7 +145,7 @@ def pause(rt: runtime.Runtime) -> str | None:
     """Why a fetch should stop handing on chunks now ("shutdown", "backpressure"), or None."""
     if shutting_down.is_set():
         return "shutdown"
-    if rt.coordinator.queued(QUEUE) >= rt.settings.max_queued_chunks:
+    if room(rt) == 0:
         return "backpressure"
     return None
 

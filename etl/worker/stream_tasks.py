@@ -60,8 +60,8 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         # Its shards are read on soon, not at beat's next tick (up to ETL_FETCH_INTERVAL away): at
         # once after its budget; after ROOM_WAIT on backpressure, having freed its worker process
         # for the chunks it waits for. A run that finds no shard free queues nothing, and of the
-        # runs meeting backpressure only one per ROOM_WAIT queues a successor (with many shards
-        # and one per run, each would find a shard and chain: runs multiplied, all on setup calls).
+        # runs meeting backpressure only one per half ROOM_WAIT queues a successor (with many
+        # shards and one per run, each would find a shard and chain: runs multiplied, on setup calls).
         wait = ROOM_WAIT if stopped == "backpressure" else 0.0
         self.apply_async(countdown=wait, expires=s.fetch_interval + wait)
     return report
