@@ -71,7 +71,10 @@ def config() -> settings.Settings:
 
 
 def make_queue(config: settings.Settings) -> sqs.Queue:
-    client = sqs.make_client(config.sqs_threads + 2, config.sqs_client, threads=config.sqs_threads)
+    # A chunk's delete is a call per 10 messages, all at once on the lean client: keep that many
+    # connections open, not only a receive round's (else each chunk opens and closes the rest).
+    pool = max(config.sqs_threads, -(-config.chunk_size // sqs.MAX_BATCH)) + 2
+    client = sqs.make_client(pool, config.sqs_client, threads=config.sqs_threads)
     return sqs.Queue(config.sqs_queue_url, client, config.sqs_threads)
 
 

@@ -240,3 +240,17 @@ def test_a_round_asks_for_twice_after_a_full_one_and_a_little_more_than_it_got_a
     assert sqs_fetch.next_round(10, 10, 320) == 20 and sqs_fetch.next_round(200, 200, 320) == 320
     assert sqs_fetch.next_round(320, 7, 320) == 10 and sqs_fetch.next_round(320, 0, 320) == 10
     assert sqs_fetch.next_round(320, 70, 320) == 90 and sqs_fetch.next_round(100, 85, 320) == 200
+
+
+def test_a_queue_that_keeps_up_is_never_long_polled_nor_paced_between_full_rounds() -> None:
+    """At saturation a chunk boundary can leave nothing in hand: that is no reason to long-poll
+    (one call of 10, where a round asks for 320) nor to pace the next round as if thin: each was
+    a stall of a quarter of the linger, every few rounds."""
+    queue, chunks, slept = MemoryQueue(20_000), [], []
+    report = sqs_fetch.fetch(
+        queue, chunks.append, chunk_size=500, max_messages=16_000, budget_seconds=60, visibility_timeout=30,
+        receive_batch=320, linger=1.0, clock=Clock(), sleep=slept.append,
+    )  # fmt: skip
+    assert report.received == 16_000 and [len(c) for c in chunks] == [500] * 32
+    assert queue.waits[0] > 0 and not any(queue.waits[1:])  # only the first round long-polls
+    assert slept == []

@@ -76,7 +76,8 @@ def fetch(
     Each round asks the source for up to ``receive_batch`` messages (the SQS module spreads that
     over concurrent calls); a round sized to what is arriving (``next_round``): after a thin round
     the next one asks for a little more than it got, after a full one for twice as much, so a
-    trickle costs one call a round, not one per thread. Long-polls only while holding nothing.
+    trickle costs one call a round, not one per thread. Long-polls only while holding nothing
+    after a round that came back thin (at saturation a chunk boundary empties the hand too).
 
     A partial chunk is handed on once it has waited ``linger`` seconds for company (from its
     first message); meanwhile a thin round is followed by a pause (``PACE`` of the linger) so
@@ -96,6 +97,7 @@ def fetch(
     pending: list[Message] = []
     held_since = started  # when the oldest message of ``pending`` was received
     asking = receive_batch  # messages the next round asks for
+    flowing = False  # the last round came back at least half full: the next one does not long-poll
     received = chunks = calls = withheld = 0
     stopped = "max_messages"
 
@@ -128,15 +130,19 @@ def fetch(
                 if reason:
                     stopped = reason
                     break
-            wait = 0 if pending else math.floor(remaining)
-            if wait == 0 and not pending:
-                stopped = "budget"
-                break  # under a second left and nothing in hand: a last short poll is waste
+            wait = 0
+            if not pending and not flowing:  # nothing in hand and the queue looked dry: long-poll
+                wait = math.floor(remaining)
+                if wait == 0:
+                    stopped = "budget"
+                    break  # under a second left and nothing in hand: a last short poll is waste
             asked = min(asking, max_messages - received)
             batch = source.receive(max_messages=asked, wait_seconds=wait, visibility_timeout=visibility_timeout)
             calls += 1
             received += len(batch)
-            asking = next_round(min(asked, 10) if wait else asked, len(batch), receive_batch)  # a long poll is one call
+            could = min(asked, 10) if wait else asked  # a long poll is one call
+            asking = next_round(could, len(batch), receive_batch)
+            flowing = 2 * len(batch) >= could
             if batch and not pending:
                 held_since = clock()
             pending.extend(chunking.screen(batch))
@@ -157,7 +163,7 @@ def fetch(
                 room()
                 chunk, pending = pending, []
                 send(chunk)  # it waited long enough for company (or the queue ran dry)
-            elif linger > 0 and 2 * len(batch) < asked:  # a thin round: let messages gather before the next one
+            elif linger > 0 and not flowing:  # a thin round: let messages gather before the next one
                 sleep(min(PACE * linger, linger - waited, max(0.0, deadline - clock())))
     except BaseException:
         for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
