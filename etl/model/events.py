@@ -10,7 +10,7 @@ fields and limits but never repeats a value, so it is safe to log and to store.
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from etl.model import appversion
@@ -69,6 +69,7 @@ class LoginEvent:
     device_id: str
     locale: str | None
     app_version: str
+    app_version_code: int = field(default=-1, compare=False)  # appversion.encode(app_version), once (validation)
 
     def __repr__(self) -> str:  # keep raw PII out of tracebacks and debug logs
         return f"LoginEvent(user_id={self.user_id!r}, ip=<redacted>, device_id=<redacted>)"
@@ -133,16 +134,17 @@ def _check_text(field: str, value: object, *, nullable: bool = False) -> Rejecti
         return Rejection(WRONG_TYPE, f"field '{field}' is null; a string is required")
     if not isinstance(value, str):
         return Rejection(WRONG_TYPE, f"field '{field}' is {_json_type(value)}; a string is required")
-    if not nullable and not value.strip():
+    if not nullable and (not value or value.isspace()):  # what strip() would leave empty, without the copy
         return Rejection(EMPTY_FIELD, f"field '{field}' is empty")
     if len(value) > MAX_LENGTH[field]:
         return Rejection(TOO_LONG, f"field '{field}' is longer than {MAX_LENGTH[field]} characters")
     if "\x00" in value:
         return Rejection(NUL_CHARACTER, f"field '{field}' contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return Rejection(INVALID_UNICODE, f"field '{field}' contains an unpaired surrogate")
+    if not value.isascii():  # ASCII always encodes; only other text can hold a lone surrogate
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return Rejection(INVALID_UNICODE, f"field '{field}' contains an unpaired surrogate")
     return None
 
 
@@ -192,7 +194,7 @@ def _validate(data: dict[str, Any]) -> LoginEvent | Rejection:
     if problem:
         return problem
     try:
-        appversion.encode(data["app_version"])
+        code = appversion.encode(data["app_version"])
     except ValueError as exc:
         return Rejection(BAD_APP_VERSION, str(exc))
     return LoginEvent(
@@ -202,6 +204,7 @@ def _validate(data: dict[str, Any]) -> LoginEvent | Rejection:
         device_id=data["device_id"],
         locale=locale,
         app_version=data["app_version"],
+        app_version_code=code,
     )
 
 

@@ -117,7 +117,7 @@ def to_row(message: Message, event: events.LoginEvent, masker: Masker) -> LoginR
         masked_ip=masker.mask_ip(event.ip),
         masked_device_id=masker.mask_device_id(event.device_id),
         locale=event.locale,
-        app_version=appversion.encode(event.app_version),
+        app_version=event.app_version_code if event.app_version_code >= 0 else appversion.encode(event.app_version),
         create_date=(sent := sent_at(message.sent_timestamp_ms)).date(),
         sent_at=sent,
     )
