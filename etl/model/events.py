@@ -10,7 +10,7 @@ fields and limits but never repeats a value, so it is safe to log and to store.
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from etl.model import appversion
@@ -69,7 +69,7 @@ class LoginEvent:
     device_id: str
     locale: str | None
     app_version: str
-    app_version_code: int = field(default=-1, compare=False)  # appversion.encode(app_version), once (validation)
+    app_version_code: int = dataclasses.field(default=-1, compare=False)  # app_version's code, from validation
 
     def __repr__(self) -> str:  # keep raw PII out of tracebacks and debug logs
         return f"LoginEvent(user_id={self.user_id!r}, ip=<redacted>, device_id=<redacted>)"
