@@ -20,7 +20,7 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from etl import aws
+from etl import aws, awserrors
 from etl.errors import ConfigError, EtlError, TerminalError, TransientError
 from etl.model.shards import IteratorExpired, Throttled
 
@@ -156,18 +156,18 @@ def test_each_aws_error_becomes_our_kind_with_a_value_free_message(
 
 
 def test_every_row_of_the_table_is_exercised() -> None:
-    used = {aws.row_for(service, error) for service, _, error, _, _ in CASES}
-    assert used == set(aws.TABLE)
+    used = {awserrors.row_for(service, error) for service, _, error, _, _ in CASES}
+    assert used == set(awserrors.TABLE)
 
 
 def test_the_last_rows_take_every_botocore_error() -> None:
-    assert aws.TABLE[-2].match is ClientError and aws.TABLE[-1].match is BotoCoreError
-    assert aws.row_for("SQS", client_error("")) is aws.TABLE[-2]
+    assert awserrors.TABLE[-2].match is ClientError and awserrors.TABLE[-1].match is BotoCoreError
+    assert awserrors.row_for("SQS", client_error("")) is awserrors.TABLE[-2]
     assert str(raised("SQS", "GetQueueAttributes", client_error(""))) == "SQS GetQueueAttributes failed: Unknown"
 
 
 def test_other_exceptions_pass_through_untouched() -> None:
-    assert aws.row_for("SQS", KeyError("x")) is None
+    assert awserrors.row_for("SQS", KeyError("x")) is None
     assert type(raised("SQS", "ReceiveMessage", KeyError("x"))) is KeyError
     assert type(raised("S3", "PutObject", ConfigError("ours already"))) is ConfigError
 
