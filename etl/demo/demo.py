@@ -215,6 +215,7 @@ def run(
         print(f"celery: worker, beat{flower}; logs in {LOG_DIR}/")
 
         done = 0
+        tty, last = sys.stdout.isatty(), ""  # off a terminal (a log): a line when the count moves, no redraws
         while time.monotonic() - started < timeout:
             for kind, code in group.exited().items():
                 if kind == "flower":  # e.g. a malformed FLOWER_BASIC_AUTH: said once, the pipeline goes on
@@ -226,7 +227,12 @@ def run(
             result = store.stats(conn, ids)
             done = result["rows"] + result["rejected"]
             where, backlog, empty = source.backlog(conn)
-            print(f"\rprocessed {done}/{len(ids)}, {where}: {backlog}   ", end="", flush=True)
+            line = f"processed {done}/{len(ids)}, {where}: {backlog}"
+            if tty:
+                print(f"\r{line}   ", end="", flush=True)
+            elif line != last:
+                print(line, flush=True)
+            last = line
             if done == len(ids) and empty:
                 break
             time.sleep(0.5)
@@ -235,7 +241,8 @@ def run(
             print(f"\ntimed out after {timeout:.0f}s with {left} messages unprocessed; see {LOG_DIR}/worker.log")
             return 1
         elapsed = time.monotonic() - started
-        print()
+        if tty:
+            print()  # end the redrawn line
         counts = scrape_metrics(int(env.get("ETL_METRICS_PORT") or 9808), result["rows"], config.source == "sqs")
         details = store.query(
             conn, "SELECT reason, detail FROM rejected_messages WHERE message_id = ANY(%s) ORDER BY reason", (ids,)
@@ -343,7 +350,7 @@ def print_summary(
     print(
         f"shared     {result['shared_ip_tokens']} ip tokens ({result['rows_with_shared_ip']} rows), "
         f"{result['shared_device_tokens']} device tokens ({result['rows_with_shared_device']} rows): "
-        "the same ip or device in several rows"
+        "the same ip or device in several of this run's rows"
     )
     print(f"{backlog[0]:<10} {backlog[1]}" + (" (empty)" if backlog[0] == "queue" else ""))
     print(f"throughput {sent / elapsed:.1f} messages/s ({elapsed:.1f}s from worker start, including start-up)")

@@ -103,10 +103,22 @@ def cmd_report(args: argparse.Namespace, s: settings.Settings) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """Print a workers' env file (``etl keygen > .env``); the private key goes to a file of its own."""
+    """A workers' env file (``--env-file PATH``, a new file, or stdout); the private key goes to a
+    file of its own. Nothing is written where either file exists already."""
     text, private = keygen.workers_env(args.private_key_file)
-    keygen.write_private_key(args.private_key_file, private)
-    sys.stdout.write(text)
+    if args.env_file:
+        if Path(args.private_key_file).exists():  # checked first: refuse before creating the env file
+            keygen.write_private_key(args.private_key_file, private)
+        keygen.write_new(args.env_file, text, "--env-file")
+        try:
+            keygen.write_private_key(args.private_key_file, private)
+        except BaseException:
+            Path(args.env_file).unlink()  # ours, just made: no env file whose private key is lost
+            raise
+        print(f"etl keygen: wrote the workers' keys to {args.env_file} (mode 0600)", file=sys.stderr)
+    else:
+        keygen.write_private_key(args.private_key_file, private)
+        sys.stdout.write(text)
     print(
         f"etl keygen: wrote the vault's private key to {args.private_key_file} (mode 0600): "
         "for the PII officers only, never for workers",
@@ -156,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="etl",
         description="Login events from SQS or Kinesis (ETL_SOURCE) -> masked rows in Postgres, on Celery. "
-        "First steps: `etl demo`; for your own services `(umask 077; etl keygen > .env)`, then `etl doctor` (README).",
+        "First steps: `etl demo`; for your own services `etl keygen --env-file .env`, then `etl doctor` (README).",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -223,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
         "keygen",
         help="print a workers' .env (ETL_MASKING_KEY, ETL_PAYLOAD_KEY, ETL_VAULT_PUBLIC_KEY); "
         "the vault's private key goes to a file (mode 0600)",
+    )
+    keys.add_argument(
+        "--env-file",
+        help="write the workers' keys to this new file (mode 0600; never overwritten) instead of stdout",
     )
     keys.add_argument(
         "--private-key-file",

@@ -1,9 +1,10 @@
 """Fresh keys for a new deployment: the workers' env file, and the officers' private key apart.
 
-``etl keygen > .env`` must give a file workers can start with as printed, so the private key
-(which a worker refuses to hold) never goes to stdout: it is written to a file of its own,
-readable by its owner only (mode 0600), which the officers' tooling reads through
-``ETL_VAULT_PRIVATE_KEY_FILE``.
+``etl keygen --env-file .env`` (or ``etl keygen > .env``) must give a file workers can start
+with as printed, so the private key (which a worker refuses to hold) never goes there: it is
+written to a file of its own, readable by its owner only (mode 0600), which the officers' tooling
+reads through ``ETL_VAULT_PRIVATE_KEY_FILE``. Neither file is ever overwritten: a second run of
+the setup recipe must not replace the masking key (every token would change).
 """
 
 import os
@@ -36,14 +37,20 @@ def workers_env(private_key_file: str) -> tuple[str, str]:
 
 def write_private_key(path: str, key: str) -> None:
     """Write ``key`` to a new file at ``path``, mode 0600; never overwrite (ConfigError if it exists)."""
+    write_new(path, key + "\n", "--private-key-file")
+
+
+def write_new(path: str, text: str, option: str) -> None:
+    """Write ``text`` to a new file at ``path``, mode 0600 whatever the umask; never overwrite
+    (ConfigError naming ``option``, the flag that picks another path, if it exists)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ConfigError(
-            f"{path} exists already: keygen never overwrites a key; move it away or pass --private-key-file NEW_PATH"
+            f"{path} exists already: keygen never overwrites keys; keep it, or move it away or pass {option} NEW_PATH"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot create {path}: {exc.strerror}; pass --private-key-file PATH") from None
+        raise ConfigError(f"cannot create {path}: {exc.strerror}; pass {option} PATH") from None
     with os.fdopen(fd, "w", encoding="ascii") as f:
-        os.fchmod(f.fileno(), 0o600)  # whatever the umask allowed
-        f.write(key + "\n")
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)

@@ -65,8 +65,14 @@ def _print_table_stats(result: dict[str, Any]) -> None:
         f"rejected:  {result['rejected']}"
         + "".join(f"\n  {n:>6}  {report.printable(r)}" for r, n in result["rejected_by_reason"].items())
     )
-    print(f"shared ip tokens:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)")
-    print(f"shared device tokens: {result['shared_device_tokens']} (covering {result['rows_with_shared_device']} rows)")
+    # tokens on more than one row, whoever's (`etl report` counts those shared by several users)
+    print(
+        f"ip tokens in several rows:     {result['shared_ip_tokens']} (covering {result['rows_with_shared_ip']} rows)"
+    )
+    print(
+        f"device tokens in several rows: {result['shared_device_tokens']} "
+        f"(covering {result['rows_with_shared_device']} rows)"
+    )
     lat = result["latency"]
     if "error" in lat:
         print(f"latency:   unavailable ({lat['error']})")

@@ -50,6 +50,8 @@ def etl(*args: str, timeout: float = 60, **env: str) -> tuple[int, str, str, flo
         (f"postgresql://no_such_user:s3cret@{PG_AT}/postgres", ["as no_such_user", "no such user", "CREATE ROLE"]),
         ("mysql://root:s3cret@127.0.0.1/etl", ["scheme mysql://", "postgresql://"]),
     ],
+    # ids without the server's port: each xdist worker may have an embedded Postgres of its own
+    ids=["refused", "unknown-host", "no-such-database", "no-such-user", "wrong-scheme"],
 )
 def test_database_errors_say_what_where_and_what_to_do(url: str, says: list[str]) -> None:
     code, _, err, took = etl("stats", DATABASE_URL=url)

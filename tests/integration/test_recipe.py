@@ -101,3 +101,8 @@ def test_readme_recipe_runs_as_printed(
     loaded = settings.load(dict(re.findall(r"^([A-Z_0-9]+)=(.*)$", dotenv, re.M)))
     loaded.require_keys()
     assert loaded.vault_public_key and not loaded.vault_private_key
+    # the block's keygen line typed again (a reader repeating the setup): refused, .env untouched
+    keygen_line = next(line for line in lines if "etl keygen" in line)
+    again = subprocess.run(["bash", "-c", keygen_line], cwd=workdir, env=env, capture_output=True, text=True, timeout=9)
+    assert again.returncode == 2 and "exists already" in again.stderr, again.stderr
+    assert (workdir / ".env").read_text() == dotenv
