@@ -165,6 +165,7 @@ MAX_FETCH_SECONDS = CHUNK_SOFT_TIME_LIMIT - 10
 MAX_STREAM_NAME = 39
 MAX_CHUNK_BYTES = 512 * 1024 * 1024  # Redis's own ceiling for one value (proto-max-bulk-len)
 MAX_LINGER = 5.0  # ETL_CHUNK_LINGER's ceiling (seconds)
+MAX_SQS_THREADS = 100  # calls at once per process; each is a socket, kept open while idle
 _DEFAULTS = Settings()
 
 
@@ -286,6 +287,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"ETL_SQS_CLIENT must be lean or boto3, got {settings.sqs_client!r}")
     if settings.kinesis_client not in ("lean", "boto3"):
         raise ConfigError(f"ETL_KINESIS_CLIENT must be lean or boto3, got {settings.kinesis_client!r}")
+    if settings.sqs_threads > MAX_SQS_THREADS:
+        raise ConfigError(
+            f"ETL_SQS_THREADS must be at most {MAX_SQS_THREADS}: each concurrent SQS call holds a connection "
+            "(a file descriptor) in every worker process; the default 32 already hides SQS's latency"
+        )
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")
     if settings.chunk_linger > MAX_LINGER:

@@ -254,3 +254,30 @@ def test_a_queue_that_keeps_up_is_never_long_polled_nor_paced_between_full_round
     assert report.received == 16_000 and [len(c) for c in chunks] == [500] * 32
     assert queue.waits[0] > 0 and not any(queue.waits[1:])  # only the first round long-polls
     assert slept == []
+
+
+def test_a_burst_of_one_chunk_then_a_dry_queue_goes_back_to_long_polling() -> None:
+    """A burst that ends on a chunk boundary: the round that came back short says the queue runs
+    dry, so the empty hand long-polls (one call) instead of sending a full round of short polls
+    (up to 32 calls) that all come back empty (an outside review's finding)."""
+
+    class Counting(MemoryQueue):
+        def __init__(self, count: int) -> None:
+            super().__init__(count)
+            self.rounds: list[tuple[int, int, int]] = []  # (wait, asked, got)
+
+        def receive(
+            self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int = 120
+        ) -> list[Message]:
+            got = super().receive(max_messages, wait_seconds, visibility_timeout)
+            self.rounds.append((wait_seconds, max_messages, len(got)))
+            return got
+
+    # rounds of 320 (the long poll: this queue answers it whole), 20, 40, 80, then 100 of 160: short
+    queue, chunks = Counting(560), []
+    sqs_fetch.fetch(
+        queue, chunks.append, chunk_size=560, max_messages=10_000, budget_seconds=5, visibility_timeout=30,
+        receive_batch=320, linger=1.0, clock=Clock(), sleep=lambda s: None,
+    )  # fmt: skip
+    assert [len(c) for c in chunks] == [560] and queue.rounds[4] == (0, 160, 100)
+    assert not [r for r in queue.rounds if r[0] == 0 and r[2] == 0]  # no short-poll round came back empty

@@ -177,3 +177,9 @@ def test_a_fetch_budget_the_task_time_limit_would_cut_is_refused() -> None:
     assert settings.load({**base, "ETL_FETCH_SECONDS": "50"}).fetch_seconds == 50
     with pytest.raises(ConfigError, match="ETL_FETCH_SECONDS must be at most 50 seconds"):
         settings.load({**base, "ETL_FETCH_SECONDS": "75"})
+
+
+def test_more_sqs_threads_than_a_process_can_hold_connections_for_are_refused() -> None:
+    assert settings.load({"ETL_SQS_THREADS": "100"}).sqs_threads == 100
+    with pytest.raises(ConfigError, match="ETL_SQS_THREADS must be at most 100"):
+        settings.load({"ETL_SQS_THREADS": "5000"})

@@ -40,6 +40,7 @@ class MessageSource(Protocol):
 
 ROOM_POLL = 0.2  # seconds between looks at the broker while a fetch waits for room
 PACE = 0.25  # after a thin round, a lingering fetch pauses this share of its linger before the next
+FULL = 0.8  # a round that brought this share of what it asked for is full (next_round doubles after it)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def fetch(
     over concurrent calls); a round sized to what is arriving (``next_round``): after a thin round
     the next one asks for a little more than it got, after a full one for twice as much, so a
     trickle costs one call a round, not one per thread. Long-polls only while holding nothing
-    after a round that came back thin (at saturation a chunk boundary empties the hand too).
+    after a round that was not full (at saturation a chunk boundary empties the hand too; after
+    a burst, a round that came back short says the queue is running dry).
 
     A partial chunk is handed on once it has waited ``linger`` seconds for company (from its
     first message); meanwhile a thin round is followed by a pause (``PACE`` of the linger) so
@@ -97,7 +99,7 @@ def fetch(
     pending: list[Message] = []
     held_since = started  # when the oldest message of ``pending`` was received
     asking = receive_batch  # messages the next round asks for
-    flowing = False  # the last round came back at least half full: the next one does not long-poll
+    full = False  # the last round came back (nearly) full: the next one does not long-poll
     received = chunks = calls = withheld = 0
     stopped = "max_messages"
 
@@ -131,7 +133,7 @@ def fetch(
                     stopped = reason
                     break
             wait = 0
-            if not pending and not flowing:  # nothing in hand and the queue looked dry: long-poll
+            if not pending and not full:  # nothing in hand and the last round was not full: long-poll
                 wait = math.floor(remaining)
                 if wait == 0:
                     stopped = "budget"
@@ -142,7 +144,8 @@ def fetch(
             received += len(batch)
             could = min(asked, 10) if wait else asked  # a long poll is one call
             asking = next_round(could, len(batch), receive_batch)
-            flowing = 2 * len(batch) >= could
+            full = len(batch) >= FULL * could  # the queue kept up: no long poll next, even with an empty hand
+            thin = 2 * len(batch) < could  # little came: let messages gather before the next round
             if batch and not pending:
                 held_since = clock()
             pending.extend(chunking.screen(batch))
@@ -163,7 +166,7 @@ def fetch(
                 room()
                 chunk, pending = pending, []
                 send(chunk)  # it waited long enough for company (or the queue ran dry)
-            elif linger > 0 and not flowing:  # a thin round: let messages gather before the next one
+            elif linger > 0 and thin:  # a thin round: let messages gather before the next one
                 sleep(min(PACE * linger, linger - waited, max(0.0, deadline - clock())))
     except BaseException:
         for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
@@ -178,7 +181,7 @@ def fetch(
 def next_round(asked: int, got: int, most: int) -> int:
     """Messages the next receive round asks for: twice as many after a (nearly) full round, up to
     ``most``; after a thin one a little more than it got (whole calls of 10), at least one call."""
-    if got >= asked * 0.8:
+    if got >= asked * FULL:
         return min(most, max(asked * 2, 10))
     return min(most, max(10, -(-(got + got // 4 + 1) // 10) * 10))
 
