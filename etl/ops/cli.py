@@ -107,14 +107,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     file of its own. Nothing is written where either file exists already."""
     text, private = keygen.workers_env(args.private_key_file)
     if args.env_file:
-        if Path(args.private_key_file).exists():  # checked first: refuse before creating the env file
-            keygen.write_private_key(args.private_key_file, private)
-        keygen.write_new(args.env_file, text, "--env-file")
-        try:
-            keygen.write_private_key(args.private_key_file, private)
-        except BaseException:
-            Path(args.env_file).unlink()  # ours, just made: no env file whose private key is lost
-            raise
+        keygen.write_both(args.env_file, text, args.private_key_file, private)
         print(f"etl keygen: wrote the workers' keys to {args.env_file} (mode 0600)", file=sys.stderr)
     else:
         keygen.write_private_key(args.private_key_file, private)

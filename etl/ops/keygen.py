@@ -35,6 +35,19 @@ def workers_env(private_key_file: str) -> tuple[str, str]:
     return text, private
 
 
+def write_both(env_file: str, text: str, private_key_file: str, key: str) -> None:
+    """The workers' env file and the private key, both new: where either exists, neither is
+    written (the env file made here is removed again if the key cannot be written after it)."""
+    if os.path.lexists(private_key_file):  # refuse before the env file is made
+        write_private_key(private_key_file, key)
+    write_new(env_file, text, "--env-file")
+    try:
+        write_private_key(private_key_file, key)
+    except BaseException:
+        os.unlink(env_file)  # ours, just made: no env file whose private key is lost
+        raise
+
+
 def write_private_key(path: str, key: str) -> None:
     """Write ``key`` to a new file at ``path``, mode 0600; never overwrite (ConfigError if it exists)."""
     write_new(path, key + "\n", "--private-key-file")
