@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     seed.add_argument("--target", choices=["sqs", "kinesis"], help="where to put them (default: ETL_SOURCE)")
     seed.set_defaults(func=cmd_seed)
 
-    watching.add_commands(sub)  # stats, health
+    watching.add_stats(sub)
 
     demo = sub.add_parser(
         "demo", help="run the whole pipeline locally on an embedded SQS server (ETL_SOURCE=kinesis: a stream)"
@@ -194,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--fresh", action="store_true", help="empty the demo's embedded database first")
     demo.set_defaults(func=cmd_demo)
+
+    watching.add_health(sub)
 
     rejected = sub.add_parser("rejected", help="inspect and replay rejected messages")
     rsub = rejected.add_subparsers(dest="action", required=True)

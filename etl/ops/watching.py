@@ -21,12 +21,15 @@ from etl.worker.coordination import Coordinator
 LATENCY_MINUTES = 15
 
 
-def add_commands(sub: Any) -> None:
-    """Register ``stats`` and ``health`` on the ``etl`` parser's subparsers."""
+def add_stats(sub: Any) -> None:
+    """Register ``stats`` on the ``etl`` parser's subparsers."""
     stats = sub.add_parser("stats", help="rows, rejections, and queue depth (or per-shard checkpoint and lag)")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
 
+
+def add_health(sub: Any) -> None:
+    """Register ``health`` on the ``etl`` parser's subparsers."""
     check = sub.add_parser("health", help="exit 0 if the pipeline (or one worker) makes progress, else 1")
     check.add_argument("--node", help="judge one worker (its Celery hostname, e.g. celery@$HOSTNAME)")
     check.add_argument("--max-idle", type=float, help="seconds without progress that count as stuck (default 300)")
