@@ -63,19 +63,18 @@ def _checks(s: settings_module.Settings, role: str) -> Iterator[Check]:
         yield _metrics(s)
 
 
-DEMO_KEYS = ".demo/keys.json"  # where `etl demo` keeps its workers' throwaway keys (etl.demo)
-
-
 def _keys(s: settings_module.Settings, role: str) -> Check:
     if role == "etl_writer":
         try:
             s.require_keys()
         except ConfigError as exc:
+            from etl.demo.demo import KEYS_FILE  # here: the demo's modules are no load for every `etl` command
+
             fix = "`etl keygen --env-file .env` where there is no .env yet, then load .env"
-            if os.path.exists(DEMO_KEYS):
+            if KEYS_FILE.exists():
                 fix += (
                     f" (in the shell of `etl demo`'s export line this FAIL is expected: the demo's workers keep "
-                    f"their keys in {DEMO_KEYS}, and new keys would not match its tokens)"
+                    f"their keys in {KEYS_FILE}, and new keys would not match its tokens)"
                 )
             return Check("keys", False, str(exc), fix)
         try:
