@@ -37,14 +37,12 @@ def workers_env(private_key_file: str) -> tuple[str, str]:
 
 def write_both(env_file: str, text: str, private_key_file: str, key: str) -> None:
     """The workers' env file and the private key, both new: where either exists, neither is
-    written (the env file made here is removed again if the key cannot be written after it)."""
-    if os.path.lexists(private_key_file):  # refuse before the env file is made
-        write_private_key(private_key_file, key)
-    write_new(env_file, text, "--env-file")
+    left written (the private key made here is removed again if the env file cannot be made)."""
+    write_private_key(private_key_file, key)
     try:
-        write_private_key(private_key_file, key)
+        write_new(env_file, text, "--env-file")
     except BaseException:
-        os.unlink(env_file)  # ours, just made: no env file whose private key is lost
+        os.unlink(private_key_file)  # ours, just made: no private key without its workers' env
         raise
 
 
