@@ -25,7 +25,10 @@ class Settings:
     masking_key: str = ""
     masking_key_version: int = 1
     payload_keys: tuple[str, ...] = ()
-    chunk_size: int = 500
+    # Messages per chunk: fixed costs per chunk (the Celery hand-off, its events, the transaction)
+    # are ~7 ms of CPU, so at saturation 1000 costs ~11% less CPU per message than 500; at low load
+    # the linger, not the size, decides when a chunk leaves.
+    chunk_size: int = 1000
     # Broker bytes per chunk: half of Redis's lowest proto-max-bulk-len (1 MiB, the cap some
     # managed services keep), so a chunk of small bodies never nears it.
     chunk_max_bytes: int = 524_288

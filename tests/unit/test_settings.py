@@ -13,7 +13,7 @@ from tests.conftest import MASKING_KEY
 def test_defaults() -> None:
     s = settings.load({})
     assert s.sqs_queue_url == "http://localhost:4566/000000000000/login-queue"
-    assert s.chunk_size == 500 and s.fetch_interval == 5.0 and s.fetch_seconds == 20.0
+    assert s.chunk_size == 1000 and s.fetch_interval == 5.0 and s.fetch_seconds == 20.0
 
 
 def test_missing_masking_key_refuses_with_a_hint() -> None:
