@@ -71,8 +71,11 @@ def stage_of(stack: list[str]) -> str:
     if any(w in stack[-1] for w in WAITS):
         return "waiting"
     for frame in reversed(stack):  # innermost first
+        # py-spy names a site-packages file from its package ("(celery/app/trace.py:798)"):
+        # a slash after the parenthesis lets "/celery/" match it as it matches a full path
+        path = frame.replace(" (", " (/", 1)
         for name, fragments in STAGES:
-            if any(f in frame for f in fragments):
+            if any(f in path for f in fragments):
                 return name
     return "other"
 

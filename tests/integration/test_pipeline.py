@@ -315,22 +315,22 @@ def test_cli_seed_and_stats(queue: sqs.Queue, conn: store.Connection) -> None:
     assert "25 waiting" in stats.stdout
 
 
-DEFAULTS_MESSAGES = 600  # a few chunks of hundreds: as many as moto drains in reasonable time
+DEFAULTS_MESSAGES = 1_200  # a full chunk of a thousand and a lingering one: moto slows down fast with more
 
 
-@pytest.mark.long(50)
+@pytest.mark.long(95)
 @pytest.mark.xdist_group("heavy")  # never beside another heavy run (tests/conftest.py)
 def test_exactly_once_at_the_default_settings(
     queue: sqs.Queue, conn: store.Connection, broker: redis.Redis, tmp_path: Path, sqs_endpoint: str
 ) -> None:
-    """README's guarantees are stated for the defaults (chunks of 500, 32 SQS threads, 20 s
+    """README's guarantees are stated for the defaults (chunks of 1000, 32 SQS threads, 20 s
     fetches, visibility 120 s): every message once, as its row or its rejection, none twice."""
     from etl import settings
     from tests.support import pipeline_env
 
     env = pipeline_env(queue.url, sqs_endpoint, at_defaults=True)
     config = settings.load(env)
-    assert (config.chunk_size, config.sqs_threads, config.fetch_seconds) == (500, 32, 20.0)
+    assert (config.chunk_size, config.sqs_threads, config.fetch_seconds) == (1000, 32, 20.0)
     bodies = samples.generate(DEFAULTS_MESSAGES, seed=13)
     ids = queue.send(bodies)
     group = ProcessGroup(env=env, workdir=tmp_path)
