@@ -281,3 +281,39 @@ def test_a_burst_of_one_chunk_then_a_dry_queue_goes_back_to_long_polling() -> No
     )  # fmt: skip
     assert [len(c) for c in chunks] == [560] and queue.rounds[4] == (0, 160, 100)
     assert not [r for r in queue.rounds if r[0] == 0 and r[2] == 0]  # no short-poll round came back empty
+
+
+class OneAtATime(MemoryQueue):
+    """A queue that hands out one message a call."""
+
+    def receive(self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int = 120) -> list[Message]:
+        return super().receive(1, wait_seconds, visibility_timeout)
+
+
+@pytest.mark.parametrize(
+    ("body", "chunk_bytes", "sizes", "after"),
+    [
+        ("{}", 524_288, [5] * 6, [5, 10, 15, 20, 25, 30]),
+        ("x" * 40_000, 200_000, [3] * 10, [4, 7, 10, 13, 16, 19, 22, 25, 28]),
+    ],
+)
+def test_a_chunk_held_over_many_thin_rounds_leaves_as_soon_as_it_is_full_by_count_or_bytes(
+    body: str, chunk_bytes: int, sizes: list[int], after: list[int]
+) -> None:
+    """The fetch keeps the weight of what it holds as rounds add to it (it does not re-weigh it all
+    each round): a chunk still leaves at the round that fills it, by count (the 5th message) or
+    by bytes (the 4th, which would not fit beside the other 3)."""
+    from etl.model import chunking
+
+    queue, chunks, rounds = OneAtATime(0), [], []
+
+    def dispatch(chunk: list[Message]) -> None:
+        chunks.append(chunk)
+        rounds.append(len(queue.waits))  # receive calls made when the chunk left
+
+    queue.visible = [Message(f"m{i}", f"rh{i}", body, 0) for i in range(sum(sizes))]
+    run(queue, dispatch, chunk_size=5, chunk_bytes=chunk_bytes, linger=1000.0, sleep=lambda s: None)
+    assert [len(c) for c in chunks] == sizes
+    assert rounds[: len(after)] == after
+    assert [m.message_id for c in chunks for m in c] == [f"m{i}" for i in range(sum(sizes))]
+    assert all(sum(map(chunking.weight, c)) + chunking.CHUNK_OVERHEAD <= chunk_bytes for c in chunks)

@@ -97,6 +97,7 @@ def fetch(
     started = clock()
     deadline = started + budget_seconds
     pending: list[Message] = []
+    held = chunking.CHUNK_OVERHEAD  # estimated broker bytes of ``pending`` as one chunk, kept as it grows
     held_since = started  # when the oldest message of ``pending`` was received
     asking = receive_batch  # messages the next round asks for
     full = False  # the last round came back (nearly) full: the next one does not long-poll
@@ -148,15 +149,22 @@ def fetch(
             thin = 2 * len(batch) < could  # little came: let messages gather before the next round
             if batch and not pending:
                 held_since = clock()
-            pending.extend(chunking.screen(batch))
-            ready = chunking.cut(pending, chunk_size, chunk_bytes)
-            if ready and len(ready[-1]) < chunk_size:
-                ready.pop()  # not full yet (a full one by bytes was cut before its next message)
+            screened = chunking.screen(batch)
+            pending.extend(screened)
+            held += sum(map(chunking.weight, screened))
+            ready = []
+            if len(pending) >= chunk_size or held > chunk_bytes:  # else all of it is one partial chunk
+                # (cut only then: a trickle re-weighing all it holds every round cost ~4 µs a message)
+                ready = chunking.cut(pending, chunk_size, chunk_bytes)
+                if ready and len(ready[-1]) < chunk_size:
+                    ready.pop()  # not full yet (a full one by bytes was cut before its next message)
             for n, chunk in enumerate(ready):
                 if n:
                     room()
                 pending = pending[len(chunk) :]
                 send(chunk)
+            if ready:
+                held = chunking.CHUNK_OVERHEAD + sum(map(chunking.weight, pending))
             if ready and pending:
                 held_since = clock()  # what is left came with this round
             if not pending:
@@ -164,7 +172,7 @@ def fetch(
             waited = clock() - held_since
             if (linger > 0 and waited >= linger) or (linger == 0 and not batch):
                 room()
-                chunk, pending = pending, []
+                chunk, pending, held = pending, [], chunking.CHUNK_OVERHEAD
                 send(chunk)  # it waited long enough for company (or the queue ran dry)
             elif linger > 0 and thin:  # a thin round: let messages gather before the next one
                 sleep(min(PACE * linger, linger - waited, max(0.0, deadline - clock())))
