@@ -169,6 +169,9 @@ MAX_STREAM_NAME = 39
 MAX_CHUNK_BYTES = 512 * 1024 * 1024  # Redis's own ceiling for one value (proto-max-bulk-len)
 MAX_LINGER = 5.0  # ETL_CHUNK_LINGER's ceiling (seconds)
 MAX_SQS_THREADS = 100  # calls at once per process; each is a socket, kept open while idle
+MAX_VISIBILITY = 43_200  # SQS's own ceiling for a visibility timeout (12 hours)
+# A token is k<version>:<64 hex>; the vault's token column is varchar(80)
+MAX_MASKING_KEY_VERSION = 999_999
 _DEFAULTS = Settings()
 
 
@@ -294,6 +297,16 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"ETL_SQS_THREADS must be at most {MAX_SQS_THREADS}: each concurrent SQS call holds a connection "
             "(a file descriptor) in every worker process; the default 32 already hides SQS's latency"
+        )
+    if settings.visibility_timeout > MAX_VISIBILITY:
+        raise ConfigError(
+            f"SQS_VISIBILITY_TIMEOUT must be at most {MAX_VISIBILITY} seconds (12 hours): SQS refuses every "
+            "receive asking for more; the default is 120"
+        )
+    if settings.masking_key_version > MAX_MASKING_KEY_VERSION:
+        raise ConfigError(
+            f"ETL_MASKING_KEY_VERSION must be at most {MAX_MASKING_KEY_VERSION}: it is part of every token "
+            "(k<version>:...), which must fit the tables' columns; versions count key rotations from 1"
         )
     if settings.chunk_size > 1000:
         raise ConfigError("ETL_CHUNK_SIZE must be at most 1000 (one Postgres transaction per chunk)")

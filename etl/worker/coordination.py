@@ -22,7 +22,9 @@ import redis
 from etl.errors import ConfigError, TransientError
 
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
-LATENCY = "etl:latency:"  # + unix minute: hash, latency bucket -> messages committed in that minute
+LATENCY = "etl:latency-v2:"  # + unix minute: hash, latency bucket -> messages committed in that minute
+# (v2: the buckets at 1.5 and 2.0 s; counts written under the old buckets, without them, would read
+# as if their (1.0, 2.5] bucket were (2.0, 2.5], so they are kept apart and age out)
 LATENCY_KEEP = 3600  # seconds a minute's counts are kept
 FIX = "check CELERY_BROKER_URL and that Redis is up"
 

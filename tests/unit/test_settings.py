@@ -183,3 +183,21 @@ def test_more_sqs_threads_than_a_process_can_hold_connections_for_are_refused() 
     assert settings.load({"ETL_SQS_THREADS": "100"}).sqs_threads == 100
     with pytest.raises(ConfigError, match="ETL_SQS_THREADS must be at most 100"):
         settings.load({"ETL_SQS_THREADS": "5000"})
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "said"),
+    [
+        ("SQS_VISIBILITY_TIMEOUT", "43201", "at most 43200 seconds"),
+        ("ETL_MASKING_KEY_VERSION", "1000000000000000", "at most 999999"),
+    ],
+)
+def test_values_the_pipeline_could_never_use_are_refused_at_start_up(name: str, bad: str, said: str) -> None:
+    """SQS refuses a visibility over 12 hours on every receive, and a key version of 15 digits makes
+    tokens longer than their column (every message rejected): both refused before anything runs."""
+    with pytest.raises(ConfigError, match=f"{name} must be {said}"):
+        settings.load({name: bad})
+    assert (
+        settings.load({"SQS_VISIBILITY_TIMEOUT": "43200", "ETL_MASKING_KEY_VERSION": "999999"}).visibility_timeout
+        == 43_200
+    )
