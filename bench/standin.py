@@ -22,6 +22,7 @@ every message is there at once and is stamped when it is received.
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import time
@@ -32,6 +33,11 @@ from typing import Any
 from etl.ops import samples
 
 TARGET_PREFIX = b"AmazonSQS."
+# SQS's own identifiers are long, and they travel: in every answer, in each chunk on the broker,
+# in each delete. A MessageId is a 36-character UUID; a receipt handle from AWS is ~380
+# characters of base64 ("AQEB..."). Short stand-ins (``rh-7``) made chunks lighter than they are
+# against SQS, so the byte cap (ETL_CHUNK_MAX_BYTES) never cut them where it does in production.
+HANDLE_PAD = base64.b64encode(hashlib.sha512(b"etl").digest() * 5)[:360]
 STATS = "Bench.Stats"
 RESET = "Bench.Reset"
 
@@ -79,8 +85,15 @@ class State:
         frags = self.fragments
         prefix = self.prefix.encode()
         items = [
-            b'{"MessageId":"%s-%d","ReceiptHandle":"rh-%d",%s,"Attributes":{"SentTimestamp":"%s","ApproximateReceiveCount":"1"}}'
-            % (prefix, i, i, frags[i % len(frags)], str(int(started + i * 1000 / rate)).encode() if rate else now)
+            b'{"MessageId":"%s-%025d","ReceiptHandle":"AQEB%s%016d",%s,"Attributes":{"SentTimestamp":"%s","ApproximateReceiveCount":"1"}}'
+            % (
+                prefix,
+                i,
+                HANDLE_PAD,
+                i,
+                frags[i % len(frags)],
+                str(int(started + i * 1000 / rate)).encode() if rate else now,
+            )
             for i in range(first, first + n)
         ]
         return b'{"Messages":[' + b",".join(items) + b"]}", wait

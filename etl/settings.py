@@ -29,9 +29,12 @@ class Settings:
     # are ~7 ms of CPU, so at saturation 1000 costs ~11% less CPU per message than 500; at low load
     # the linger, not the size, decides when a chunk leaves.
     chunk_size: int = 1000
-    # Broker bytes per chunk: half of Redis's lowest proto-max-bulk-len (1 MiB, the cap some
-    # managed services keep), so a chunk of small bodies never nears it.
-    chunk_max_bytes: int = 524_288
+    # Broker bytes per chunk (an upper estimate, chunking.weight): under Redis's lowest
+    # proto-max-bulk-len (1 MiB, the cap some managed services keep) with 64 KiB to spare for the
+    # task's envelope. Sized so that a chunk of 1000 login events fits with SQS's own identifiers
+    # (a ~380-character receipt handle and a 36-character id per message ride along): at half of
+    # 1 MiB the bytes, not ETL_CHUNK_SIZE, cut chunks at ~550 messages.
+    chunk_max_bytes: int = 983_040
     # Seconds a partial chunk waits for more messages before it is handed on (a fetch receiving
     # less than a chunk's worth): fewer, fuller chunks at low load, for up to this much latency.
     chunk_linger: float = 1.0

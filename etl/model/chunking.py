@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from etl.model.records import Message, Withheld
 
-DEFAULT_CHUNK_BYTES = 524_288  # ETL_CHUNK_MAX_BYTES's default (etl.settings; a unit test keeps them equal)
+DEFAULT_CHUNK_BYTES = 983_040  # ETL_CHUNK_MAX_BYTES's default (etl.settings; a unit test keeps them equal)
 SOURCE_MAX_BODY_BYTES = 1_048_576  # SQS and Kinesis both cap a message (a record's data) at 1 MiB
 TOO_LARGE = "too_large"
 BROKER_REFUSED = "broker_refused"

@@ -37,6 +37,25 @@ def small_redis(tmp_path: Path) -> Iterator[str]:
     server.stop()
 
 
+def test_a_chunk_cut_by_bytes_at_the_default_cap_fits_a_1_mib_broker_whole(
+    queue: sqs.Queue, conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
+) -> None:
+    """ETL_CHUNK_MAX_BYTES's default (960 KiB, an upper estimate) stays under a 1 MiB broker's cap
+    with the task's envelope: chunks of ~9 KB bodies, cut by bytes at the cap, all land and no
+    message is refused on its own."""
+    bodies = [json.dumps({**json.loads(event(i)), "note": "x" * 9_000}) for i in range(120)]
+    ids = queue.send(bodies)
+    env = {**pipeline_env(queue.url, sqs_endpoint, CELERY_BROKER_URL=small_redis), "ETL_CHUNK_SIZE": "1000"}
+    group = ProcessGroup(env=env, workdir=tmp_path)
+    try:
+        group.start("worker", "beat")
+        wait_until(drained(queue, conn, len(ids)), 120, "every message's row or rejection")
+    finally:
+        group.stop()
+    assert not store.query(conn, "SELECT 1 FROM rejected_messages WHERE reason = 'broker_refused'")
+    assert "refused" not in (tmp_path / "worker.log").read_text()
+
+
 def test_a_body_the_broker_refuses_costs_no_neighbour(
     queue: sqs.Queue, conn: store.Connection, small_redis: str, sqs_endpoint: str, tmp_path: Path
 ) -> None:

@@ -38,7 +38,7 @@ def test_bad_number_is_named() -> None:
 
 
 def test_chunk_max_bytes_is_checked_at_start_up() -> None:
-    assert settings.load({}).chunk_max_bytes == 524_288
+    assert settings.load({}).chunk_max_bytes == 983_040
     assert settings.load({"ETL_CHUNK_MAX_BYTES": "1048576"}).chunk_max_bytes == 1_048_576
     for bad, said in (("64k", "not a whole number"), ("1000", "at least 65536"), (str(2**30), "at most")):
         with pytest.raises(ConfigError, match=f"ETL_CHUNK_MAX_BYTES.*{said}|{said}.*ETL_CHUNK_MAX_BYTES"):
