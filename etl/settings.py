@@ -260,7 +260,7 @@ def _refuse_unknown(env: Mapping[str, str]) -> None:
     for name in sorted(env):
         if name.startswith("ETL_") and not name.startswith("ETL_TEST_") and name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-            hint = f"did you mean {near[0]}?" if near else "README 'Settings' lists them"
+            hint = f"did you mean {near[0]}?" if near else "docs/settings.md lists them"
             raise ConfigError(f"{name} is not a setting of etl: {hint} (unset it or fix its name)")
 
 

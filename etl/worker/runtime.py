@@ -83,7 +83,7 @@ def build(config: settings.Settings) -> Runtime:
     config.require_keys()
     if config.vault_private_key:
         raise ConfigError(
-            "ETL_VAULT_PRIVATE_KEY is set for a worker: workers seal with ETL_VAULT_PUBLIC_KEY only; "
+            "ETL_VAULT_PRIVATE_KEY (or ETL_VAULT_PRIVATE_KEY_FILE) is set for a worker: workers seal with ETL_VAULT_PUBLIC_KEY only; "
             "remove the private key from the worker's environment (it belongs to the officers' tooling)"
         )
     if config.vault_public_key:

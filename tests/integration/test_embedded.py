@@ -118,3 +118,19 @@ def test_flower_moves_to_another_port_when_its_port_was_taken(
     pipeline.start("flower", FLOWER_BASIC_AUTH="ops:s3cret")
     assert pipeline.flower_port != taken_port
     assert processes.listens(pipeline.procs["flower"].pid, pipeline.flower_port)
+
+
+def test_a_second_run_on_the_same_data_refuses_and_leaves_the_first_ones_server_up(tmp_path: Path) -> None:
+    """Two `etl demo`s in one checkout: the second says the data is in use and, on its way out,
+    stops nothing (it used to stop the first demo's PostgreSQL under it)."""
+    first, second = embedded.Postgres(tmp_path / "pg"), embedded.Postgres(tmp_path / "pg")
+    try:
+        url = first.start()
+        with pytest.raises(ConfigError, match=r"is in use by a running server \(pid \d+\).*another `etl demo`"):
+            second.start()
+        second.stop()
+        assert first.running()
+        store.connect(url).close()
+    finally:
+        first.stop()
+    assert not first.running()

@@ -156,7 +156,7 @@ def test_the_sqs_client_is_lean_by_default_and_boto3_on_request() -> None:
 def test_a_misspelt_setting_is_named_with_the_nearest_real_one() -> None:
     with pytest.raises(ConfigError, match=r"ETL_CHUNKSIZE is not a setting of etl: did you mean ETL_CHUNK_SIZE\?"):
         settings.load({"ETL_CHUNKSIZE": "10"})
-    with pytest.raises(ConfigError, match=r"ETL_NOTHING_LIKE_IT is not a setting of etl: README 'Settings'"):
+    with pytest.raises(ConfigError, match=r"ETL_NOTHING_LIKE_IT is not a setting of etl: docs/settings.md lists them"):
         settings.load({"ETL_NOTHING_LIKE_IT": "1"})
     settings.load({"ETL_TEST_DATABASE_URL": "x", "ETL_EMBEDDED": "never", "OTHER": "x"})  # tests' own, others'
 
