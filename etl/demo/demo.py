@@ -252,6 +252,11 @@ def run(
         if counts:
             port = int(env.get("ETL_METRICS_PORT") or 9808)
             print(f"metrics    http://127.0.0.1:{port}/metrics: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
+            if counts.get("duplicates_skipped"):
+                print(
+                    f"           {counts['duplicates_skipped']:g} delivered again by the queue and skipped as already "
+                    "written (SQS delivers at least once; each message is stored once)"
+                )
         if keep:
             print_kept(env, config, own["DATABASE_URL"])
             try:
