@@ -83,8 +83,9 @@ def build(config: settings.Settings) -> Runtime:
     config.require_keys()
     if config.vault_private_key:
         raise ConfigError(
-            "ETL_VAULT_PRIVATE_KEY (or ETL_VAULT_PRIVATE_KEY_FILE) is set for a worker: workers seal with ETL_VAULT_PUBLIC_KEY only; "
-            "remove the private key from the worker's environment (it belongs to the officers' tooling)"
+            "ETL_VAULT_PRIVATE_KEY (or ETL_VAULT_PRIVATE_KEY_FILE) is set for a worker: workers seal with "
+            "ETL_VAULT_PUBLIC_KEY only; remove the private key from the worker's environment (it belongs to "
+            "the officers' tooling)"
         )
     if config.vault_public_key:
         vault.parse_public_key(config.vault_public_key)  # a malformed key stops the worker at start
