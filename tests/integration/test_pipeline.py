@@ -315,7 +315,7 @@ def test_cli_seed_and_stats(queue: sqs.Queue, conn: store.Connection) -> None:
     assert "25 waiting" in stats.stdout
 
 
-DEFAULTS_MESSAGES = 1_200  # a full chunk of a thousand and a lingering one: moto slows down fast with more
+DEFAULTS_MESSAGES = 1_200  # more than a default chunk (1000) holds; moto slows down fast with more
 
 
 @pytest.mark.long(95)
