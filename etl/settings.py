@@ -26,8 +26,8 @@ class Settings:
     masking_key_version: int = 1
     payload_keys: tuple[str, ...] = ()
     # Messages per chunk: fixed costs per chunk (the Celery hand-off, its events, the transaction)
-    # are ~7 ms of CPU, so at saturation 1000 costs ~11% less CPU per message than 500; at low load
-    # the linger, not the size, decides when a chunk leaves.
+    # are ~7 ms of CPU, so at saturation 1000 costs ~14% less CPU per message than 500 (make bench,
+    # docs/performance.md); at low load the linger, not the size, decides when a chunk leaves.
     chunk_size: int = 1000
     # Broker bytes per chunk (an upper estimate, chunking.weight): under Redis's lowest
     # proto-max-bulk-len (1 MiB, the cap some managed services keep) with 64 KiB to spare for the
