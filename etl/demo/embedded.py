@@ -259,6 +259,12 @@ def for_run(prefix: str, worker: str | None = None, workers: int = 1) -> Iterato
     """
     saved = {name: os.environ.get(name) for name in (*_RUN_VARIABLES, "ETL_METRICS_PORT")}
     os.environ.setdefault("ETL_METRICS_PORT", str(free_port()))
+    if worker is not None and os.environ.get("ETL_TEST_EMBEDDED_DIR"):
+        # An embedded pair a parent process made (pytest-xdist's controller starts one when it is
+        # handed test files whose conftest imports tests/support.py): never shared between
+        # workers, whose chaos tests restart their servers. (Servers of yours never set this.)
+        for name in _RUN_VARIABLES:
+            os.environ.pop(name, None)
     try:
         if os.environ.get("ETL_TEST_DATABASE_URL") and os.environ.get("ETL_TEST_BROKER_URL"):
             with _yours_split(prefix, worker, workers):
