@@ -73,6 +73,22 @@ def pg_dump(*args: str) -> bytes:
     return subprocess.run([binary, *args, DATABASE_URL], capture_output=True, check=True).stdout
 
 
+def send_chunk(messages: list[Any], keep: int = 600) -> str:
+    """Publish ``messages`` as one etl.mask_and_write chunk, as a fetch does (sealed, kept in Redis
+    under a key of its own); the key."""
+    from etl.worker import tasks
+    from etl.worker.coordination import Coordinator
+
+    return tasks.send_chunk(messages, sealing.Sealer([PAYLOAD_KEY]), Coordinator(BROKER_URL), keep)
+
+
+def stash(sealed: bytes, keep: int = 600) -> str:
+    """``sealed`` kept in the test broker's Redis as a fetch keeps a chunk; its key."""
+    from etl.worker.coordination import Coordinator
+
+    return Coordinator(BROKER_URL).stash(sealed, keep)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

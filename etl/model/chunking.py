@@ -26,11 +26,11 @@ TOO_LARGE = "too_large"
 BROKER_REFUSED = "broker_refused"
 REASONS = (TOO_LARGE, BROKER_REFUSED)
 
-# Bytes a message adds to a packed chunk besides its body: its header entry (ids, numbers) before
-# Fernet's base64. Generous: the estimate must not undercount.
+# Bytes a message adds to a packed chunk besides its body and identifiers: its header entry (about
+# 50 bytes of marshal framing and numbers). Generous: the estimate must not undercount.
 MESSAGE_OVERHEAD = 96
-# Bytes of a chunk's envelope on the broker: Celery's headers and kombu's properties (about 1.5 KB
-# measured), Fernet's version, time, IV, padding and HMAC.
+# Bytes of a chunk's own framing in Redis (the sealed value: version, header length, GCM's 45
+# bytes), generously: the task message itself, a few hundred bytes, is a value of its own.
 CHUNK_OVERHEAD = 4096
 # The lightest message ``deliver`` may withhold as ``broker_refused``. Redis's lowest
 # proto-max-bulk-len is 1 MiB and managed services cap values at hundreds of MB: a lighter message
@@ -46,11 +46,12 @@ def body_bytes(message: Message) -> int:
 
 
 def weight(message: Message) -> int:
-    """Broker bytes this message adds to a chunk (an upper estimate: Fernet's base64 is 4/3)."""
+    """Bytes this message adds to a sealed chunk in Redis (an upper estimate: bodies and
+    identifiers travel as raw bytes, etl.model.records.pack_chunk)."""
     raw = body_bytes(message) + len(message.message_id) + len(message.receipt_handle) + MESSAGE_OVERHEAD
     if message.withheld is not None:
         raw += len(message.withheld.detail) + len(message.withheld.reason)
-    return (raw * 4 + 2) // 3
+    return raw
 
 
 def cut(messages: list[Message], max_count: int, max_bytes: int) -> list[list[Message]]:

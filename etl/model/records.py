@@ -6,6 +6,7 @@ rejected. It never raises for bad data: every message ends as exactly one row or
 """
 
 import json
+import marshal
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -223,64 +224,85 @@ def forget_erased(chunk: ChunkResult, erased: Mapping[str, datetime]) -> ChunkRe
     )
 
 
-# The chunk's wire format. Version 2: one byte 0x02, the length of a JSON header (4 bytes, big
-# endian), the header (one list per message: id, receipt handle, sent ms, receive count, received
-# at, body length in bytes, withheld as [reason, detail, chars] or null), then the bodies' UTF-8
-# bytes one after the other. Bodies are not JSON strings: no escapes (a 4-byte character stays 4
-# bytes, not a 12-byte surrogate pair), so a chunk weighs its bodies plus Fernet's base64 (4/3).
-# Version 1 (a JSON list of Message objects, from before) is still read: chunks in flight during an
-# upgrade must open.
+# The chunk's wire format. Version 3 (sealed with Sealer.seal_bytes, kept in Redis as bytes): one
+# byte 0x03, the length of the header (4 bytes, big endian), the header, then the bodies' UTF-8
+# bytes one after the other. The header is a list with one tuple per message - id, receipt
+# handle, sent ms, receive count, received at, body length in bytes, withheld as (reason, detail,
+# chars) or None - in marshal's format 4 (str, int, float and None only; read and written the same
+# by every Python 3 since 3.4), ~6x faster both ways than JSON for 1,000 SQS-sized receipt handles.
+# It is read only after the AES-GCM tag proved that a holder of the payload key wrote it. Bodies
+# are raw bytes: no escapes, no base64, so a chunk weighs its bodies and identifiers plus ~60
+# bytes a message.
+# Versions 1 (a JSON list of Message objects) and 2 (as 3, with a JSON header, sealed as Fernet
+# text and carried in the task itself) are still read: chunks in flight during an upgrade open.
 _V2 = b"\x02"
+_V3 = b"\x03"
 _HEAD = 4  # bytes of the header's length
+_MARSHAL = 4  # marshal's format version for the header
 
 
-def pack_chunk(messages: list[Message], sealer: Sealer) -> str:
+def pack_chunk(messages: list[Message], sealer: Sealer) -> bytes:
     """Seal a chunk for the broker: Redis and Flower only ever see ciphertext."""
     bodies = [m.body.encode("utf-8", "surrogatepass") for m in messages]
-    head = json.dumps(
+    head = marshal.dumps(
         [
-            [
+            (
                 m.message_id,
                 m.receipt_handle,
                 m.sent_timestamp_ms,
                 m.receive_count,
                 m.received_at,
                 len(body),
-                None if m.withheld is None else [m.withheld.reason, m.withheld.detail, m.withheld.chars],
-            ]
+                None if m.withheld is None else (m.withheld.reason, m.withheld.detail, m.withheld.chars),
+            )
             for m, body in zip(messages, bodies, strict=True)
         ],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode("utf-8", "surrogatepass")
-    return sealer.seal(b"".join([_V2, len(head).to_bytes(_HEAD, "big"), head, *bodies]))
+        _MARSHAL,
+    )
+    return sealer.seal_bytes(b"".join([_V3, len(head).to_bytes(_HEAD, "big"), head, *bodies]))
 
 
-def unpack_chunk(sealed: str, sealer: Sealer, max_age: float | None = None) -> list[Message]:
-    """The chunk's messages; Expired (errors) when it was sealed over ``max_age`` seconds ago."""
-    data = sealer.open(sealed, max_age)
-    if data[:1] == b"[":  # version 1
-        return [Message(**m) for m in json.loads(data.decode("utf-8", "surrogatepass"))]
-    if data[:1] != _V2 or len(data) < 1 + _HEAD:
+def unpack_chunk(sealed: bytes | str, sealer: Sealer, max_age: float | None = None) -> list[Message]:
+    """The chunk's messages; Expired (errors) when it was sealed over ``max_age`` seconds ago.
+    ``sealed`` is what ``pack_chunk`` made (bytes) or, from before version 3, Fernet text."""
+    if isinstance(sealed, bytes):
+        data = sealer.open_bytes(sealed, max_age)
+        version = _V3
+    else:
+        data = sealer.open(sealed, max_age)
+        if data[:1] == b"[":  # version 1
+            return [Message(**m) for m in json.loads(data.decode("utf-8", "surrogatepass"))]
+        version = _V2
+    if data[:1] != version or len(data) < 1 + _HEAD:
         raise TerminalError("the chunk's format is unknown")
     at = 1 + _HEAD + int.from_bytes(data[1 : 1 + _HEAD], "big")
+    raw = data[1 + _HEAD : at]
+    try:
+        # marshal reads only what the AES-GCM tag proved a holder of the payload key sealed
+        old = version == _V2
+        head = json.loads(raw.decode("utf-8", "surrogatepass")) if old else marshal.loads(raw)  # noqa: S302
+    except (ValueError, EOFError, TypeError):
+        raise TerminalError("the chunk's header cannot be read") from None
+    if not isinstance(head, list):
+        raise TerminalError("the chunk's format is unknown")
     messages = []
-    for message_id, receipt, sent_ms, receives, received_at, size, withheld in json.loads(
-        data[1 + _HEAD : at].decode("utf-8", "surrogatepass")
-    ):
-        body = data[at : at + size].decode("utf-8", "surrogatepass")
-        at += size
-        messages.append(
-            Message(
-                message_id,
-                receipt,
-                body,
-                sent_ms,
-                receives,
-                received_at,
-                None if withheld is None else Withheld(*withheld),
+    try:
+        for message_id, receipt, sent_ms, receives, received_at, size, withheld in head:
+            body = data[at : at + size].decode("utf-8", "surrogatepass")
+            at += size
+            messages.append(
+                Message(
+                    message_id,
+                    receipt,
+                    body,
+                    sent_ms,
+                    receives,
+                    received_at,
+                    None if withheld is None else Withheld(*withheld),
+                )
             )
-        )
+    except (ValueError, TypeError):
+        raise TerminalError("the chunk's header does not match its format") from None
     if at != len(data):
         raise TerminalError("the chunk's length does not match its header")
     return messages

@@ -2,8 +2,9 @@
 
 * ``ChunkTask`` and ``CHUNK_TASK_OPTIONS``: how every chunk task runs (acked late, transient
   failures retried with backoff, a retry keeps the PII-free argsrepr);
-* ``open_chunk``, ``chunk_attempt`` and ``committed``: opening a chunk (an expired one is dropped),
-  one attempt at it, and what follows its commit;
+* ``hand_on``, ``open_chunk``, ``chunk_attempt`` and ``committed``: publishing a sealed chunk
+  (its ciphertext kept in Redis under a key of its own, the task carrying the key), opening it (an
+  expired or vanished one is dropped), one attempt at it, and what follows its commit;
 * ``pause`` and ``shutting_down``: when a fetch stops handing chunks on (backpressure, SIGTERM);
   ``request_fetch_if_starving``: a fetch now, when the broker runs low;
 * the argsrepr guard (``before_task_publish``) and the worker's signals: refuse to start without
@@ -33,12 +34,14 @@ from celery.signals import (
 )
 
 from etl import load, logs, settings, store
+from etl.crypto import sealing
 from etl.errors import ConfigError, Expired, TransientError
 from etl.model import latency, records
 from etl.model.records import Message
 from etl.sources.kinesis.fetch import stream_key
 from etl.worker import metrics, runtime
 from etl.worker.celery import app
+from etl.worker.coordination import CHUNKS, Coordinator
 
 log = logging.getLogger("etl.tasks")
 QUEUE = "etl"  # celeryconfig.task_default_queue
@@ -183,14 +186,48 @@ def request_fetch_if_starving(rt: runtime.Runtime, fetch_task: Any) -> None:
         pass  # beat will fetch anyway
 
 
-def open_chunk(task: Any, rt: runtime.Runtime, sealed: str, comes_back: str) -> list[Message] | None:
-    """The chunk's messages; None for a chunk sealed longer ago than the visibility timeout: by
-    now its source hands its messages out again (``comes_back`` says how), so it is dropped
-    unopened and a captured chunk replayed later writes nothing."""
+def hand_on(task: Any, coordinator: Coordinator, sealed: bytes, count: int, keep: int, *more: Any) -> str:
+    """Publish one sealed chunk of ``count`` messages to ``task``: the ciphertext is kept in Redis
+    for ``keep`` seconds under a key of its own and the task's arguments are that key (then
+    ``more``), with a PII-free argsrepr; returns the key. A publish that fails forgets the key."""
+    key = coordinator.stash(sealed, keep)
+    try:
+        task.apply_async(args=[key, *more], argsrepr=chunk_argsrepr(count), kwargsrepr="{}")
+    except BaseException:
+        coordinator.discard(key)
+        raise
+    return key
+
+
+def keep_seconds(rt: runtime.Runtime) -> int:
+    """How long a stashed chunk is kept: as long as it may be opened (the visibility timeout after
+    its sealing, plus the clock skew ``open`` allows)."""
+    return rt.settings.visibility_timeout + sealing.MAX_CLOCK_SKEW
+
+
+def open_chunk(task: Any, rt: runtime.Runtime, ref: str, comes_back: str) -> list[Message] | None:
+    """The chunk's messages, from ``ref``: the key ``hand_on`` kept it under (or, from an older
+    publisher, the sealed chunk itself). None for a chunk whose key is gone (expired, or lost with
+    Redis) or that was sealed longer ago than the visibility timeout: by now its source hands its
+    messages out again (``comes_back`` says how), so it is dropped unopened and a captured chunk
+    replayed later writes nothing. Redis unreachable: TransientError (the task is retried)."""
+    sealed: bytes | str = ref
+    if ref.startswith(CHUNKS):
+        stashed = rt.coordinator.claim(ref)
+        if stashed is None:
+            log.warning(
+                "chunk %s: dropped, no longer in Redis (committed already, expired, or lost with Redis); %s",
+                task.request.id,
+                comes_back,
+            )
+            return None
+        sealed = stashed
     try:
         return records.unpack_chunk(sealed, rt.sealer, max_age=rt.settings.visibility_timeout)
     except Expired as exc:
         log.warning("chunk %s: dropped, %s; %s", task.request.id, exc, comes_back)
+        if ref.startswith(CHUNKS):
+            rt.coordinator.discard(ref)
         return None
 
 
@@ -228,9 +265,13 @@ def committed(
     messages: list[Message],
     fetch_task: Any,
     deleted: bool,
+    ref: str,
 ) -> None:
-    """After a chunk's commit: heartbeat, metrics (``deleted``: from SQS), latency counts for
-    ``etl stats``, and a fetch (``fetch_task``) if the broker runs low."""
+    """After a chunk's commit: its stashed ciphertext forgotten (``ref``), heartbeat, metrics
+    (``deleted``: from SQS), latency counts for ``etl stats``, and a fetch (``fetch_task``) if the
+    broker runs low. (A redelivery after this finds the key gone: its work is committed.)"""
+    if ref.startswith(CHUNKS):
+        rt.coordinator.discard(ref)
     rt.coordinator.heartbeat("commit", task.request.hostname or "?")
     rt.coordinator.count_latencies(latency.bucket_counts(record(report, messages, deleted=deleted)))
     request_fetch_if_starving(rt, fetch_task)

@@ -8,10 +8,12 @@ same Redis.)
 * progress heartbeats (last fetch, last commit per worker), for ``etl health``;
 * small JSON records in hashes: a stream's read pointers and per-shard status (their keys:
   etl.sources.kinesis.fetch.stream_key);
-* end-to-end latency counts per minute and bucket (etl.model.latency), for ``etl stats``.
+* end-to-end latency counts per minute and bucket (etl.model.latency), for ``etl stats``;
+* sealed chunks, each under a key of its own (``stash``): a chunk task carries only the key.
 """
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -26,6 +28,7 @@ LATENCY = "etl:latency-v2:"  # + unix minute: hash, latency bucket -> messages c
 # (v2: the buckets at 1.5 and 2.0 s; counts written under the old buckets, without them, would read
 # as if their (1.0, 2.5] bucket were (2.0, 2.5], so they are kept apart and age out)
 LATENCY_KEEP = 3600  # seconds a minute's counts are kept
+CHUNKS = "etl:chunk:"  # + 32 random hex digits: one sealed chunk (a string value with a TTL)
 FIX = "check CELERY_BROKER_URL and that Redis is up"
 
 
@@ -122,6 +125,33 @@ class Coordinator:
             return bool(self._redis.set(name, "1", nx=True, px=int(seconds * 1000)))
         except redis.RedisError as exc:
             raise self._failed("SET", exc) from None
+
+    def stash(self, sealed: bytes, seconds: int) -> str:
+        """Keep a sealed chunk for ``seconds`` under a new random key, and return the key.
+
+        The chunk's task carries this key instead of the ciphertext: the broker message stays a
+        few hundred bytes, so kombu does not JSON-encode, copy (its unacked hash) and decode a
+        megabyte per chunk in three processes; the ciphertext crosses Redis once each way."""
+        key = f"{CHUNKS}{secrets.token_hex(16)}"
+        try:
+            self._redis.set(key, sealed, ex=max(1, seconds))
+        except redis.RedisError as exc:
+            raise self._failed("SET", exc) from None
+        return key
+
+    def claim(self, key: str) -> bytes | None:
+        """The sealed chunk kept under ``key``; None once it expired or was discarded (or Redis
+        lost it)."""
+        try:
+            value = self._redis.get(key)
+        except redis.RedisError as exc:
+            raise self._failed("GET", exc) from None
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    def discard(self, key: str) -> None:
+        """Forget a stashed chunk (best effort: its TTL removes it anyway)."""
+        with suppress(redis.RedisError):
+            self._redis.delete(key)
 
     def heartbeat(self, what: str, node: str) -> None:
         """Record that ``node`` just did ``what`` (best effort: never fail a chunk for this)."""

@@ -18,18 +18,19 @@ from etl.sources.kinesis.fetch import stream_key
 from etl.worker import chunks, metrics, runtime
 from etl.worker.celery import app
 from etl.worker.chunks import CHUNK_TASK_OPTIONS, MASK_AND_WRITE_STREAM
+from etl.worker.coordination import Coordinator
 
 log = logging.getLogger("etl.stream_tasks")
 FETCH_STREAM = "etl.fetch_stream"
 ROOM_WAIT = 0.5  # seconds before a run that met backpressure is followed by the next
 
 
-def send_stream_chunk(position: Position, chunk: list[Message], sealer: Sealer) -> None:
-    """Queue one chunk of one shard for etl.mask_and_write_stream, sealed like an SQS chunk."""
-    mask_and_write_stream.apply_async(
-        args=[records.pack_chunk(chunk, sealer), position.as_dict()],
-        argsrepr=chunks.chunk_argsrepr(len(chunk)),
-        kwargsrepr="{}",
+def send_stream_chunk(
+    position: Position, chunk: list[Message], sealer: Sealer, coordinator: Coordinator, keep: int
+) -> None:
+    """Queue one chunk of one shard for etl.mask_and_write_stream, sealed and kept like an SQS chunk."""
+    chunks.hand_on(
+        mask_and_write_stream, coordinator, records.pack_chunk(chunk, sealer), len(chunk), keep, position.as_dict()
     )
     metrics.instruments().stream_read.inc(len(chunk))
 
@@ -43,7 +44,7 @@ def fetch_stream(self: Any) -> dict[str, Any]:
         rt.stream(),
         rt,
         rt.coordinator,
-        lambda position, chunk: send_stream_chunk(position, chunk, rt.sealer),
+        lambda position, chunk: send_stream_chunk(position, chunk, rt.sealer, rt.coordinator, chunks.keep_seconds(rt)),
         chunk_size=s.chunk_size,
         chunk_bytes=s.chunk_max_bytes,
         budget_seconds=s.fetch_seconds,
@@ -77,14 +78,14 @@ def _one_successor(rt: runtime.Runtime, stream: str) -> bool:
 
 
 @app.task(name=MASK_AND_WRITE_STREAM, **CHUNK_TASK_OPTIONS)
-def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> dict[str, int]:
+def mask_and_write_stream(self: Any, ref: str, position: dict[str, str]) -> dict[str, int]:
     """Validate, mask and write one chunk of one shard; its checkpoint moves in the same commit.
 
     A chunk that never commits (out of retries, lost with the broker) holds its shard's
     checkpoint back; the next fetch reads on from the checkpoint after SQS_VISIBILITY_TIMEOUT.
     """
     rt = runtime.get()
-    messages = chunks.open_chunk(self, rt, sealed, "its records are read again from the checkpoint")
+    messages = chunks.open_chunk(self, rt, ref, "its records are read again from the checkpoint")
     if messages is None:
         return {"inserted": 0, "rejected": 0, "duplicates": 0}
     where = Position(**position)
@@ -105,5 +106,5 @@ def mask_and_write_stream(self: Any, sealed: str, position: dict[str, str]) -> d
             label=self.request.id or "",
             vault=rt.vault(),
         )
-    chunks.committed(self, rt, report, messages, fetch_stream, deleted=False)
+    chunks.committed(self, rt, report, messages, fetch_stream, deleted=False, ref=ref)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

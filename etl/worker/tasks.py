@@ -16,18 +16,17 @@ from etl.sources.sqs import fetch as sqs_fetch
 from etl.worker import chunks, metrics, runtime
 from etl.worker.celery import app
 from etl.worker.chunks import CHUNK_TASK_OPTIONS, MASK_AND_WRITE
+from etl.worker.coordination import Coordinator
 
 log = logging.getLogger("etl.tasks")
 
 
-def send_chunk(chunk: list[Message], sealer: Sealer) -> None:
-    """Queue one chunk for etl.mask_and_write: sealed, with a PII-free argsrepr for Flower."""
-    mask_and_write.apply_async(
-        args=[records.pack_chunk(chunk, sealer)],
-        argsrepr=chunks.chunk_argsrepr(len(chunk)),
-        kwargsrepr="{}",
-    )
+def send_chunk(chunk: list[Message], sealer: Sealer, coordinator: Coordinator, keep: int) -> str:
+    """Queue one chunk for etl.mask_and_write: sealed, kept in Redis for ``keep`` seconds, the task
+    carrying its key and a PII-free argsrepr for Flower (etl.worker.chunks.hand_on); the key."""
+    key = chunks.hand_on(mask_and_write, coordinator, records.pack_chunk(chunk, sealer), len(chunk), keep)
     metrics.instruments().received.inc(len(chunk))  # counted as handed on, so a scrape mid-run is current
+    return key
 
 
 @app.task(name="etl.fetch", bind=True, acks_late=False, ignore_result=True)
@@ -48,7 +47,7 @@ def fetch(self: Any) -> dict[str, Any]:
         rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
         report = sqs_fetch.fetch(
             rt.queue,
-            lambda chunk: send_chunk(chunk, rt.sealer),
+            lambda chunk: send_chunk(chunk, rt.sealer, rt.coordinator, chunks.keep_seconds(rt)),
             chunk_size=s.chunk_size,
             chunk_bytes=s.chunk_max_bytes,
             max_messages=s.fetch_max_messages,
@@ -83,14 +82,14 @@ def fetch(self: Any) -> dict[str, Any]:
 
 
 @app.task(name=MASK_AND_WRITE, **CHUNK_TASK_OPTIONS)
-def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
+def mask_and_write(self: Any, ref: str) -> dict[str, int]:
     """Validate, mask and write one chunk in one transaction, then delete it from SQS.
 
     Transient failures retry with backoff; after the last retry the messages simply return to
     SQS when their visibility timeout runs out (and to the dead-letter queue after 5 receives).
     """
     rt = runtime.get()
-    messages = chunks.open_chunk(self, rt, sealed, "its messages come back from SQS")
+    messages = chunks.open_chunk(self, rt, ref, "its messages come back from SQS")
     if messages is None:
         return {"inserted": 0, "rejected": 0, "duplicates": 0}
 
@@ -109,5 +108,5 @@ def mask_and_write(self: Any, sealed: str) -> dict[str, int]:
             label=self.request.id or "",
             vault=rt.vault(),
         )
-    chunks.committed(self, rt, report, messages, fetch, deleted=True)
+    chunks.committed(self, rt, report, messages, fetch, deleted=True, ref=ref)
     return {"inserted": report.inserted, "rejected": report.rejected, "duplicates": report.duplicates}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import PAYLOAD_KEY, ProcessGroup, drained, processes, wait_until
+from tests.support import PAYLOAD_KEY, ProcessGroup, drained, processes, send_chunk, stash, wait_until
 
 from etl.model import records  # isort: skip  (after tests.support, which points Celery at the test broker)
 from etl import store
@@ -74,21 +74,21 @@ def queued_chunks(client: redis.Redis) -> list[dict[str, Any]]:
     return [m["headers"] for m in raw if m["headers"].get("task") == "etl.mask_and_write"]
 
 
-def sealed_chunk(count: int) -> str:
-    messages = [
+def chunk_messages(count: int) -> list[records.Message]:
+    return [
         records.Message(f"hyg-{i}", f"receipt-{i}", body, 1_700_000_000_000) for i, body in enumerate(bodies()[:count])
     ]
-    return records.pack_chunk(messages, Sealer([PAYLOAD_KEY]))
 
 
 def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker: redis.Redis) -> None:
     from etl.worker import tasks
     from etl.worker.celery import app
 
-    sealed = sealed_chunk(3)
-    tasks.mask_and_write.apply_async(args=[sealed])  # as Celery itself re-publishes: no argsrepr
-    app.send_task("etl.mask_and_write", args=[sealed], argsrepr=repr([sealed]), kwargsrepr="{'x': 1}")
-    tasks.send_chunk(records.unpack_chunk(sealed, Sealer([PAYLOAD_KEY])), Sealer([PAYLOAD_KEY]))
+    sealed = records.pack_chunk(chunk_messages(3), Sealer([PAYLOAD_KEY]))
+    old = Sealer([PAYLOAD_KEY]).seal(b"[]")  # a chunk as publishers before the stash sent it: in the task
+    tasks.mask_and_write.apply_async(args=[old])  # as Celery itself re-publishes: no argsrepr
+    app.send_task("etl.mask_and_write", args=[stash(sealed)], argsrepr=repr([old]), kwargsrepr="{'x': 1}")
+    send_chunk(chunk_messages(3))
 
     headers = queued_chunks(broker)
     assert [h["argsrepr"] for h in headers] == ["<sealed chunk>", "<sealed chunk>", "<sealed chunk of 3 messages>"]
@@ -99,14 +99,12 @@ def test_a_chunk_published_without_our_argsrepr_gets_a_pii_free_one(broker: redi
 
 def test_a_retried_chunk_keeps_its_argsrepr(pipeline: ProcessGroup, queue: sqs.Queue, broker: redis.Redis) -> None:
     """Postgres down: the chunk is retried (autoretry on TransientError), re-published by Celery."""
-    from etl.worker import tasks
 
     queue.send([event(f"hyg-retry-{i}", ip, dev) for i, (ip, dev) in enumerate(zip(IPS, DEVICES, strict=True))])
     received: list[records.Message] = []
     while len(received) < len(IPS):
         received += queue.receive(10, wait_seconds=1, visibility_timeout=120)
-    sealer = Sealer([PAYLOAD_KEY])
-    tasks.send_chunk(received, sealer)
+    send_chunk(received)
     pipeline.start("worker", DATABASE_URL="postgresql://postgres@127.0.0.1:1/test")
 
     def retried() -> list[dict[str, Any]]:

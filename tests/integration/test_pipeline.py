@@ -29,6 +29,7 @@ from tests.support import (
     drained,
     pg_dump,
     receive_all,
+    send_chunk,
     sent_timestamps,
     task_runs,
     wait_until,
@@ -136,12 +137,11 @@ def test_a_chunk_delivered_twice_by_the_broker_writes_once(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker: redis.Redis
 ) -> None:
     """Celery redelivery (acks_late after a lost worker) of the same chunk is harmless."""
-    from etl.worker import tasks
 
     queue.send([event(f"10.1.0.{i}", f"d-{i}", f"u{i}") for i in range(10)])
     received = receive_all(queue, 10, visibility_timeout=60)
-    tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
-    tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
+    send_chunk(received)
+    send_chunk(received)
     pipeline.start("worker")
     wait_until(lambda: pipeline.log("worker").count("Task etl.mask_and_write") >= 4, 60, "both deliveries to finish")
     assert len(rows(conn)) == len(received)
@@ -206,7 +206,6 @@ def test_postgres_unreachable_leaves_messages_in_sqs_until_it_is_back(
 def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
     pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from etl.worker import tasks
 
     ips = [f"192.0.2.{i}" for i in range(1, 21)]
     devices = [f"{i:03d}-55-{i:04d}" for i in range(1, 21)]
@@ -217,9 +216,9 @@ def test_no_plaintext_pii_in_redis_flower_postgres_or_logs(
 
     # Chunks parked on the broker, before any worker takes them: only ciphertext in Redis.
     received = receive_all(queue, len(bodies), visibility_timeout=60)
-    tasks.send_chunk(received, Sealer([PAYLOAD_KEY]))
+    key = send_chunk(received)
     redis_dump = dump_redis(broker)
-    assert b"sealed chunk of 22 messages" in redis_dump
+    assert b"sealed chunk of 22 messages" in redis_dump and key.encode() in redis_dump
     assert_absent(secrets, redis_dump, "Redis while chunks wait")
 
     pipeline.start("flower", FLOWER_BASIC_AUTH="tester:flower-secret")

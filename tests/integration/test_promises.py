@@ -31,6 +31,7 @@ from tests.support import (
     VAULT_PUBLIC_KEY,
     ProcessGroup,
     drained,
+    stash,
     wait_until,
 )
 
@@ -98,7 +99,7 @@ def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
     received = receive_all(queue, 5, visibility_timeout=60)
     with writes_stalled():
         tasks.mask_and_write.apply_async(
-            args=[records.pack_chunk(received, Sealer([PAYLOAD_KEY]))],
+            args=[stash(records.pack_chunk(received, Sealer([PAYLOAD_KEY])))],
             argsrepr=chunks.chunk_argsrepr(len(received)),
             soft_time_limit=3,
             time_limit=40,

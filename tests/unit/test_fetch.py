@@ -294,7 +294,7 @@ class OneAtATime(MemoryQueue):
     ("body", "chunk_bytes", "sizes", "after"),
     [
         ("{}", 524_288, [5] * 6, [5, 10, 15, 20, 25, 30]),
-        ("x" * 40_000, 200_000, [3] * 10, [4, 7, 10, 13, 16, 19, 22, 25, 28]),
+        ("x" * 60_000, 200_000, [3] * 10, [4, 7, 10, 13, 16, 19, 22, 25, 28]),
     ],
 )
 def test_a_chunk_held_over_many_thin_rounds_leaves_as_soon_as_it_is_full_by_count_or_bytes(

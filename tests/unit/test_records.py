@@ -65,7 +65,8 @@ def test_chunk_payload_round_trips_and_hides_pii() -> None:
     sealer = Sealer([new_key()])
     msgs = [message(json.dumps(EVENT), mid="x"), message("\ud800 lone surrogate", mid="y")]
     packed = records.pack_chunk(msgs, sealer)
-    assert EVENT["ip"] not in packed and EVENT["device_id"] not in packed
+    assert EVENT["ip"].encode() not in packed and EVENT["device_id"].encode() not in packed
+    assert b"\x03" + bytes(4) not in packed  # the plaintext's framing is not visible either
     assert records.unpack_chunk(packed, sealer) == msgs
 
 
@@ -140,6 +141,7 @@ def test_an_erased_users_earlier_messages_keep_no_token_vault_entry_or_body() ->
 
 def test_a_chunk_sealed_longer_ago_than_allowed_is_expired() -> None:
     import time
+    from unittest import mock
 
     import pytest
     from cryptography.fernet import Fernet
@@ -160,6 +162,19 @@ def test_a_chunk_sealed_longer_ago_than_allowed_is_expired() -> None:
         records.unpack_chunk(future, sealer, max_age=120)
     with pytest.raises(TerminalError):
         records.unpack_chunk(old[:-4] + "AAAA", sealer, max_age=10**9)  # tampered: refused, not dated
+    # today's chunks (AES-GCM bytes) carry their seal time in the authenticated head
+    with mock.patch("time.time", return_value=time.time() - 121):
+        old_bytes = records.pack_chunk([message("b")], sealer)
+    with pytest.raises(Expired):
+        records.unpack_chunk(old_bytes, sealer, max_age=120)
+    assert records.unpack_chunk(old_bytes, sealer)[0].body == "b"
+    with mock.patch("time.time", return_value=time.time() + 3600):
+        future_bytes = records.pack_chunk([message("b")], sealer)
+    with pytest.raises(Expired):
+        records.unpack_chunk(future_bytes, sealer, max_age=120)
+    redated = old_bytes[:1] + int(time.time()).to_bytes(8, "big") + old_bytes[9:]
+    with pytest.raises(TerminalError):  # a younger seal time written over the old one: refused
+        records.unpack_chunk(redated, sealer, max_age=120)
 
 
 def test_a_withheld_message_is_rejected_with_its_own_reason_and_no_body() -> None:
@@ -192,7 +207,12 @@ def test_a_chunk_whose_lengths_do_not_add_up_is_refused() -> None:
     from etl.errors import TerminalError
 
     sealer = Sealer([new_key()])
-    data = sealer.open(records.pack_chunk([message("abc")], sealer))
-    for broken in (data[:-1], data + b"x", b"\x03" + data[1:]):
+    data = sealer.open_bytes(records.pack_chunk([message("abc")], sealer))
+    for broken in (data[:-1], data + b"x", b"\x02" + data[1:], data[:5] + b"\x00" + data[6:]):
+        with pytest.raises(TerminalError):
+            records.unpack_chunk(sealer.seal_bytes(broken), sealer)
+    version2 = b"\x02" + len(b"[]").to_bytes(4, "big") + b"[]"
+    for broken in (version2 + b"x", b"\x03" + version2[1:]):  # version 2 travels as Fernet text only
         with pytest.raises(TerminalError):
             records.unpack_chunk(sealer.seal(broken), sealer)
+    assert records.unpack_chunk(sealer.seal(version2), sealer) == []
