@@ -160,10 +160,14 @@ def _json_type(value: object) -> str:
     return "not a string"
 
 
+# One decoder for every body (json.loads with a hook builds a new one per call: ~1 µs a message).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
 def parse_event(body: str) -> LoginEvent | Rejection:
     """Turn one message body into a LoginEvent, or say precisely why it cannot be one."""
     try:
-        data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        data = _DECODER.decode(body)
     except _DuplicateKey as exc:
         return Rejection(DUPLICATE_KEY, f"{_key_name(str(exc))} appears more than once", _named_user(body))
     except RecursionError:
