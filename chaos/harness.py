@@ -262,13 +262,14 @@ def park_chunks(ctx: Ctx, count: int) -> int:
     """Receive up to ``count`` messages and queue them as chunks on the broker, as fetch does."""
     from etl.crypto.sealing import Sealer
     from etl.worker import tasks
+    from etl.worker.coordination import Coordinator
 
     received: list[Any] = []
     for _ in range(count // 10):
         received += ctx.queue.receive(10, wait_seconds=1, visibility_timeout=VISIBILITY)
-    sealer = Sealer([ctx.pipeline.env["ETL_PAYLOAD_KEY"]])
+    sealer, coordinator = Sealer([ctx.pipeline.env["ETL_PAYLOAD_KEY"]]), Coordinator(BROKER_URL)
     for start in range(0, len(received), 20):
-        tasks.send_chunk(received[start : start + 20], sealer)
+        tasks.send_chunk(received[start : start + 20], sealer, coordinator, VISIBILITY + 60)
     return len(received)
 
 

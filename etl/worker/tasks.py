@@ -45,9 +45,14 @@ def fetch(self: Any) -> dict[str, Any]:
         if not held:
             return {"skipped": "another fetch is running"}
         rt.coordinator.heartbeat("fetch", self.request.hostname or "?")
+        keep = chunks.keep_seconds(rt)
+
+        def dispatch(chunk: list[Message]) -> None:
+            send_chunk(chunk, rt.sealer, rt.coordinator, keep)
+
         report = sqs_fetch.fetch(
             rt.queue,
-            lambda chunk: send_chunk(chunk, rt.sealer, rt.coordinator, chunks.keep_seconds(rt)),
+            dispatch,
             chunk_size=s.chunk_size,
             chunk_bytes=s.chunk_max_bytes,
             max_messages=s.fetch_max_messages,
