@@ -41,16 +41,19 @@ REFUSABLE = 65_536
 
 def body_bytes(message: Message) -> int:
     """The body's length in UTF-8 bytes (``isascii`` is O(1): no copy for an ASCII body)."""
-    body = message.body
-    return len(body) if body.isascii() else len(body.encode("utf-8", "surrogatepass"))
+    return utf8_bytes(message.body)
+
+
+def utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def weight(message: Message) -> int:
     """Bytes this message adds to a sealed chunk in Redis (an upper estimate: bodies and
     identifiers travel as raw bytes, etl.model.records.pack_chunk)."""
-    raw = body_bytes(message) + len(message.message_id) + len(message.receipt_handle) + MESSAGE_OVERHEAD
+    raw = body_bytes(message) + utf8_bytes(message.message_id) + utf8_bytes(message.receipt_handle) + MESSAGE_OVERHEAD
     if message.withheld is not None:
-        raw += len(message.withheld.detail) + len(message.withheld.reason)
+        raw += utf8_bytes(message.withheld.detail) + utf8_bytes(message.withheld.reason)
     return raw
 
 

@@ -35,7 +35,7 @@ from celery.signals import (
 
 from etl import load, logs, settings, store
 from etl.crypto import sealing
-from etl.errors import ConfigError, Expired, TransientError
+from etl.errors import ConfigError, Expired, TerminalError, TransientError
 from etl.model import latency, records
 from etl.model.records import Message
 from etl.sources.kinesis.fetch import stream_key
@@ -211,6 +211,8 @@ def open_chunk(task: Any, rt: runtime.Runtime, ref: str, comes_back: str) -> lis
     Redis) or that was sealed longer ago than the visibility timeout: by now its source hands its
     messages out again (``comes_back`` says how), so it is dropped unopened and a captured chunk
     replayed later writes nothing. Redis unreachable: TransientError (the task is retried)."""
+    if not isinstance(ref, str):
+        raise TerminalError("the task's argument is not a chunk (a key or a sealed chunk)")
     sealed: bytes | str = ref
     if ref.startswith(CHUNKS):
         stashed = rt.coordinator.claim(ref)
@@ -304,6 +306,16 @@ class ChunkTask(app.Task):  # type: ignore[misc]
         extra.setdefault("argsrepr", previous if _OURS.fullmatch(previous) else SEALED)
         extra.setdefault("kwargsrepr", "{}")
         return super().signature_from_request(request, args, kwargs, queue, **extra)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """A chunk task that failed for good (out of retries, a time limit that released its
+        messages, a chunk that cannot be opened) will not run again: its stashed chunk goes now,
+        not at its TTL, so failures cannot pile chunks up in Redis beyond the stated bound. (A
+        worker lost mid-task is requeued instead, key and all: Celery calls this only for a task
+        that raised.)"""
+        ref = args[0] if args else None
+        if isinstance(ref, str) and ref.startswith(CHUNKS):
+            runtime.get().coordinator.discard(ref)
 
 
 # Every chunk task (SQS and stream): acked after it ran, transient failures retried with backoff.

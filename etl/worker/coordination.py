@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from etl.errors import ConfigError, TransientError
+from etl.errors import ConfigError, TerminalError, TransientError
 
 HEARTBEATS = "etl:heartbeats"  # hash: "<what>:<node>" -> unix time
 LATENCY = "etl:latency-v2:"  # + unix minute: hash, latency bucket -> messages committed in that minute
@@ -141,9 +141,13 @@ class Coordinator:
 
     def claim(self, key: str) -> bytes | None:
         """The sealed chunk kept under ``key``; None once it expired or was discarded (or Redis
-        lost it)."""
+        lost it). TerminalError when ``key`` holds something else than a chunk (a list, a hash)."""
         try:
             value = self._redis.get(key)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise self._failed("GET", exc) from None
+            raise TerminalError("the task names a Redis key that holds no chunk (WRONGTYPE)") from None
         except redis.RedisError as exc:
             raise self._failed("GET", exc) from None
         return value if value is None or isinstance(value, bytes) else str(value).encode()

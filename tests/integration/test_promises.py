@@ -85,7 +85,7 @@ def duplicate_ids(conn: store.Connection) -> int:
 
 
 def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
-    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection
+    pipeline: ProcessGroup, queue: sqs.Queue, conn: store.Connection, broker: redis.Redis
 ) -> None:
     """docs/reliability.md, "shutdown": a chunk that hits its soft time limit sets visibility 0.
 
@@ -111,7 +111,25 @@ def test_a_chunk_past_its_soft_time_limit_releases_its_messages_at_once(
         wait_until(lambda: queue.depth()["visible"] == 5, 20, "the released messages to be visible again")
         assert time.monotonic() - started < 30  # far below the 60 s visibility timeout
         assert "time limit hit; releasing its 5 messages back to SQS" in pipeline.log("worker")
+        # the task has ended for good: its stashed chunk goes now, not at its TTL
+        wait_until(lambda: not list(broker.scan_iter("etl:chunk:*")), 20, "the released chunk's key to go")
     assert row_count(conn) == 0
+
+
+def test_a_chunk_task_that_fails_for_good_leaves_no_chunk_in_redis(pipeline: ProcessGroup, broker: redis.Redis) -> None:
+    """A task whose chunk cannot be opened (not ours, or a key holding a list) fails once, is not
+    retried, and its key does not wait for its TTL: failures cannot pile chunks up in Redis."""
+    from etl.worker import tasks
+
+    junk = stash(b"\x81" + bytes(80))
+    broker.rpush("etl:chunk:a-list", "x")
+    for ref in (junk, "etl:chunk:a-list"):
+        tasks.mask_and_write.apply_async(args=[ref], argsrepr="<sealed chunk>")
+    pipeline.start("worker")
+    wait_until(lambda: pipeline.log("worker").count("TerminalError") >= 2, 60, "both tasks to fail")
+    wait_until(lambda: not list(broker.scan_iter("etl:chunk:*")), 20, "their keys to go")
+    log = pipeline.log("worker")
+    assert "Retry in" not in log and "holds no chunk (WRONGTYPE)" in log
 
 
 # ---- 2. SIGTERM during a fetch: it stops receiving and hands on what it holds ------------------------
