@@ -228,8 +228,7 @@ def open_chunk(task: Any, rt: runtime.Runtime, ref: str, comes_back: str) -> lis
         return records.unpack_chunk(sealed, rt.sealer, max_age=rt.settings.visibility_timeout)
     except Expired as exc:
         log.warning("chunk %s: dropped, %s; %s", task.request.id, exc, comes_back)
-        if ref.startswith(CHUNKS):
-            rt.coordinator.discard(ref)
+        rt.coordinator.discard(ref)
         return None
 
 
@@ -272,8 +271,7 @@ def committed(
     """After a chunk's commit: its stashed ciphertext forgotten (``ref``), heartbeat, metrics
     (``deleted``: from SQS), latency counts for ``etl stats``, and a fetch (``fetch_task``) if the
     broker runs low. (A redelivery after this finds the key gone: its work is committed.)"""
-    if ref.startswith(CHUNKS):
-        rt.coordinator.discard(ref)
+    rt.coordinator.discard(ref)
     rt.coordinator.heartbeat("commit", task.request.hostname or "?")
     rt.coordinator.count_latencies(latency.bucket_counts(record(report, messages, deleted=deleted)))
     request_fetch_if_starving(rt, fetch_task)
@@ -314,7 +312,7 @@ class ChunkTask(app.Task):  # type: ignore[misc]
         worker lost mid-task is requeued instead, key and all: Celery calls this only for a task
         that raised.)"""
         ref = args[0] if args else None
-        if isinstance(ref, str) and ref.startswith(CHUNKS):
+        if isinstance(ref, str):
             runtime.get().coordinator.discard(ref)
 
 

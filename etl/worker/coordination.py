@@ -153,7 +153,11 @@ class Coordinator:
         return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     def discard(self, key: str) -> None:
-        """Forget a stashed chunk (best effort: its TTL removes it anyway)."""
+        """Forget a stashed chunk (best effort: its TTL removes it anyway). Anything but a chunk's
+        key (a sealed chunk carried in its task by an older publisher, another of our keys named
+        by a forged task) is left alone."""
+        if not key.startswith(CHUNKS):
+            return
         with suppress(redis.RedisError):
             self._redis.delete(key)
 
