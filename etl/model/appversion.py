@@ -15,6 +15,7 @@ Contract (also in docs/reliability.md "app_version contract"):
 Anything else ("1.2.3.4", "v2", "1.2-beta", "", " 1.0") is rejected, never guessed at.
 """
 
+import functools
 import re
 
 MAX_MAJOR = 2146
@@ -33,6 +34,15 @@ def encode(text: str) -> int:
             f"app_version components out of range (major <= {MAX_MAJOR}, minor and patch <= {MAX_COMPONENT})"
         )
     return major * 1_000_000 + minor * 1_000 + patch
+
+
+@functools.lru_cache(maxsize=4096)
+def code_or_none(text: str) -> int | None:
+    """``encode(text)``, or None where encode refuses it; remembered, as a fleet sends few versions."""
+    try:
+        return encode(text)
+    except ValueError:
+        return None
 
 
 def decode(code: int) -> str:

@@ -67,7 +67,7 @@ ON CONFLICT DO NOTHING
 RETURNING reason
 """
 # The chunk's erased users (and a lock that holds an erasure back until this chunk commits).
-_ERASURES = "SELECT user_id, erased_at FROM etl_erasures_for(%s)"
+_ERASURES = "SELECT user_id, erased_at FROM etl_erasures_for(%s::text[])"
 INSERT_VAULT = "INSERT INTO pii_vault (field, token, ciphertext) VALUES %s ON CONFLICT (field, token) DO NOTHING"
 
 
@@ -86,7 +86,7 @@ def write_chunk(conn: Connection, chunk: ChunkResult, position: Position | None 
     with transaction(conn, "write chunk") as cur:
         users = sorted({r.user_id for r in chunk.rows} | {r.user_id for r in chunk.rejected if r.user_id})
         if users:  # first, before pii_vault: an erasure and this chunk never interleave
-            cur.execute(_ERASURES, (users,))
+            cur.execute(_ERASURES, (users_array(users),))
             chunk = forget_erased(chunk, dict(cur.fetchall()))
         rows = sorted(chunk.rows, key=lambda r: r.message_id)
         rejected = sorted(chunk.rejected, key=lambda r: r.message_id)
@@ -132,27 +132,42 @@ def _copy_field(value: object) -> str:
     return text
 
 
+def _copy_line(r: LoginRow) -> str:
+    locale = "\\N" if r.locale is None else r.locale
+    line = (
+        f"{r.message_id}\t{r.user_id}\t{r.device_type}\t{r.masked_ip}\t{r.masked_device_id}\t"
+        f"{locale}\t{r.app_version}\t{r.create_date}\n"
+    )
+    # Seven tabs, one newline and no backslash but a null locale's: nothing in the values needs escaping.
+    if line.count("\t") == 7 and line.count("\n") == 1 and "\r" not in line and line.count("\\") == (r.locale is None):
+        return line
+    fields = (
+        r.message_id,
+        r.user_id,
+        r.device_type,
+        r.masked_ip,
+        r.masked_device_id,
+        r.locale,
+        r.app_version,
+        r.create_date,
+    )
+    return "\t".join(map(_copy_field, fields)) + "\n"
+
+
 def copy_text(rows: Sequence[LoginRow]) -> io.StringIO:
     """Rows in COPY's text format (validation already refused NUL and unpaired surrogates)."""
-    buf = io.StringIO()
-    buf.writelines(
-        "\t".join(
-            map(
-                _copy_field,
-                (
-                    r.message_id,
-                    r.user_id,
-                    r.device_type,
-                    r.masked_ip,
-                    r.masked_device_id,
-                    r.locale,
-                    r.app_version,
-                    r.create_date,
-                ),
-            )
+    return io.StringIO("".join(map(_copy_line, rows)))
+
+
+def users_array(users: Iterable[str]) -> str:
+    """A Postgres text[] literal of ``users``, for one parameter: psycopg2 adapts a list of 1,000
+    strings at ~1 µs each, one string of them all at ~0.1 µs each. Every element is quoted, with
+    backslash and double quote escaped (validation already refused NUL)."""
+    return (
+        "{"
+        + ",".join(
+            f'"{u}"' if '"' not in u and "\\" not in u else '"' + u.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for u in users
         )
-        + "\n"
-        for r in rows
+        + "}"
     )
-    buf.seek(0)
-    return buf

@@ -153,9 +153,9 @@ def pause(rt: runtime.Runtime) -> str | None:
     return None
 
 
-def record(report: load.ChunkReport, messages: list[Message], deleted: bool = True) -> list[float]:
+def record(report: load.ChunkReport, messages: list[Message], deleted: bool = True) -> dict[str, int]:
     """Move the metrics by what one committed chunk did (``deleted``: from SQS); return its
-    messages' end-to-end latencies (seconds)."""
+    messages' end-to-end latencies as bucket counts (latency.bucket_counts)."""
     m = metrics.instruments()
     m.rows.inc(report.inserted)
     m.duplicates.inc(report.duplicates)
@@ -166,9 +166,9 @@ def record(report: load.ChunkReport, messages: list[Message], deleted: bool = Tr
     m.chunk_seconds.observe(report.write_seconds)
     committed_ms = time.time() * 1000
     lags = [max(0.0, (committed_ms - message.sent_timestamp_ms) / 1000) for message in messages]
-    for lag in lags:
-        m.lag.observe(lag)
-    return lags
+    counts = latency.bucket_counts(lags)
+    metrics.observe_latencies(m.lag, lags, counts)
+    return counts
 
 
 def request_fetch_if_starving(rt: runtime.Runtime, fetch_task: Any) -> None:
@@ -273,7 +273,7 @@ def committed(
     broker runs low. (A redelivery after this finds the key gone: its work is committed.)"""
     rt.coordinator.discard(ref)
     rt.coordinator.heartbeat("commit", task.request.hostname or "?")
-    rt.coordinator.count_latencies(latency.bucket_counts(record(report, messages, deleted=deleted)))
+    rt.coordinator.count_latencies(record(report, messages, deleted=deleted))
     request_fetch_if_starving(rt, fetch_task)
 
 

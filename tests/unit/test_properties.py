@@ -91,3 +91,37 @@ def test_bodies_of_256_bytes_or_more_cost_at_most_one_and_a_half_bytes_each(text
     only: tests/integration/test_sizes.py measures it in Redis)."""
     chunk = [Message(f"id-{i}", f"rh-{i}", t, 1_700_000_000_000, 2) for i, t in enumerate(texts)]
     assert added_bytes(chunk) / sum(utf8(t) for t in texts) <= 1.5
+
+
+# Values near every rule's edge: empty, blank, ASCII and not, NUL, at and over each length limit.
+edge_text = st.one_of(
+    st.sampled_from(["", " ", "\t", "\x00", "a\x00", "é", "\ud800", "1.2.3", "9.6", "2147.0", "1.2.3.4", "v2"]),
+    st.text(alphabet='ab \t\n\\"é.0123456789', max_size=40),
+    st.integers(0, 300).map(lambda n: "x" * n),
+)
+edge_objects = st.fixed_dictionaries(
+    {},
+    optional={f: st.one_of(edge_text, st.none(), st.integers(), st.lists(st.text(), max_size=1)) for f in FIELDS},
+)
+
+
+@given(edge_objects)
+@settings(max_examples=2000)
+def test_the_one_pass_check_accepts_only_what_the_rule_by_rule_check_accepts(obj: dict) -> None:  # type: ignore[type-arg]
+    fast = events._valid(obj)
+    if fast is not None:
+        assert events._validate(obj) == fast
+        assert fast.app_version_code == events._validate(obj).app_version_code  # type: ignore[union-attr]
+
+
+@given(edge_objects.map(json.dumps) | bodies)
+def test_the_one_scan_parse_agrees_with_the_full_decode(body: str) -> None:
+    expected: object
+    try:
+        expected = events._DECODER.decode(body)
+    except (ValueError, RecursionError):
+        assert isinstance(events.parse_event(body), events.Rejection)
+        return
+    parsed = events.parse_event(body)
+    if isinstance(expected, dict) and isinstance(parsed, events.LoginEvent):
+        assert parsed == events._validate(expected)

@@ -78,7 +78,10 @@ class Queue:
             errors = [r for r in responses if isinstance(r, Exception)]
             if errors and len(errors) == len(responses):
                 raise errors[0]
-        received = [_to_message(m) for r in responses if not isinstance(r, Exception) for m in r.get("Messages", [])]
+        now = time.time()
+        received = [
+            _to_message(m, now) for r in responses if not isinstance(r, Exception) for m in r.get("Messages", [])
+        ]
         if errors:
             log.warning(
                 "%d of %d ReceiveMessage calls failed (%s); keeping the %d messages the others received",
@@ -203,13 +206,13 @@ def _all_answered(responses: list[dict[str, Any] | Exception]) -> list[dict[str,
     return answers
 
 
-def _to_message(raw: Any) -> Message:
+def _to_message(raw: Any, received_at: float) -> Message:
     attrs = raw.get("Attributes", {})
     return Message(
-        message_id=raw["MessageId"],
-        receipt_handle=raw["ReceiptHandle"],
-        body=raw.get("Body", ""),
-        sent_timestamp_ms=int(attrs.get("SentTimestamp") or time.time() * 1000),
-        receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
-        received_at=time.time(),
+        raw["MessageId"],
+        raw["ReceiptHandle"],
+        raw.get("Body", ""),
+        int(attrs.get("SentTimestamp") or received_at * 1000),
+        int(attrs.get("ApproximateReceiveCount", 1)),
+        received_at,
     )
