@@ -146,9 +146,18 @@ class Vault:
         return f"Vault(key_id={self.key_id})"
 
     def encrypt(self, field: str, token: str, value: str) -> str:
-        nonce = os.urandom(12)
-        sealed = self._aead.encrypt(nonce, value.encode("utf-8"), f"{field}:{token}".encode())
-        return f"{self.key_id}:" + _b64(nonce + sealed)
+        return self.encrypt_many([(field, token, value)])[0]
+
+    def encrypt_many(self, entries: Sequence[tuple[str, str, str]]) -> list[str]:
+        """``encrypt`` for each (field, token, value): the random 96-bit nonces drawn in one call
+        (os.urandom per value was a third of the vault's CPU)."""
+        nonces = os.urandom(12 * len(entries))
+        prefix, seal = f"{self.key_id}:", self._aead.encrypt
+        out = []
+        for i, (field, token, value) in enumerate(entries):
+            nonce = nonces[12 * i : 12 * i + 12]
+            out.append(prefix + _b64(nonce + seal(nonce, value.encode("utf-8"), f"{field}:{token}".encode())))
+        return out
 
     def decrypt(self, field: str, token: str, stored: str) -> str:
         try:

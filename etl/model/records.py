@@ -82,7 +82,7 @@ class RejectedRow:
     user_id: str | None = None  # the body's user_id when valid (as stored in user_logins), for erasure
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as LoginRow: up to two a message
 class VaultEntry:
     """The original value behind a token, encrypted (pii_vault row)."""
 
@@ -193,7 +193,10 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
         if vault is not None:
             secrets.setdefault(("ip", row.masked_ip), canonical_ip(parsed.ip))
             secrets.setdefault(("device_id", row.masked_device_id), parsed.device_id)
-    entries = [VaultEntry(f, t, vault.encrypt(f, t, v)) for (f, t), v in secrets.items()] if vault else []
+    entries = []
+    if vault is not None and secrets:
+        sealed = vault.encrypt_many([(f, t, v) for (f, t), v in secrets.items()])
+        entries = [VaultEntry(f, t, c) for (f, t), c in zip(secrets, sealed, strict=True)]
     return ChunkResult(rows, rejected, entries)
 
 

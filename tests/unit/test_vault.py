@@ -36,6 +36,15 @@ def test_each_value_gets_a_fresh_nonce() -> None:
     assert v.encrypt("ip", TOKEN, "x") != v.encrypt("ip", TOKEN, "x")
 
 
+def test_a_chunks_values_each_get_their_own_nonce_and_open_in_their_own_place() -> None:
+    v = vault.Vault("s1", vault.new_data_key())
+    entries = [("ip", f"{TOKEN}{i % 7}", "198.51.100.7") for i in range(500)]
+    stored = v.encrypt_many(entries)
+    nonces = {base64.urlsafe_b64decode(s.split(":", 1)[1])[:12] for s in stored}
+    assert len(nonces) == len(entries)
+    assert [v.decrypt(f, t, s) for (f, t, _), s in zip(entries, stored, strict=True)] == ["198.51.100.7"] * 500
+
+
 @pytest.mark.parametrize(("field", "token"), [("ip", OTHER_TOKEN), ("device_id", TOKEN)])
 def test_a_ciphertext_moved_to_another_token_or_field_fails(field: str, token: str) -> None:
     v = vault.Vault("s0", vault.new_data_key())
