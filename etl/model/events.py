@@ -206,7 +206,7 @@ def _valid(data: dict[str, Any]) -> LoginEvent | None:
     """The LoginEvent of a body that passes every rule with ASCII values (nearly every body), in
     one pass; None for anything else, which ``_validate`` then checks rule by rule (and accepts,
     when its only difference is non-ASCII text, or refuses with the first rule it breaks).
-    tests/unit/test_events.py checks that both agree on every body they both accept."""
+    tests/unit/test_properties.py checks that both agree on every body the first accepts."""
     user_id = data.get("user_id")
     device_type = data.get("device_type")
     ip = data.get("ip")

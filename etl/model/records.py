@@ -228,7 +228,7 @@ def forget_erased(chunk: ChunkResult, erased: Mapping[str, datetime]) -> ChunkRe
 
     rows = [
         replace(r, masked_ip=f"{ERASED}{uuid.uuid4()}", masked_device_id=f"{ERASED}{uuid.uuid4()}")
-        if gone(r.user_id, None if r.sent_ms is None else sent_at(r.sent_ms))
+        if r.user_id in erased and gone(r.user_id, None if r.sent_ms is None else sent_at(r.sent_ms))
         else r
         for r in chunk.rows
     ]
