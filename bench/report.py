@@ -186,14 +186,14 @@ def verdicts(res: dict[str, Any]) -> list[Verdict]:
             (
                 f"CPU/msg vs bare loop, {load}" + (f" ({r['rate_msg_per_s']}/s)" if r["rate_msg_per_s"] else ""),
                 f"{ours['cpu_us_per_message']:.0f} / {bare['cpu_us_per_message']:.0f} µs",
-                f"{r['ratio']:.2f}x {target}",
+                f"{r['ratio']:.2f}x" + (f" ({target})" if target[0] != "(" else f" {target}"),
                 ok,
             )
         )
     if "10%" in steady_rows and "saturated" in steady_rows:
         low, sat = steady_rows["10%"]["pipeline"], steady_rows["saturated"]["pipeline"]
         flat = low["cpu_us_per_message"] / max(0.1, sat["cpu_us_per_message"])
-        out.append(("CPU/msg at 10% / saturated", f"{flat:.2f}x", "<= 1.5x", flat <= 1.5))
+        out.append(("CPU/msg, pipeline at 10% / saturated", f"{flat:.2f}x", "<= 1.5x", flat <= 1.5))
     for load, r in steady_rows.items():
         ours = r["pipeline"]
         if load == "saturated" or ours["p99_s"] is None:

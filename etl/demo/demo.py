@@ -270,8 +270,8 @@ def run(
     if not keep:
         etl = Path(sys.executable).parent / "etl"
         print(
-            f"to look at the table: `{etl if etl.exists() else 'etl'} demo --keep` leaves everything up and "
-            "prints a DATABASE_URL for psql"
+            f"to look at a table it filled: `{etl if etl.exists() else 'etl'} demo --keep --fresh` runs it again "
+            "on an emptied table, leaves everything up and prints a DATABASE_URL for psql"
         )
     return 0
 
