@@ -170,28 +170,35 @@ _SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # what JSONDecoder.raw
 _JSON_SPACE = " \t\n\r"
 
 
+def _decode(body: str) -> Any:
+    """``_DECODER.decode(body)``, with the same result and the same errors; a body that starts
+    with ``{`` (nearly all) is scanned once without decode's Python layers, and read only once
+    whether it is valid or not (a hostile body costs no second pass)."""
+    if body[:1] != "{":
+        return _DECODER.decode(body)
+    try:
+        data, end = _SCAN(body, 0)
+    except StopIteration as exc:  # as JSONDecoder.raw_decode reports it
+        raise json.JSONDecodeError("Expecting value", body, exc.value) from None
+    if end != len(body):
+        rest = body[end:].lstrip(_JSON_SPACE)
+        if rest:  # as JSONDecoder.decode reports it: where the extra data starts
+            raise json.JSONDecodeError("Extra data", body, len(body) - len(rest))
+    return data
+
+
 def parse_event(body: str) -> LoginEvent | Rejection:
     """Turn one message body into a LoginEvent, or say precisely why it cannot be one."""
-    data: Any = None
-    if body[:1] == "{":  # the usual body: one scan, then only JSON whitespace may follow
-        try:
-            data, end = _SCAN(body, 0)
-        except (StopIteration, ValueError, RecursionError):  # the full decode below says why
-            data = None
-        else:
-            if end != len(body) and body[end:].strip(_JSON_SPACE):
-                data = None
-    if data is None:
-        try:
-            data = _DECODER.decode(body)
-        except _DuplicateKey as exc:
-            return Rejection(DUPLICATE_KEY, f"{_key_name(str(exc))} appears more than once", _named_user(body))
-        except RecursionError:
-            return Rejection(INVALID_JSON, "body is nested too deeply to parse")
-        except ValueError as exc:  # JSONDecodeError, and int strings over Python's digit limit
-            pos = getattr(exc, "pos", None)
-            where = f" at character {pos}" if pos is not None else ""
-            return Rejection(INVALID_JSON, f"body is not valid JSON{where}", _named_user(body.lstrip("\ufeff")))
+    try:
+        data = _decode(body)
+    except _DuplicateKey as exc:
+        return Rejection(DUPLICATE_KEY, f"{_key_name(str(exc))} appears more than once", _named_user(body))
+    except RecursionError:
+        return Rejection(INVALID_JSON, "body is nested too deeply to parse")
+    except ValueError as exc:  # JSONDecodeError, and int strings over Python's digit limit
+        pos = getattr(exc, "pos", None)
+        where = f" at character {pos}" if pos is not None else ""
+        return Rejection(INVALID_JSON, f"body is not valid JSON{where}", _named_user(body.lstrip("\ufeff")))
     if not isinstance(data, dict):
         return Rejection(NOT_AN_OBJECT, f"body is {_json_type(data)}, not a JSON object")
     checked = _valid(data) or _validate(data)
