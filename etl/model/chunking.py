@@ -57,14 +57,16 @@ def weight(message: Message) -> int:
     return raw
 
 
-def cut(messages: list[Message], max_count: int, max_bytes: int) -> list[list[Message]]:
+def cut(
+    messages: list[Message], max_count: int, max_bytes: int, weights: list[int] | None = None
+) -> list[list[Message]]:
     """``messages`` in order, as chunks of at most ``max_count`` messages and ``max_bytes``
-    estimated broker bytes each (a message heavier than that alone in its chunk)."""
+    estimated broker bytes each (a message heavier than that alone in its chunk). ``weights``:
+    each message's ``weight``, when the caller has them already."""
     chunks: list[list[Message]] = []
     current: list[Message] = []
     load = CHUNK_OVERHEAD
-    for message in messages:
-        w = weight(message)
+    for message, w in zip(messages, map(weight, messages) if weights is None else weights, strict=True):
         if current and (len(current) >= max_count or load + w > max_bytes):
             chunks.append(current)
             current, load = [], CHUNK_OVERHEAD

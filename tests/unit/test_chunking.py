@@ -103,6 +103,10 @@ def test_chunks_are_cut_by_count_and_by_bytes_and_a_heavy_message_travels_alone(
     heavy = [message(0), message(1, "b" * 100_000), message(2)]
     assert [len(c) for c in chunking.cut(heavy, 100, 65_536)] == [1, 1, 1]
     assert chunking.cut([], 10, 10**6) == []
+    mixed = small + heavy
+    weights = [chunking.weight(m) for m in mixed]  # weighed once by the caller: the same cut
+    for count, limit in ((4, 10**6), (100, chunking.CHUNK_OVERHEAD + 3 * per), (100, 65_536)):
+        assert chunking.cut(mixed, count, limit, weights) == chunking.cut(mixed, count, limit)
 
 
 def test_a_body_over_the_source_maximum_is_withheld_as_too_large() -> None:

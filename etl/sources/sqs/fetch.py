@@ -97,6 +97,7 @@ def fetch(
     started = clock()
     deadline = started + budget_seconds
     pending: list[Message] = []
+    weights: list[int] = []  # chunking.weight of each message of ``pending``: each is weighed once
     held = chunking.CHUNK_OVERHEAD  # estimated broker bytes of ``pending`` as one chunk, kept as it grows
     held_since = started  # when the oldest message of ``pending`` was received
     asking = receive_batch  # messages the next round asks for
@@ -150,21 +151,23 @@ def fetch(
             if batch and not pending:
                 held_since = clock()
             screened = chunking.screen(batch)
+            weighed = [chunking.weight(m) for m in screened]
             pending.extend(screened)
-            held += sum(map(chunking.weight, screened))
+            weights.extend(weighed)
+            held += sum(weighed)
             ready = []
             if len(pending) >= chunk_size or held > chunk_bytes:  # else all of it is one partial chunk
                 # (cut only then: a trickle re-weighing all it holds every round cost ~4 µs a message)
-                ready = chunking.cut(pending, chunk_size, chunk_bytes)
+                ready = chunking.cut(pending, chunk_size, chunk_bytes, weights)
                 if ready and len(ready[-1]) < chunk_size:
                     ready.pop()  # not full yet (a full one by bytes was cut before its next message)
             for n, chunk in enumerate(ready):
                 if n:
                     room()
-                pending = pending[len(chunk) :]
+                pending, weights = pending[len(chunk) :], weights[len(chunk) :]
                 send(chunk)
             if ready:
-                held = chunking.CHUNK_OVERHEAD + sum(map(chunking.weight, pending))
+                held = chunking.CHUNK_OVERHEAD + sum(weights)
             if ready and pending:
                 held_since = clock()  # what is left came with this round
             if not pending:
@@ -172,7 +175,7 @@ def fetch(
             waited = clock() - held_since
             if (linger > 0 and waited >= linger) or (linger == 0 and not batch):
                 room()
-                chunk, pending, held = pending, [], chunking.CHUNK_OVERHEAD
+                chunk, pending, weights, held = pending, [], [], chunking.CHUNK_OVERHEAD
                 send(chunk)  # it waited long enough for company (or the queue ran dry)
             elif linger > 0 and thin:  # a thin round: let messages gather before the next one
                 sleep(min(PACE * linger, linger - waited, max(0.0, deadline - clock())))
