@@ -20,6 +20,14 @@ Connection = psycopg2.extensions.connection
 # statement timeouts (55P03, 57014).
 _TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
 _TRANSIENT_CODES = {"55P03", "57014", "58000", "58030"}
+# What to do when a lock wait timed out (an erasure behind a chunk write, or behind a session that
+# opened a transaction and left it open): it usually passes; if not, the session holding it is named.
+LOCK_HINT = (
+    "another session holds a lock this needs (a chunk being written, an erasure or reveal in "
+    "progress, or a transaction left open); try again, and if it persists find the holder with "
+    "SELECT pid, usename, state, xact_start FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' "
+    "OR wait_event_type = 'Lock' (a DBA can end it with pg_terminate_backend(pid))"
+)
 _UNDEFINED = {"42P01", "42703", "42883"}  # undefined table / column / function: schema missing or old
 # SQLSTATE classes in words (PostgreSQL's appendix A), so a message says what kind of failure it is.
 CLASSES = {
@@ -90,6 +98,8 @@ def translate(exc: psycopg2.Error, operation: str) -> Exception:
         return Forbidden(f"Postgres {operation} refused: this login lacks the privilege (42501 insufficient privilege)")
     if code in _UNDEFINED:
         return ConfigError(f"Postgres {operation}: schema missing or outdated ({code} {name}); run `etl init`")
+    if code == "55P03":
+        return TransientError(f"Postgres {operation} failed: {sqlstate(code)} ({name}); {LOCK_HINT}")
     if (
         isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
         or code.startswith(_TRANSIENT_PREFIXES)

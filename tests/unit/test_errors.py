@@ -108,3 +108,8 @@ def test_a_broker_url_etl_cannot_read_is_refused_without_its_password(url: str) 
     with pytest.raises(ConfigError) as caught:
         Coordinator(url)
     assert "s3cret" not in str(caught.value) and "redis://host:6379/0" in str(caught.value)
+
+
+def test_a_lock_timeout_says_what_to_do_next() -> None:
+    message = str(translate(pg_error("55P03"), "erase"))
+    assert "try again" in message and "pg_stat_activity" in message
