@@ -98,14 +98,13 @@ def translate(exc: psycopg2.Error, operation: str) -> Exception:
         return Forbidden(f"Postgres {operation} refused: this login lacks the privilege (42501 insufficient privilege)")
     if code in _UNDEFINED:
         return ConfigError(f"Postgres {operation}: schema missing or outdated ({code} {name}); run `etl init`")
-    if code == "55P03":
-        return TransientError(f"Postgres {operation} failed: {sqlstate(code)} ({name}); {LOCK_HINT}")
     if (
         isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
         or code.startswith(_TRANSIENT_PREFIXES)
         or code in _TRANSIENT_CODES
     ):
-        return TransientError(f"Postgres {operation} failed: {sqlstate(code)} ({name})")
+        hint = f"; {LOCK_HINT}" if code == "55P03" else ""
+        return TransientError(f"Postgres {operation} failed: {sqlstate(code)} ({name}){hint}")
     return TerminalError(f"Postgres {operation} refused: {sqlstate(code)} ({name})")
 
 
