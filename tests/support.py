@@ -250,8 +250,9 @@ def fetched_messages(log: str) -> int:
 class FrontServer:
     """A real HTTP server in front of an SQS server: it records what each call sent (target and
     the access key of its signature), answers the first ``fail`` calls itself with ``status`` and
-    an SQS-style JSON error, and forwards the rest. For retries, error mapping and credential
-    refresh, the same for both SQS clients; with ``tls`` it serves HTTPS with that context."""
+    an SQS-style JSON error, and forwards the rest, the first ``stall`` of them only after
+    ``stall_seconds``. For retries, timeouts, error mapping and credential refresh, the same for
+    both SQS clients; with ``tls`` it serves HTTPS with that context."""
 
     def __init__(self, upstream: str, tls: Any = None) -> None:
         import http.client
@@ -265,6 +266,8 @@ class FrontServer:
         self.status = 503
         self.code = "ServiceUnavailable"
         self.query_error = ""
+        self.stall = 0
+        self.stall_seconds = 0.0
         up = urlsplit(upstream)
 
         class Handler(BaseHTTPRequestHandler):
@@ -289,6 +292,9 @@ class FrontServer:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                if front.stall > 0:
+                    front.stall -= 1
+                    time.sleep(front.stall_seconds)
                 conn = http.client.HTTPConnection(up.hostname or "", up.port, timeout=30)
                 skip = {"host", "content-length", "connection"}
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}

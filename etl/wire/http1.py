@@ -21,12 +21,9 @@ class Connection:
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(read_timeout)
         self.sock = sock
+        self.read_timeout = read_timeout
         self.buf = bytearray()  # appended to in place: a large answer costs no copy per read
         self.reusable = True
-
-    def fileno(self) -> int:
-        """The socket's descriptor: a selector waits on the connection itself."""
-        return self.sock.fileno()
 
     def send(self, request: bytes) -> None:
         """Write one request, not waiting for its answer (read_response reads it)."""
@@ -48,8 +45,18 @@ class Connection:
         self.send(request)
         return self.read_response()
 
-    def read_response(self) -> tuple[int, dict[bytes, bytes], bytes]:
-        """The answer to the request sent last (blocking, within the read timeout)."""
+    def read_response(self, within: float | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
+        """The answer to the request sent last (blocking): each read waits up to the read timeout,
+        or up to ``within`` seconds (at least 1 ms: an answer already here is read)."""
+        if within is None:
+            return self._response()
+        self.sock.settimeout(max(within, 0.001))
+        try:
+            return self._response()
+        finally:
+            self.sock.settimeout(self.read_timeout)
+
+    def _response(self) -> tuple[int, dict[bytes, bytes], bytes]:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._more()
         lines = bytes(self.buf[:end]).split(b"\r\n")

@@ -8,6 +8,7 @@ AWS_ENDPOINT_URL_SQS and the region, TLS verification (and AWS_CA_BUNDLE). Fault
 HTTP server in front of the real SQS server (tests.support.FrontServer), never from mocks.
 """
 
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -26,6 +27,7 @@ from etl.sources.sqs import queue as sqs  # isort: skip
 from etl.wire import lean as sqs_lean  # isort: skip
 from etl.errors import ConfigError, TransientError  # isort: skip
 from etl.demo.processes import LocalStack, free_port  # isort: skip
+from etl import aws  # isort: skip
 
 KINDS = ["lean", "boto3"]
 
@@ -225,6 +227,27 @@ def test_one_failed_receive_of_several_keeps_what_the_others_received(front: Fro
     front.fail = 3
     with pytest.raises(ConfigError, match="refused: AccessDenied"):  # all refused: the error itself
         queue.receive(30)
+
+
+def test_a_stalled_call_times_out_alone_within_one_read_timeout(front: FrontServer) -> None:
+    """The lean client sends a round's calls at once and reads the answers in the order sent. The
+    first call stalling past the read timeout must neither hold back the answers of the others
+    nor stretch the wait beyond one read timeout: it alone is retried."""
+    url = new_queue_url()
+    sqs.Queue(url).send([f"m{i}" for i in range(30)])
+    stock = aws.sqs(6, 3)
+    client = sqs_lean.LeanClient(dataclasses.replace(stock.wire, read_timeout=1.0), stock, max_pool=6)
+    queue = sqs.Queue(url, client, threads=3)
+    front.stall, front.stall_seconds = 1, 6.0
+
+    started = time.monotonic()
+    got = queue.receive(30, visibility_timeout=60)
+    took = time.monotonic() - started
+
+    assert hot_calls(front, "ReceiveMessage") == 4, "three at once, the stalled one retried once"
+    assert took < 4.0, f"one read timeout (1 s) and a retry, not the stall (6 s): took {took:.1f} s"
+    assert len(got) >= 20, "the two calls answered in time kept their messages, and the retry got more"
+    assert len({m.message_id for m in got}) == len(got)
 
 
 @pytest.mark.parametrize(

@@ -47,3 +47,24 @@ def test_the_signing_key_follows_the_secret_and_the_day() -> None:
     c = dict(signer.headers(sigv4.Frozen("AK", "two", None), b"{}", FIXED, amz_date="20260102T000000Z"))
     assert len({a["Authorization"], b["Authorization"], c["Authorization"]}) == 3
     assert "20260102/us-east-1/sqs/aws4_request" in c["Authorization"]
+
+
+def test_requests_that_share_a_second_each_get_botocores_signature() -> None:
+    """What one second shares (_prepare) is reused across bodies, operations and credentials:
+    every request still gets botocore's own signature, and header_lines are headers() as HTTP."""
+    signer = sigv4.Signer("127.0.0.1:4566", "/", "eu-west-1")
+    delete = (FIXED[0], ("X-Amz-Target", "AmazonSQS.DeleteMessageBatch"), FIXED[2])
+    people = [Credentials("AKID1", "secret-one", None), Credentials("AKID2", "secret-two", "tok")]
+    for creds in people * 2:
+        frozen = sigv4.Frozen(creds.access_key, creds.secret_key, creds.token)
+        for fixed in (tuple(FIXED), delete):
+            for body in (b"{}", json.dumps({"QueueUrl": "q", "Entries": [{"Id": "0"}]}).encode(), b"x" * 5000):
+                theirs = AWSRequest(method="POST", url="http://127.0.0.1:4566/", data=body, headers=dict(fixed))
+                SigV4Auth(creds.get_frozen_credentials(), "sqs", "eu-west-1").add_auth(theirs)
+                ours = signer.headers(frozen, body, fixed, amz_date=theirs.headers["X-Amz-Date"])
+                assert dict(ours)["Authorization"] == theirs.headers["Authorization"]
+
+                lines = signer.header_lines(frozen, body, fixed)
+                assert lines.endswith("\r\n")
+                sent = [tuple(line.split(": ", 1)) for line in lines[:-2].split("\r\n")]
+                assert sent == signer.headers(frozen, body, fixed, amz_date=dict(sent)["X-Amz-Date"])
