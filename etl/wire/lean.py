@@ -155,7 +155,7 @@ class LeanClient:
         """One call, with botocore's standard retries (a cold one: the stock client's call)."""
         if operation not in self._api.hot:
             return self._stock(operation).call(operation, params)
-        body = json.dumps(params, separators=(",", ":")).encode()
+        body = request_body(params)
         attempt = 1
         while True:
             try:
@@ -185,7 +185,7 @@ class LeanClient:
             return self._stock(operation).call_many(operation, params_list)
         if len(params_list) <= 1:
             return [self._settled(operation, p) for p in params_list]
-        bodies = [json.dumps(p, separators=(",", ":")).encode() for p in params_list]
+        bodies = [request_body(p) for p in params_list]
         results: list[Any] = [None] * len(params_list)
         pending = list(range(len(params_list)))
         attempt = 1
@@ -358,6 +358,38 @@ class LeanClient:
                     self._idle.append(conn)
                     return
         conn.close()
+
+
+_ESCAPED = bytes(range(0x20)) + b'"\\\x7f'  # what json.dumps escapes in an ASCII string
+_BATCH = ("QueueUrl", "Entries")  # DeleteMessageBatch's parameters, as etl.sources.sqs.queue builds them
+_ENTRY = ("Id", "ReceiptHandle")
+
+
+def request_body(params: dict[str, Any]) -> bytes:
+    """``params`` as compact JSON: json.dumps's bytes, in less CPU for a batch of receipt handles.
+
+    A DeleteMessageBatch carries ten receipt handles of ~400 characters each, and json.dumps
+    escapes them character by character (a tenth of a lean delete's CPU on Python 3.11). When
+    the queue URL, every Id and every handle is printable ASCII without a quote or a backslash,
+    as SQS's are, json.dumps would write them as they are, and so does this; any other request
+    goes through json.dumps."""
+    entries = params.get("Entries")
+    if (
+        type(entries) is list
+        and entries
+        and tuple(params) == _BATCH
+        and all(type(e) is dict and tuple(e) == _ENTRY for e in entries)
+    ):
+        pairs = [(e["Id"], e["ReceiptHandle"]) for e in entries]
+        try:
+            values = "".join([params["QueueUrl"], *[i + h for i, h in pairs]])  # str only, or TypeError
+        except TypeError:
+            values = ""
+        raw = values.encode() if values.isascii() else b""
+        if raw and len(raw.translate(None, _ESCAPED)) == len(raw):
+            inner = ",".join([f'{{"Id":"{i}","ReceiptHandle":"{h}"}}' for i, h in pairs])
+            return f'{{"QueueUrl":"{params["QueueUrl"]}","Entries":[{inner}]}}'.encode()
+    return json.dumps(params, separators=(",", ":")).encode()
 
 
 def _error_response(status: int, headers: dict[bytes, bytes], payload: bytes) -> Any:
