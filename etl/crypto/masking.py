@@ -59,6 +59,10 @@ class Masker:
     def mask_ip(self, ip: str) -> str:
         return self.token("ip", canonical_ip(ip))
 
+    def mask_canonical_ip(self, canonical: str) -> str:
+        """``mask_ip`` of an address already in its canonical form (``canonical_ip``'s result)."""
+        return self.token("ip", canonical)
+
     def mask_device_id(self, device_id: str) -> str:
         return self.token("device_id", device_id)
 

@@ -123,12 +123,13 @@ def sent_date(sent_timestamp_ms: int) -> date:
     return date.fromordinal(_EPOCH_DAY + sent_timestamp_ms // _DAY_MS)
 
 
-def to_row(message: Message, event: events.LoginEvent, masker: Masker) -> LoginRow:
+def to_row(message: Message, event: events.LoginEvent, masker: Masker, canonical: str | None = None) -> LoginRow:
+    """The row of a valid event; ``canonical``: ``canonical_ip(event.ip)``, when the caller has it."""
     return LoginRow(
         message_id=message.message_id,
         user_id=event.user_id,
         device_type=event.device_type,
-        masked_ip=masker.mask_ip(event.ip),
+        masked_ip=masker.mask_ip(event.ip) if canonical is None else masker.mask_canonical_ip(canonical),
         masked_device_id=masker.mask_device_id(event.device_id),
         locale=event.locale,
         app_version=event.app_version_code if event.app_version_code >= 0 else appversion.encode(event.app_version),
@@ -188,11 +189,16 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
         if isinstance(parsed, events.Rejection):
             rejected.append(to_rejected(message, parsed, sealer))
             continue
-        row = to_row(message, parsed, masker)
+        if vault is None:
+            rows.append(to_row(message, parsed, masker))
+            continue
+        ip = canonical_ip(parsed.ip)  # once: the token and the vault both take the canonical form
+        row = to_row(message, parsed, masker, ip)
         rows.append(row)
-        if vault is not None:
-            secrets.setdefault(("ip", row.masked_ip), canonical_ip(parsed.ip))
-            secrets.setdefault(("device_id", row.masked_device_id), parsed.device_id)
+        if ("ip", row.masked_ip) not in secrets:
+            secrets["ip", row.masked_ip] = ip
+        if ("device_id", row.masked_device_id) not in secrets:
+            secrets["device_id", row.masked_device_id] = parsed.device_id
     entries = []
     if vault is not None and secrets:
         sealed = vault.encrypt_many([(f, t, v) for (f, t), v in secrets.items()])

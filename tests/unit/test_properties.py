@@ -6,7 +6,8 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl.crypto.masking import Masker
+from etl.crypto import vault as vault_module
+from etl.crypto.masking import Masker, canonical_ip
 from etl.crypto.sealing import Sealer, new_key
 from etl.model import events, records
 from etl.model.records import Message
@@ -137,3 +138,32 @@ broken = st.one_of(
 def test_the_one_scan_decode_gives_the_full_decodes_value_or_error(body: str) -> None:
     """Same value, or the same error at the same position: a body is read once either way."""
     assert _outcome(events._decode, body) == _outcome(events._DECODER.decode, body)
+
+
+VAULT = vault_module.Vault("t1", vault_module.new_data_key())
+ips = st.one_of(
+    pii,
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded.upper()),  # not canonical: the vault keeps the canonical form
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2"]), ips, pii), min_size=1, max_size=8))
+def test_with_a_vault_the_rows_are_the_same_and_each_token_opens_to_its_canonical_value(
+    events_: list[tuple[str, str, str]],
+) -> None:
+    bodies = [
+        json.dumps({"user_id": u, "app_version": "1.0", "device_type": "ios", "ip": ip, "locale": None, "device_id": d})
+        for u, ip, d in events_
+    ]
+    messages = [Message(f"m{i}", "rh", b, 1_700_000_000_000) for i, b in enumerate(bodies)]
+    plain = records.transform(messages, MASKER, SEALER)
+    vaulted = records.transform(messages, MASKER, SEALER, VAULT)
+    assert vaulted.rows == plain.rows
+    opened = {(v.field, v.token): VAULT.decrypt(v.field, v.token, v.ciphertext) for v in vaulted.vault}
+    assert len(opened) == len(vaulted.vault), "one entry per (field, token)"
+    for (_, ip, device_id), row in zip(events_, vaulted.rows, strict=True):
+        assert opened["ip", row.masked_ip] == canonical_ip(ip)
+        assert opened["device_id", row.masked_device_id] == device_id
+    assert set(opened) == {k for r in vaulted.rows for k in (("ip", r.masked_ip), ("device_id", r.masked_device_id))}
