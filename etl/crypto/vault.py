@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -150,18 +150,19 @@ class Vault:
         return f"Vault(key_id={self.key_id})"
 
     def encrypt(self, field: str, token: str, value: str) -> str:
-        return self.encrypt_many([(field, token, value)])[0]
+        return self.encrypt_many([((field, token), value)])[0][2]
 
-    def encrypt_many(self, entries: Sequence[tuple[str, str, str]]) -> list[str]:
-        """``encrypt`` for each (field, token, value): the random 96-bit nonces drawn in one call
+    def encrypt_many(self, secrets: Collection[tuple[tuple[str, str], str]]) -> list[tuple[str, str, str]]:
+        """(field, token, ciphertext) for each ((field, token), value), in order (a chunk's
+        ``dict.items()``): ``encrypt`` for each, the random 96-bit nonces drawn in one call
         (os.urandom per value was a third of the vault's CPU)."""
-        nonces = os.urandom(12 * len(entries))
+        nonces = os.urandom(12 * len(secrets))
         prefix, seal, b64 = f"{self.key_id}:", self._aead.encrypt, binascii.b2a_base64
         out = []
-        for i, (field, token, value) in enumerate(entries):
+        for i, ((field, token), value) in enumerate(secrets):
             nonce = nonces[12 * i : 12 * i + 12]
             sealed = nonce + seal(nonce, value.encode("utf-8"), f"{field}:{token}".encode())
-            out.append(prefix + b64(sealed, newline=False).translate(_URLSAFE).decode("ascii"))  # _b64's, inline
+            out.append((field, token, prefix + b64(sealed, newline=False).translate(_URLSAFE).decode("ascii")))
         return out
 
     def decrypt(self, field: str, token: str, stored: str) -> str:

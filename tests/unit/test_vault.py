@@ -38,11 +38,12 @@ def test_each_value_gets_a_fresh_nonce() -> None:
 
 def test_a_chunks_values_each_get_their_own_nonce_and_open_in_their_own_place() -> None:
     v = vault.Vault("s1", vault.new_data_key())
-    entries = [("ip", f"{TOKEN}{i % 7}", "198.51.100.7") for i in range(500)]
+    entries = [(("ip", f"{TOKEN}{i}"), f"198.51.100.{i % 7}") for i in range(500)]
     stored = v.encrypt_many(entries)
-    nonces = {base64.urlsafe_b64decode(s.split(":", 1)[1])[:12] for s in stored}
+    assert [(f, t) for f, t, _ in stored] == [k for k, _ in entries]
+    nonces = {base64.urlsafe_b64decode(c.split(":", 1)[1])[:12] for _, _, c in stored}
     assert len(nonces) == len(entries)
-    assert [v.decrypt(f, t, s) for (f, t, _), s in zip(entries, stored, strict=True)] == ["198.51.100.7"] * 500
+    assert [v.decrypt(f, t, c) for f, t, c in stored] == [value for _, value in entries]
 
 
 @pytest.mark.parametrize(("field", "token"), [("ip", OTHER_TOKEN), ("device_id", TOKEN)])
