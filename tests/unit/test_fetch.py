@@ -208,9 +208,9 @@ class Trickle(MemoryQueue):
         return super().receive(max_messages, wait_seconds, visibility_timeout)
 
 
-def trickle_run(linger: float) -> tuple[Trickle, list[list[Message]], sqs_fetch.FetchReport]:
+def trickle_run(linger: float, rate: float = 100) -> tuple[Trickle, list[list[Message]], sqs_fetch.FetchReport]:
     clock = Clock()
-    queue, chunks = Trickle(100, clock), []
+    queue, chunks = Trickle(rate, clock), []
 
     def sleep(seconds: float) -> None:
         clock.now += seconds
@@ -233,7 +233,18 @@ def test_a_trickle_is_gathered_into_chunks_for_up_to_the_linger_in_rounds_sized_
     assert 15 <= len(chunks) <= 25 and min(len(c) for c in chunks[1:-1]) >= 30
     assert max(queue.asked[3:]) <= 40  # a round asks for about what arrives (~12 a round), not 320
     _, eager, eager_report = trickle_run(0)
-    assert eager_report.receive_calls > 3 * report.receive_calls and len(eager[0]) == 500
+    assert eager_report.receive_calls > 2 * report.receive_calls and len(eager[0]) == 500
+
+
+def test_at_a_tenth_of_capacity_a_round_after_a_pause_asks_for_what_gathered_not_doubling_up_to_it() -> None:
+    """1,000 messages/s with the default 1 s linger: after each pause a round asks for about what
+    arrived meanwhile (the rate measured between rounds that drained the queue), where doubling
+    up to it from a call or two ended in a round of mostly empty calls, a third of all receives."""
+    queue, chunks, report = trickle_run(1.0, rate=1000)
+    api_calls = sum(-(-n // 10) for n in queue.asked)
+    assert report.received >= 9_000 and api_calls / report.received <= 0.13, (api_calls, report.received)
+    sent = [m.message_id for c in chunks for m in c]
+    assert sent == [f"m{i}" for i in range(len(sent))]  # each once, in order
 
 
 def test_a_round_asks_for_twice_after_a_full_one_and_a_little_more_than_it_got_after_a_thin_one() -> None:
