@@ -46,15 +46,16 @@ class Connection:
         return self.read_response()
 
     def read_response(self, within: float | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
-        """The answer to the request sent last (blocking): each read waits up to the read timeout,
-        or up to ``within`` seconds (at least 1 ms: an answer already here is read)."""
-        if within is None:
-            return self._response()
-        self.sock.settimeout(max(within, 0.001))
-        try:
-            return self._response()
-        finally:
-            self.sock.settimeout(self.read_timeout)
+        """The answer to the request sent last (blocking): each read waits up to the read timeout;
+        with ``within``, the answer must start within that many seconds (at least 1 ms: an answer
+        already here is read), and the rest of it is read under the read timeout, as it streams in."""
+        if within is not None and not self.buf:
+            self.sock.settimeout(max(within, 0.001))
+            try:
+                self._more()
+            finally:
+                self.sock.settimeout(self.read_timeout)
+        return self._response()
 
     def _response(self) -> tuple[int, dict[bytes, bytes], bytes]:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:

@@ -276,7 +276,12 @@ class LeanClient:
     ) -> tuple[dict[str, Any] | ClientError, bool]:
         """(the response dict or the ClientError, whether the standard rules retry it)."""
         if status < 300:
-            answer: dict[str, Any] = json.loads(payload) if payload else {}
+            try:
+                answer: dict[str, Any] = json.loads(payload) if payload else {}
+            except ValueError:  # a broken answer fails this call alone (retried), not its whole round
+                broken = _error_response(status, headers, b"")
+                broken["Error"].update(Code="MalformedResponse", Message=f"the {operation} answer is not JSON")
+                return ClientError(broken, operation), True
             return answer, False
         error = _error_response(status, headers, payload)
         code = error["Error"]["Code"]
@@ -381,10 +386,9 @@ def request_body(params: dict[str, Any]) -> bytes:
         and all(type(e) is dict and tuple(e) == _ENTRY for e in entries)
     ):
         pairs = [(e["Id"], e["ReceiptHandle"]) for e in entries]
-        try:
-            values = "".join([params["QueueUrl"], *[i + h for i, h in pairs]])  # str only, or TypeError
-        except TypeError:
-            values = ""
+        values = ""  # exactly str (a subclass could format itself as something else), and plain
+        if type(params["QueueUrl"]) is str and all(type(i) is str and type(h) is str for i, h in pairs):
+            values = "".join([params["QueueUrl"], *[i + h for i, h in pairs]])
         raw = values.encode() if values.isascii() else b""
         if raw and len(raw.translate(None, _ESCAPED)) == len(raw):
             inner = ",".join([f'{{"Id":"{i}","ReceiptHandle":"{h}"}}' for i, h in pairs])

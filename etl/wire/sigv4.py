@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import quote
 
+from etl.errors import ConfigError
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 
 
@@ -59,8 +61,9 @@ class Signer:
         self.service = service
         self._key: tuple[str, str, bytes] = ("", "", b"")  # (date, secret, signing key)
         self._clock: tuple[int, str] = (-1, "")  # (epoch second, its X-Amz-Date)
-        # (X-Amz-Date, credentials, fixed headers) -> _Prepared, for the current second only
-        self._prepared: dict[tuple[str, Frozen, tuple[tuple[str, str], ...]], _Prepared] = {}
+        # (X-Amz-Date, {(credentials, fixed headers): _Prepared}) for the current second only,
+        # replaced as a whole (threads share a signer: none iterates a dict another one fills)
+        self._prepared: tuple[str, dict[tuple[Frozen, tuple[tuple[str, str], ...]], _Prepared]] = ("", {})
 
     def _signing_key(self, date: str, secret: str) -> bytes:
         cached_date, cached_secret, key = self._key
@@ -83,6 +86,12 @@ class Signer:
         sent = [*fixed, ("X-Amz-Date", amz_date)]
         if credentials.token:
             sent.append(("X-Amz-Security-Token", credentials.token))
+        for name, value in sent:  # as http.client refuses them: a CR or LF would start a header of its own
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ConfigError(
+                    f"the {name} header would carry a line break (a session token or setting with a CR or LF in "
+                    "it): not sent; check the credentials the AWS chain finds (e.g. AWS_SESSION_TOKEN)"
+                )
         signed = sorted([(n.lower(), " ".join(v.split())) for n, v in sent] + [("host", self.host)])
         names = ";".join(n for n, _ in signed)
         canonical_head = "\n".join(["POST", self.path, "", "".join(f"{n}:{v}\n" for n, v in signed), names, ""])
@@ -104,13 +113,14 @@ class Signer:
         self, credentials: Frozen, body: bytes, fixed: tuple[tuple[str, str], ...], amz_date: str | None
     ) -> tuple[_Prepared, str]:
         amz_date = amz_date or self._now()
-        cache_key = (amz_date, credentials, fixed)
-        prepared = self._prepared.get(cache_key)
+        second, cache = self._prepared
+        prepared = cache.get((credentials, fixed)) if second == amz_date else None
         if prepared is None:
             prepared = self._prepare(credentials, fixed, amz_date)
-            if len(self._prepared) >= 32 or any(k[0] != amz_date for k in self._prepared):
-                self._prepared = {}  # a new second (or many credentials): the old entries are done
-            self._prepared[cache_key] = prepared
+            if second != amz_date or len(cache) >= 32:
+                cache = {}  # a new second (or many credentials): the old entries are done
+                self._prepared = (amz_date, cache)
+            cache[credentials, fixed] = prepared
         canonical = prepared.canonical_head + hashlib.sha256(body).hexdigest()
         inner = prepared.inner.copy()
         inner.update((prepared.to_sign_head + hashlib.sha256(canonical.encode()).hexdigest()).encode())

@@ -7,6 +7,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from etl.errors import ConfigError
 from etl.wire import sigv4
 
 FIXED = [
@@ -68,3 +69,52 @@ def test_requests_that_share_a_second_each_get_botocores_signature() -> None:
                 assert lines.endswith("\r\n")
                 sent = [tuple(line.split(": ", 1)) for line in lines[:-2].split("\r\n")]
                 assert sent == signer.headers(frozen, body, fixed, amz_date=dict(sent)["X-Amz-Date"])
+
+
+def test_threads_sharing_a_signer_get_each_requests_own_signature() -> None:
+    """Threads share one signer (a fetch's round and the visibility keeper): its per-second cache
+    is swapped whole, never iterated while another thread fills it (an outside review made the
+    earlier dict raise 'changed size during iteration' with 8 threads and 50 credential sets)."""
+    import sys
+    import threading
+
+    signer = sigv4.Signer("127.0.0.1:4566", "/", "eu-west-1")
+    people = [sigv4.Frozen(f"AKID{i}", f"secret-{i}", None if i % 2 else f"tok{i}") for i in range(50)]
+    failures: list[BaseException] = []
+    wrong: list[str] = []
+
+    def sign(n: int) -> None:
+        try:
+            for k in range(300):
+                who = people[(n * 7 + k) % len(people)]
+                body = f'{{"n":{k}}}'.encode()
+                sent = dict(
+                    line.split(": ", 1) for line in signer.header_lines(who, body, tuple(FIXED))[:-2].split("\r\n")
+                )
+                alone = sigv4.Signer("127.0.0.1:4566", "/", "eu-west-1")
+                if (
+                    dict(alone.headers(who, body, FIXED, amz_date=sent["X-Amz-Date"]))["Authorization"]
+                    != sent["Authorization"]
+                ):
+                    wrong.append(who.access_key)
+        except BaseException as exc:
+            failures.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=sign, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == [] and wrong == []
+
+
+@pytest.mark.parametrize("token", ["tok\r\nX-Evil: 1", "tok\nX-Evil: 1", "tok\r"])
+def test_a_header_value_with_a_line_break_is_refused_not_sent(token: str) -> None:
+    signer = sigv4.Signer("h", "/", "us-east-1")
+    with pytest.raises(ConfigError, match="line break"):
+        signer.header_lines(sigv4.Frozen("AK", "secret", token), b"{}", tuple(FIXED))
