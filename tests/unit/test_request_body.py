@@ -1,4 +1,4 @@
-"""etl.wire.lean.request_body writes json.dumps's compact JSON, its fast path for receipt-handle
+"""etl.wire.api.request_body writes json.dumps's compact JSON, its fast path for receipt-handle
 batches included, for any values (quotes, backslashes, control characters, non-ASCII, lone
 surrogates, wrong types) and any shape."""
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.wire.lean import request_body
+from etl.wire.api import request_body
 
 
 def dumps(params: object) -> bytes:
