@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import quote
 
+from etl.crypto.hmacs import Keyed
 from etl.errors import ConfigError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -32,17 +33,12 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-_IPAD = bytes(b ^ 0x36 for b in range(256))  # byte translations: the padded key XOR ipad / opad
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
 class _Prepared(NamedTuple):
     """What every request signed in one second with one set of credentials and headers shares."""
 
     canonical_head: str  # the canonical request up to the payload hash
     to_sign_head: str  # the string to sign up to the canonical request's hash
-    inner: "hashlib._Hash"  # SHA-256 states that have absorbed the signing key XOR ipad / opad (RFC 2104)
-    outer: "hashlib._Hash"
+    mac: Keyed  # HMAC-SHA256 under the signing key, keyed once
     sent: list[tuple[str, str]]  # the headers to send before Authorization
     auth_head: str  # Authorization's value up to the signature
     lines: str  # ``sent`` as HTTP/1.1 header lines, then "Authorization: " + ``auth_head``
@@ -96,14 +92,12 @@ class Signer:
         names = ";".join(n for n, _ in signed)
         canonical_head = "\n".join(["POST", self.path, "", "".join(f"{n}:{v}\n" for n, v in signed), names, ""])
         scope = f"{date}/{self.region}/{self.service}/aws4_request"
-        key = self._signing_key(date, credentials.secret_key).ljust(64, b"\0")  # 32 bytes: no pre-hash
         sent = [("Host", self.host), *sent]
         auth_head = f"{ALGORITHM} Credential={credentials.access_key}/{scope}, SignedHeaders={names}, Signature="
         return _Prepared(
             canonical_head,
             f"{ALGORITHM}\n{amz_date}\n{scope}\n",
-            hashlib.sha256(key.translate(_IPAD)),
-            hashlib.sha256(key.translate(_OPAD)),
+            Keyed(self._signing_key(date, credentials.secret_key)),
             sent,
             auth_head,
             "".join(f"{n}: {v}\r\n" for n, v in sent) + "Authorization: " + auth_head,
@@ -122,11 +116,8 @@ class Signer:
                 self._prepared = (amz_date, cache)
             cache[credentials, fixed] = prepared
         canonical = prepared.canonical_head + hashlib.sha256(body).hexdigest()
-        inner = prepared.inner.copy()
-        inner.update((prepared.to_sign_head + hashlib.sha256(canonical.encode()).hexdigest()).encode())
-        outer = prepared.outer.copy()
-        outer.update(inner.digest())
-        return prepared, outer.hexdigest()
+        to_sign = prepared.to_sign_head + hashlib.sha256(canonical.encode()).hexdigest()
+        return prepared, prepared.mac.hexdigest(to_sign.encode())
 
     def headers(
         self, credentials: Frozen, body: bytes, fixed: Sequence[tuple[str, str]], amz_date: str | None = None

@@ -246,8 +246,8 @@ def test_a_stalled_call_times_out_alone_within_one_read_timeout(front: FrontServ
 
     assert hot_calls(front, "ReceiveMessage") == 4, "three at once, the stalled one retried once"
     assert took < 4.0, f"one read timeout (1 s) and a retry, not the stall (6 s): took {took:.1f} s"
-    assert len(got) >= 20, "the two calls answered in time kept their messages, and the retry got more"
-    assert len({m.message_id for m in got}) == len(got)
+    # distinct ids: moto, like SQS (at least once), may hand one message to two concurrent calls
+    assert len({m.message_id for m in got}) >= 20, "the two calls answered in time kept theirs, the retry got more"
 
 
 @pytest.mark.parametrize(
