@@ -38,11 +38,12 @@ _RAW = serialization.Encoding.Raw
 _SEAL_INFO = b"etl vault data key v1"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii")
-
-
 _URLSAFE = bytes.maketrans(b"+/", b"-_")  # standard base64 to url-safe, as urlsafe_b64encode does
+
+
+def _b64(data: bytes) -> str:
+    """``base64.urlsafe_b64encode(data)`` as text, without its Python wrappers (per vault entry)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).decode("ascii")
 
 
 def new_keypair() -> tuple[str, str]:
@@ -157,12 +158,12 @@ class Vault:
         ``dict.items()``): ``encrypt`` for each, the random 96-bit nonces drawn in one call
         (os.urandom per value was a third of the vault's CPU)."""
         nonces = os.urandom(12 * len(secrets))
-        prefix, seal, b64 = f"{self.key_id}:", self._aead.encrypt, binascii.b2a_base64
+        prefix, seal = f"{self.key_id}:", self._aead.encrypt
         out = []
         for i, ((field, token), value) in enumerate(secrets):
             nonce = nonces[12 * i : 12 * i + 12]
             sealed = nonce + seal(nonce, value.encode("utf-8"), f"{field}:{token}".encode())
-            out.append((field, token, prefix + b64(sealed, newline=False).translate(_URLSAFE).decode("ascii")))
+            out.append((field, token, prefix + _b64(sealed)))
         return out
 
     def decrypt(self, field: str, token: str, stored: str) -> str:

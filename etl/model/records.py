@@ -196,10 +196,8 @@ def transform(messages: list[Message], masker: Masker, sealer: Sealer, vault: Va
         ip = canonical_ip(parsed.ip)  # once: the token and the vault both take the canonical form
         row = to_row(message, parsed, masker, ip)
         rows.append(row)
-        if ("ip", row.masked_ip) not in secrets:
-            secrets["ip", row.masked_ip] = ip
-        if ("device_id", row.masked_device_id) not in secrets:
-            secrets["device_id", row.masked_device_id] = parsed.device_id
+        secrets.setdefault(("ip", row.masked_ip), ip)
+        secrets.setdefault(("device_id", row.masked_device_id), parsed.device_id)
     entries = []
     if vault is not None and secrets:
         entries = list(map(VaultEntry._make, vault.encrypt_many(secrets.items())))
