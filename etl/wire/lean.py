@@ -177,7 +177,7 @@ class LeanClient:
 
     def call_many(self, operation: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
         """Several calls at once from this one thread: every request goes out on its own pooled
-        connection before any answer is read (then read in the order sent), so N concurrent calls
+        connection before any answer is read (then read last-sent first), so N concurrent calls
         cost one latency and no thread switching. Retries follow the standard rules per call, and
         the calls to retry go out together again after one backoff; once every call has ended,
         each call's answer or botocore exception comes back in its place."""
@@ -239,9 +239,12 @@ class LeanClient:
                         failed[i] = ConnectionClosedError(endpoint_url=self._url)
                     continue
                 waiting.append((i, conn, reused))
-            # Every request is out: the answers are read in the order sent, each one waiting at
-            # most until one read timeout after the last send (answers that came in meanwhile are
-            # in their sockets' buffers). No selector: it cost more CPU than the wait it saved.
+            # Every request is out: the answers are read last-sent first, each one waiting at most
+            # until one read timeout after the last send. By the time the last call's answer has
+            # come, the earlier ones have mostly come too: the round sleeps once, not once an
+            # answer (a wake-up costs more CPU than reading an answer at a tenth of capacity).
+            # No selector: it cost more CPU than the wait it saved.
+            waiting.reverse()
             deadline = time.monotonic() + self._timeouts[1]
             while read < len(waiting):
                 i, conn, reused = waiting[read]

@@ -230,7 +230,7 @@ def test_one_failed_receive_of_several_keeps_what_the_others_received(front: Fro
 
 
 def test_a_stalled_call_times_out_alone_within_one_read_timeout(front: FrontServer) -> None:
-    """The lean client sends a round's calls at once and reads the answers in the order sent. The
+    """The lean client sends a round's calls at once and reads the answers last-sent first. The
     first call stalling past the read timeout must neither hold back the answers of the others
     nor stretch the wait beyond one read timeout: it alone is retried."""
     url = new_queue_url()

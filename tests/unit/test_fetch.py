@@ -229,7 +229,8 @@ def test_a_trickle_is_gathered_into_chunks_for_up_to_the_linger_in_rounds_sized_
     until it is full (5 s at this rate)."""
     queue, chunks, report = trickle_run(0.5)
     sent = [m.message_id for c in chunks for m in c]
-    assert sent == [f"m{i}" for i in range(len(sent))] and len(sent) >= 900  # each once, in order
+    assert sent == [f"m{i}" for i in range(len(sent))]  # each once, in order
+    assert len(sent) == queue.sent >= 850  # all that arrived before the run ended (~9 s of 10)
     assert 15 <= len(chunks) <= 25 and min(len(c) for c in chunks[1:-1]) >= 30
     assert max(queue.asked[3:]) <= 40  # a round asks for about what arrives (~12 a round), not 320
     _, eager, eager_report = trickle_run(0)
@@ -245,6 +246,40 @@ def test_at_a_tenth_of_capacity_a_round_after_a_pause_asks_for_what_gathered_not
     assert report.received >= 9_000 and api_calls / report.received <= 0.13, (api_calls, report.received)
     sent = [m.message_id for c in chunks for m in c]
     assert sent == [f"m{i}" for i in range(len(sent))]  # each once, in order
+
+
+class Latent(Trickle):
+    """A Trickle whose every round takes ``latency`` seconds, as SQS's calls do (~15 ms): the
+    messages that arrive meanwhile are there for the next round."""
+
+    def __init__(self, rate: float, clock: Clock, latency: float = 0.016) -> None:
+        super().__init__(rate, clock)
+        self.latency, self.times = latency, []  # type: float, list[float]
+
+    def receive(self, max_messages: int = 10, wait_seconds: int = 0, visibility_timeout: int = 120) -> list[Message]:
+        got = super().receive(max_messages, wait_seconds, visibility_timeout)
+        self.clock.now += self.latency
+        self.times.append(self.clock.now)
+        return got
+
+
+def test_at_a_tenth_of_capacity_rounds_pause_for_messages_to_gather_instead_of_going_back_to_back() -> None:
+    """1,000 messages/s, 16 ms a round: each round used to bring the ~15 messages that arrived
+    during the last one, full of what it asked for, so none paused: ~50 rounds a second, each a
+    wake-up of the process. A round that ran the queue dry now pauses (a quarter of the linger at
+    most) and the next asks for what gathered: a few rounds a second, the same calls a message."""
+    clock = Clock()
+    queue, chunks = Latent(1000, clock), []  # type: Latent, list[list[Message]]
+    report = sqs_fetch.fetch(
+        queue, chunks.append, chunk_size=1000, max_messages=100_000, budget_seconds=20, visibility_timeout=30,
+        receive_batch=320, linger=1.0, clock=clock, sleep=lambda s: setattr(clock, "now", clock.now + s),
+    )  # fmt: skip
+    seconds = queue.times[-1] - queue.times[0]
+    assert report.receive_calls / seconds <= 8, (report.receive_calls, seconds)
+    api_calls = sum(-(-n // 10) for n in queue.asked)
+    assert api_calls / report.received <= 0.12, (api_calls, report.received)
+    sent = [m.message_id for c in chunks for m in c]
+    assert sent == [f"m{i}" for i in range(len(sent))] and len(sent) == queue.sent  # each once, in order, none left
 
 
 def test_a_round_asks_for_twice_after_a_full_one_and_a_little_more_than_it_got_after_a_thin_one() -> None:

@@ -39,7 +39,7 @@ class MessageSource(Protocol):
 
 
 ROOM_POLL = 0.2  # seconds between looks at the broker while a fetch waits for room
-PACE = 0.25  # after a thin round, a lingering fetch pauses this share of its linger before the next
+PACE = 0.25  # after a round that ran the queue dry, a lingering fetch pauses up to this share of its linger
 FULL = 0.8  # a round that brought this share of what it asked for is full (next_round doubles after it)
 
 
@@ -82,9 +82,14 @@ def fetch(
     a burst, a round that came back short says the queue is running dry).
 
     A partial chunk is handed on once it has waited ``linger`` seconds for company (from its
-    first message); meanwhile a thin round is followed by a pause (``PACE`` of the linger) so
-    that messages gather between rounds instead of rounds being spent on them. With
-    ``linger=0`` a partial chunk goes as soon as the queue runs dry.
+    first message). With a linger, a round that came back short (it ran the queue dry) is
+    followed by a pause, so that messages gather between rounds instead of rounds being spent
+    on a few each: up to ``PACE`` of the linger, or until what one round takes (or what the
+    chunk still has room for) has likely arrived at the rate measured (``Arrivals``); the round
+    after it asks for that and one call more. At a tenth of capacity rounds went back to back
+    (each brought the ~15 messages that arrived during its own call) and every one of those
+    ~60 rounds a second woke the process. With ``linger=0`` a partial chunk goes as soon as the
+    queue runs dry.
 
     Before starting each new chunk it asks ``pause`` (backpressure, shutdown); a reason stops
     the run; a round that makes several chunks (large bodies: cut by bytes) waits before each
@@ -105,6 +110,7 @@ def fetch(
     received = chunks = calls = withheld = 0
     stopped = "max_messages"
     arrivals = Arrivals()
+    paused = False  # the loop paused after the last round, for messages to gather
 
     def send(chunk: list[Message]) -> None:
         nonlocal chunks, withheld
@@ -141,8 +147,10 @@ def fetch(
                 if wait == 0:
                     stopped = "budget"
                     break  # under a second left and nothing in hand: a last short poll is waste
-            if not wait:
-                asking = arrivals.size(asking, clock(), receive_batch)
+            sent_at = clock()
+            if paused and not wait:  # after a pause: ask for what likely gathered meanwhile
+                asking = arrivals.size(asking, sent_at, receive_batch)
+            paused = False
             asked = min(asking, max_messages - received)
             batch = source.receive(max_messages=asked, wait_seconds=wait, visibility_timeout=visibility_timeout)
             calls += 1
@@ -150,8 +158,8 @@ def fetch(
             could = min(asked, 10) if wait else asked  # a long poll is one call
             asking = next_round(could, len(batch), receive_batch)
             full = len(batch) >= FULL * could  # the queue kept up: no long poll next, even with an empty hand
-            arrivals.saw(len(batch), not full, clock())
-            thin = 2 * len(batch) < could  # little came: let messages gather before the next round
+            # came back short: the queue ran dry (as it stood when the round went out; a long poll's when it answered)
+            arrivals.saw(len(batch), len(batch) < could, clock() if wait else sent_at)
             if batch and not pending:
                 held_since = clock()
             screened = chunking.screen(batch)
@@ -174,15 +182,20 @@ def fetch(
                 held = chunking.CHUNK_OVERHEAD + sum(weights)
             if ready and pending:
                 held_since = clock()  # what is left came with this round
-            if not pending:
-                continue
-            waited = clock() - held_since
-            if (linger > 0 and waited >= linger) or (linger == 0 and not batch):
+            if pending and ((linger > 0 and clock() - held_since >= linger) or (linger == 0 and not batch)):
                 room()
                 chunk, pending, weights, held = pending, [], [], chunking.CHUNK_OVERHEAD
                 send(chunk)  # it waited long enough for company (or the queue ran dry)
-            elif linger > 0 and thin:  # a thin round: let messages gather before the next one
-                sleep(min(PACE * linger, linger - waited, max(0.0, deadline - clock())))
+            if linger > 0 and len(batch) < could and (pending or full):
+                # The round came back short, the queue ran dry: let messages gather before the next
+                # round (at a tenth of capacity, rounds back to back took ~15 each, 60 rounds a
+                # second), for a share of the linger or until a chunk's worth has likely come. (An
+                # empty hand after a round that was not full long-polls instead: it waits anyway.)
+                waited = clock() - held_since if pending else 0.0
+                room_left = room_for(len(pending), held, chunk_size, chunk_bytes)
+                fill = arrivals.seconds_for(min(room_left, int(FULL * receive_batch)), clock())  # one round takes it
+                sleep(min(PACE * linger, linger - waited, fill, max(0.0, deadline - clock())))
+                paused = True
     except BaseException:
         for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
             send(chunk)  # hand on what is held, then fail (the broker may be what failed)
@@ -195,7 +208,7 @@ def fetch(
 
 class Arrivals:
     """How fast messages arrive, as the rounds see it: what came in between two rounds that
-    found the queue drained (not full), over that time. Sizes the round after a pause to what
+    found the queue drained (came back short), over the time between them. Sizes the round after a pause to what
     has likely gathered since, instead of doubling up to it from a call or two (whose last
     doubling was a round of mostly empty calls: at a tenth of capacity a third of all receives)."""
 
@@ -211,18 +224,39 @@ class Arrivals:
                 self.rate = self.since / (now - self.drained_at)
             self.drained_at, self.since = now, 0
 
+    def expected(self, now: float) -> float:
+        """Messages likely to have arrived since the queue was last drained (0 unknown)."""
+        return self.rate * (now - self.drained_at) if self.rate and self.drained_at is not None else 0.0
+
+    def steady(self, now: float) -> bool:
+        """Whether the rate is known and still holds: no clearly more came than it expected."""
+        return self.rate is not None and self.drained_at is not None and self.since <= self.expected(now) * 1.25 + 20
+
+    def seconds_for(self, count: int, now: float) -> float:
+        """How long until ``count`` messages not yet received have likely arrived (inf unknown)."""
+        if not self.rate or self.drained_at is None:
+            return math.inf
+        return max(0.0, (count + self.since) / self.rate - (now - self.drained_at))
+
     def size(self, asking: int, now: float, most: int) -> int:
         """Messages the next round asks for: what has likely gathered since the queue was last
-        drained and not yet received (an eighth and one call more, whole calls of 10, at most
-        ``most``); ``asking`` (``next_round``'s) without an estimate, or once clearly more came
-        than it expected (the rate went up: doubling finds it)."""
-        if self.rate is None or self.drained_at is None:
+        drained and not yet received, and one call more (whole calls of 10, at most ``most``):
+        a round that comes back short says the estimate held (the queue ran dry), one that comes
+        back full says more came. ``asking`` (``next_round``'s) without an estimate, or once
+        clearly more came than it expected (the rate went up: doubling finds it)."""
+        if not self.steady(now):
             return asking
-        expected = self.rate * (now - self.drained_at)
-        if self.since > expected * 1.25 + 20:
-            return asking
-        left = max(0, int(expected) - self.since)
-        return min(most, max(10, -(-(left + left // 8 + 10) // 10) * 10))
+        left = max(0, int(self.expected(now)) - self.since)
+        return min(most, max(10, -(-(left + 10) // 10) * 10))
+
+
+def room_for(count: int, held: int, chunk_size: int, chunk_bytes: int) -> int:
+    """Messages a partial chunk of ``count`` messages and ``held`` broker bytes can still take, by
+    count and by its messages' average weight."""
+    room = chunk_size - count
+    if count and held > chunking.CHUNK_OVERHEAD:
+        room = min(room, int((chunk_bytes - held) * count / (held - chunking.CHUNK_OVERHEAD)))
+    return max(1, room)
 
 
 def next_round(asked: int, got: int, most: int) -> int:
