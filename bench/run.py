@@ -13,7 +13,8 @@ Steps (see docs/performance.md):
  6. A naive baseline: receive 10 -> mask -> one INSERT+COMMIT per row -> delete (stock boto3).
  7. Steady load (bench/steady.py): CPU per message and latency p50/p99 (SentTimestamp to
     committed row) at 10%, 50%, 90% of the capacity measured in step 2 (`--only steady` measures
-    it first) and saturated, at the default fetch settings, each next to a bare loop at that rate.
+    it first) and saturated, at the default fetch settings, each next to a bare loop at that rate;
+    then the pipeline alone at 10%, saturated, saturated, 10% for how flat its cost is (`flatness`).
 
     python -m bench.run [--quick] [--skip-localstack] [--only step,step]
 
@@ -255,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     def capacity() -> float:
         """Measured capacity, 2 processes, lean client: the capacity step's, or measured now."""
         runs = [r for r in res.get("capacity", []) if r["client"] == "lean" and r["processes"] == 2]
-        return float((runs[0] if runs else standin_run(2, chunk, threads, seconds))["msg_per_s"])
+        if not runs:  # a partial run (--only steady,flatness): measured once, for both steps
+            res["capacity"] = runs = [standin_run(2, chunk, threads, seconds)]
+        return float(runs[0]["msg_per_s"])
 
     steps: list[tuple[str, Callable[[], Any]]] = [
         # CPU per message: the bare stock-boto3 loop before and after the pipeline runs (its mean is the
@@ -273,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         # issue 24: CPU per message and latency at 10/50/90% of capacity and saturated, at the
         # default fetch settings, each next to a bare loop at the same rate
         ("steady", lambda: steady.measure(STANDIN, standin_env, capacity(), 2 * seconds)),
+        # issue 24's flatness (10% / saturated) from runs in the order 10%, sat, sat, 10%
+        ("flatness", lambda: steady.flatness(STANDIN, standin_env, capacity(), 2 * seconds)),
         # issue 20: broker bytes per body byte (<= 1.5 for any body) and the chunk codec's CPU per message
         ("codec", lambda: chunk_codec.measure(chunk, 5 if args.quick else 20)),
         (

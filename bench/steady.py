@@ -130,6 +130,31 @@ def measure(
     return out
 
 
+def flatness(
+    standin: StandIn, env: Callable[..., dict[str, str]], capacity: float, seconds: float
+) -> dict[str, Any]:
+    """How flat the pipeline's CPU per message is across load: its cost at 10% of capacity over
+    its cost saturated, from runs in the order 10%, saturated, saturated, 10% (the means of
+    each). ``measure`` runs the two loads minutes apart, and this machine's speed drifts by up
+    to a third within minutes: a drift between them moved that ratio by as much as the target's
+    margin (1.59x and 2.07x for the same code). In this order a steady drift cancels out."""
+    run_env = defaults_env(env)
+    low_rate = max(1.0, capacity * FRACTIONS[0])
+    runs = []
+    for rate in (low_rate, None, None, low_rate):
+        ours = pipeline_at(standin, run_env, rate, seconds)
+        context.log(f"   flatness, {'saturated' if rate is None else '10%'}: {ours['cpu_us_per_message']} µs/msg")
+        runs.append({"load": "saturated" if rate is None else "10%", "cpu_us_per_message": ours["cpu_us_per_message"]})
+    low = [r["cpu_us_per_message"] for r in runs if r["load"] == "10%"]
+    sat = [r["cpu_us_per_message"] for r in runs if r["load"] == "saturated"]
+    return {
+        "runs": runs,
+        "low_us": round(sum(low) / len(low), 1),
+        "saturated_us": round(sum(sat) / len(sat), 1),
+        "ratio": round(sum(low) / max(0.1, sum(sat)), 3),
+    }
+
+
 def _latency_keys() -> list[str]:
     now = int(time.time() // 60)
     return [f"{LATENCY}{m}" for m in range(now - 60, now + 2)]
