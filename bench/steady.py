@@ -130,9 +130,7 @@ def measure(
     return out
 
 
-def flatness(
-    standin: StandIn, env: Callable[..., dict[str, str]], capacity: float, seconds: float
-) -> dict[str, Any]:
+def flatness(standin: StandIn, env: Callable[..., dict[str, str]], capacity: float, seconds: float) -> dict[str, Any]:
     """How flat the pipeline's CPU per message is across load: its cost at 10% of capacity over
     its cost saturated, from runs in the order 10%, saturated, saturated, 10% (the means of
     each). ``measure`` runs the two loads minutes apart, and this machine's speed drifts by up
