@@ -229,12 +229,41 @@ def write_stage(total: int, chunk: int) -> dict[str, Any]:
 # ---- 1: LocalStack -------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+STEPS = [
+    "localstack",
+    "bare_before",
+    "capacity",
+    "bare_lean",
+    "bare_after",
+    "profile",
+    "vault",
+    "write_stage",
+    "naive",
+    "idle",
+    "steady",
+    "flatness",
+    "codec",
+    "memory",
+]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--skip-localstack", action="store_true")
-    parser.add_argument("--only", help="comma-separated steps to run (e.g. vault,write_stage); the table shows those")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated steps to run, of: {', '.join(STEPS)} (the table shows those; results.json is kept)",
+    )
     args = parser.parse_args(argv)
+    unknown = set((args.only or "").split(",")) - set(STEPS) - {""}
+    if unknown:
+        parser.error(f"--only: no step {', '.join(sorted(unknown))}; the steps are {', '.join(STEPS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     seconds = 8 if args.quick else 15
     res: dict[str, Any] = {
         "machine": {"cores": os.cpu_count()},
@@ -290,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         steps = [s for s in steps if s[0] in wanted]
+    assert [name for name, _ in steps if name not in STEPS] == [], "STEPS lists every step"
     global STANDIN
     STANDIN = StandIn(latency_ms=15, logdir=Path(f"/tmp/bench-logs-{os.getpid()}"))
     res["standin"] = {"endpoint": STANDIN.endpoint, "latency_ms": 15}
@@ -317,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
+    parse(argv)  # --help and a misspelt step answer before any server starts
     with embedded.for_run("bench-servers-"):
         context.DATABASE_URL = os.environ["ETL_TEST_DATABASE_URL"]
         context.BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]
