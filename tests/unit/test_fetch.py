@@ -282,6 +282,30 @@ def test_at_a_tenth_of_capacity_rounds_pause_for_messages_to_gather_instead_of_g
     assert sent == [f"m{i}" for i in range(len(sent))] and len(sent) == queue.sent  # each once, in order, none left
 
 
+@pytest.mark.parametrize("tick", [0.001, 0.0037, 0.01, 0.03, 0.07])
+def test_a_pause_is_never_negative_whatever_time_passes_between_its_looks_at_the_clock(tick: float) -> None:
+    """The linger can run out between the look that decides a chunk may still wait and the one
+    that sizes the pause (an outside review): time.sleep raises on a negative length."""
+
+    class Ticking(Clock):
+        def __call__(self) -> float:
+            self.now += tick
+            return self.now
+
+    clock = Ticking()
+
+    def sleep(seconds: float) -> None:
+        assert seconds >= 0, seconds
+        clock.now += seconds
+
+    queue = Latent(500, clock, latency=0.005)
+    report = sqs_fetch.fetch(
+        queue, lambda chunk: None, chunk_size=1000, max_messages=100_000, budget_seconds=10, visibility_timeout=30,
+        receive_batch=320, linger=0.05, clock=clock, sleep=sleep,
+    )  # fmt: skip
+    assert report.received == queue.sent
+
+
 def test_a_round_asks_for_twice_after_a_full_one_and_a_little_more_than_it_got_after_a_thin_one() -> None:
     assert sqs_fetch.next_round(10, 10, 320) == 20 and sqs_fetch.next_round(200, 200, 320) == 320
     assert sqs_fetch.next_round(320, 7, 320) == 10 and sqs_fetch.next_round(320, 0, 320) == 10

@@ -194,7 +194,8 @@ def fetch(
                 waited = clock() - held_since if pending else 0.0
                 room_left = room_for(len(pending), held, chunk_size, chunk_bytes)
                 fill = arrivals.seconds_for(min(room_left, int(FULL * receive_batch)), clock())  # one round takes it
-                sleep(min(PACE * linger, linger - waited, fill, max(0.0, deadline - clock())))
+                # (never below 0: the linger may have run out since the look above, one clock read ago)
+                sleep(max(0.0, min(PACE * linger, linger - waited, fill, deadline - clock())))
                 paused = True
     except BaseException:
         for chunk in chunking.cut(pending, chunk_size, chunk_bytes):
