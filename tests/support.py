@@ -250,9 +250,10 @@ def fetched_messages(log: str) -> int:
 class FrontServer:
     """A real HTTP server in front of an SQS server: it records what each call sent (target and
     the access key of its signature), answers the first ``fail`` calls itself with ``status`` and
-    an SQS-style JSON error, and forwards the rest, the first ``stall`` of them only after
-    ``stall_seconds``. For retries, timeouts, error mapping and credential refresh, the same for
-    both SQS clients; with ``tls`` it serves HTTPS with that context."""
+    an SQS-style JSON error, and forwards the rest, the first ``stall`` of them (after the first
+    ``stall_after``) only after ``stall_seconds``. For retries, timeouts, error mapping and
+    credential refresh, the same for both SQS clients; with ``tls`` it serves HTTPS with that
+    context."""
 
     def __init__(self, upstream: str, tls: Any = None) -> None:
         import http.client
@@ -268,6 +269,7 @@ class FrontServer:
         self.query_error = ""
         self.stall = 0
         self.stall_seconds = 0.0
+        self.stall_after = 0  # calls forwarded at once before the stalled ones
         up = urlsplit(upstream)
 
         class Handler(BaseHTTPRequestHandler):
@@ -292,7 +294,9 @@ class FrontServer:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                if front.stall > 0:
+                if front.stall_after > 0:
+                    front.stall_after -= 1
+                elif front.stall > 0:
                     front.stall -= 1
                     time.sleep(front.stall_seconds)
                 conn = http.client.HTTPConnection(up.hostname or "", up.port, timeout=30)

@@ -229,16 +229,18 @@ def test_one_failed_receive_of_several_keeps_what_the_others_received(front: Fro
         queue.receive(30)
 
 
-def test_a_stalled_call_times_out_alone_within_one_read_timeout(front: FrontServer) -> None:
-    """The lean client sends a round's calls at once and reads the answers last-sent first. The
-    first call stalling past the read timeout must neither hold back the answers of the others
-    nor stretch the wait beyond one read timeout: it alone is retried."""
+@pytest.mark.parametrize("stall_after", [0, 2], ids=["first-to-arrive", "last-to-arrive"])
+def test_a_stalled_call_times_out_alone_within_one_read_timeout(front: FrontServer, stall_after: int) -> None:
+    """The lean client sends a round's calls at once and reads the answers last-sent first. One
+    call stalling past the read timeout (the first of the round to reach the server, or the last,
+    which is read first) must neither hold back the answers of the others nor stretch the wait
+    beyond one read timeout: it alone is retried."""
     url = new_queue_url()
     sqs.Queue(url).send([f"m{i}" for i in range(30)])
     stock = aws.sqs(6, 3)
     client = sqs_lean.LeanClient(dataclasses.replace(stock.wire, read_timeout=1.0), stock, max_pool=6)
     queue = sqs.Queue(url, client, threads=3)
-    front.stall, front.stall_seconds = 1, 6.0
+    front.stall, front.stall_seconds, front.stall_after = 1, 6.0, stall_after
 
     started = time.monotonic()
     got = queue.receive(30, visibility_timeout=60)
