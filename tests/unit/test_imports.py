@@ -41,12 +41,14 @@ def test_importing_the_worker_patches_nothing_reads_no_settings_makes_no_directo
         "import json, sys\n"
         "import etl.worker.celery, etl.worker.tasks, etl.worker.stream_tasks, etl.worker.metrics\n"
         "from kombu.transport import redis\n"
+        "import gc\n"
         "print(json.dumps({'patched': hasattr(redis.QoS.restore_unacked, 'etl_survives_broker_loss'),\n"
+        "                  'gc': [gc.get_threshold()[0], gc.get_freeze_count()],\n"
         "                  'celeryconfig': 'celeryconfig' in sys.modules}))",
         env=env,
     )
     # A malformed setting would have raised at import had anything read the settings.
-    assert state == {"patched": False, "celeryconfig": False}
+    assert state == {"patched": False, "gc": [700, 0], "celeryconfig": False}
     assert not metrics_dir.exists()
 
 
@@ -64,3 +66,24 @@ def test_a_starting_worker_applies_the_kombu_patch_once() -> None:
         "                  patched.__wrapped__ is original]))"
     )
     assert state == [True, True, True]
+
+
+def test_a_starting_worker_and_each_pool_process_tune_the_garbage_collector() -> None:
+    """worker_init (before the pool forks) and worker_process_init (in each pool process) raise
+    the young-generation threshold and freeze what start-up made; the other thresholds stay."""
+    state = run(
+        "import gc, json\n"
+        "from celery.signals import worker_init, worker_process_init\n"
+        "import etl.worker.celery\n"
+        "before = [list(gc.get_threshold()), gc.get_freeze_count()]\n"
+        "worker_init.send(sender=None)\n"
+        "after_init = [list(gc.get_threshold()), gc.get_freeze_count()]\n"
+        "made = [[i] for i in range(1000)]\n"
+        "worker_process_init.send(sender=None)\n"
+        "print(json.dumps([before, after_init, [list(gc.get_threshold()), gc.get_freeze_count()]]))"
+    )
+    (t0, frozen0), (t1, frozen1), (t2, frozen2) = state  # type: ignore[misc]
+    assert t0 == [700, 10, 10] and frozen0 == 0
+    assert t1 == t2 == [10_000, 10, 10]
+    assert frozen1 > 10_000  # modules, Celery's app and our tasks
+    assert frozen2 >= frozen1 + 1000  # what the process made after worker_init
