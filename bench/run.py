@@ -25,6 +25,7 @@ unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers (the machine's
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -256,6 +257,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated steps to run, of: {', '.join(STEPS)} (the table shows those; results.json is kept)",
     )
     args = parser.parse_args(argv)
+    if args.only is not None and not args.only.strip(", "):  # --only '' would run every step, --only , none
+        parser.error(f"--only: name at least one step, of: {', '.join(STEPS)}")
     unknown = set((args.only or "").split(",")) - set(STEPS) - {""}
     if unknown:
         parser.error(f"--only: no step {', '.join(sorted(unknown))}; the steps are {', '.join(STEPS)}")
@@ -348,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     parse(argv)  # --help and a misspelt step answer before any server starts
+    # A SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the finally blocks stop the run's
+    # pipeline, stand-in, embedded Postgres and Redis instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with embedded.for_run("bench-servers-"):
         context.DATABASE_URL = os.environ["ETL_TEST_DATABASE_URL"]
         context.BROKER_URL = os.environ["ETL_TEST_BROKER_URL"]

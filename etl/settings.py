@@ -5,6 +5,7 @@ Secrets have no default: a process that needs one refuses to start without it.
 """
 
 import difflib
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -189,6 +190,8 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise ConfigError(f"{name}={raw!r} is not {what}: {fix}") from None
+    if not math.isfinite(value):  # nan passes every comparison below; inf is no bound
+        raise ConfigError(f"{name}={raw!r} is not a finite number: {fix}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}: {fix}")
     return value

@@ -70,7 +70,7 @@ class Connection:
         if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             body = self._chunked()
         elif b"content-length" in headers:
-            length = int(headers[b"content-length"])
+            length = _length(headers[b"content-length"], 10)
             while len(self.buf) < length:
                 self._more()
             body, self.buf = bytes(self.buf[:length]), self.buf[length:]
@@ -93,7 +93,7 @@ class Connection:
         while True:
             while (eol := self.buf.find(b"\r\n")) < 0:
                 self._more()
-            size = int(bytes(self.buf[:eol]).split(b";", 1)[0], 16)
+            size = _length(bytes(self.buf[:eol]).split(b";", 1)[0].strip(b" \t"), 16)
             self.buf = self.buf[eol + 2 :]
             while len(self.buf) < size + 2:
                 self._more()
@@ -106,3 +106,15 @@ class Connection:
                 return b"".join(parts)
             parts.append(bytes(self.buf[:size]))
             self.buf = self.buf[size + 2 :]
+
+
+_DIGITS = {10: frozenset(b"0123456789"), 16: frozenset(b"0123456789abcdefABCDEF")}
+
+
+def _length(raw: bytes, base: int) -> int:
+    """A Content-Length (base 10) or chunk size (base 16): digits only. ``int`` alone would take a
+    sign, a ``0x`` prefix or underscores, and a negative size would make ``_chunked`` copy the
+    buffer over and over. ValueError otherwise (the lean client's ConnectionClosedError)."""
+    if not raw or not _DIGITS[base].issuperset(raw):
+        raise ValueError(f"malformed length in an HTTP answer ({len(raw)} bytes)")
+    return int(raw, base)

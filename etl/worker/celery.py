@@ -66,7 +66,9 @@ def tune_gc(**_: Any) -> None:
     generation: collections no longer traverse it, and pool processes forked after it do not
     write to those pages (copy-on-write stays shared). Called on worker_init, before the pool
     forks (the processes inherit the threshold and the frozen objects), and on
-    worker_process_init, for what each process made while starting."""
+    worker_process_init, for what each process made while starting. A collection first, so that
+    no garbage already made (a reference cycle the parent left behind) is frozen with them."""
+    gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 

@@ -60,3 +60,46 @@ def test_an_answer_that_does_not_start_within_the_bound_times_out() -> None:
     assert conn.sock.gettimeout() == 5.0
     conn.close()
     thread.join()
+
+
+def answering(answer: bytes) -> int:
+    """A server that answers one request with ``answer`` and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            conn.recv(65536)
+            conn.sendall(answer)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"-1\r\nX" * 2000,  # an outside review: copied the buffer per byte
+        b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n",
+        b"Content-Length: -5\r\n\r\nhello",
+        b"Content-Length: 1_0\r\n\r\nhello",
+    ],
+)
+def test_a_malformed_length_is_refused(head: bytes) -> None:
+    conn = http1.Connection("127.0.0.1", answering(b"HTTP/1.1 200 OK\r\n" + head), None, 2, 2.0)
+    with pytest.raises(ValueError, match="malformed length"):
+        conn.exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_chunk_sizes_in_either_case_with_extensions_are_read() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer += b"A;x=1\r\n0123456789\r\nb \r\nabcdefghijk\r\n0\r\n\r\n"
+    conn = http1.Connection("127.0.0.1", answering(answer), None, 2, 2.0)
+    assert conn.exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")[2] == b"0123456789abcdefghijk"

@@ -201,3 +201,12 @@ def test_values_the_pipeline_could_never_use_are_refused_at_start_up(name: str, 
         settings.load({"SQS_VISIBILITY_TIMEOUT": "43200", "ETL_MASKING_KEY_VERSION": "999999"}).visibility_timeout
         == 43_200
     )
+
+
+@pytest.mark.parametrize("name", ["ETL_CHUNK_LINGER", "ETL_FETCH_SECONDS", "ETL_FETCH_INTERVAL"])
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf", "infinity"])
+def test_a_number_that_is_not_finite_is_refused(name: str, bad: str) -> None:
+    """An outside review: nan passed every bound (each comparison with it is false), so a nan
+    linger never handed on a partial chunk and a nan fetch budget failed every fetch run."""
+    with pytest.raises(ConfigError, match=f"{name}='{bad}' is not a finite number"):
+        settings.load({name: bad})
