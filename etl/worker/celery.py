@@ -58,10 +58,10 @@ def tune_gc(**_: Any) -> None:
     A chunk of a thousand messages keeps tens of thousands of small objects alive while it is
     parsed and written, so at Python's default threshold (700) a pool process ran a collection
     every few hundred messages, and each of those objects was traversed again as it was promoted:
-    a full collection of a pool process took ~60 ms, and collections were ~10% of the worker's CPU
-    at full load. Objects freed by reference counting (nearly all of ours) never count towards the
-    threshold, so at 10,000 a collection still comes when reference cycles pile up, at most a few
-    megabytes apart.
+    a full collection of a pool process took ~70 ms, and collections were ~9% of the worker's CPU at
+    full load. The threshold counts allocations net of frees, and an object freed by reference
+    counting (nearly all of ours) cancels its own allocation: at 10,000 a collection still comes
+    when reference cycles pile up, at most a few megabytes apart.
 
     ``gc.freeze()`` moves what start-up made (modules, the app, its tasks) to the permanent
     generation: collections no longer traverse it, and pool processes forked after it do not
