@@ -20,8 +20,9 @@ Steps (see docs/performance.md):
 
 A full run (or one with --skip-localstack) writes bench/results.json and bench/throughput.png;
 --quick and --only print their rows and leave both files as they are. About 20 minutes on 2
-cores (plus a few the first time, installing LocalStack); logs in /tmp/bench-logs-<pid>/. Runs on an embedded Postgres and Redis of its own
-unless ETL_TEST_DATABASE_URL and ETL_TEST_BROKER_URL name servers (the machine's are never touched).
+cores (plus a few the first time, installing LocalStack); logs in /tmp/bench-logs-<pid>/. Runs
+on an embedded Postgres and Redis of its own unless ETL_TEST_DATABASE_URL and
+ETL_TEST_BROKER_URL name servers (the machine's are never touched).
 """
 
 import argparse
