@@ -133,7 +133,10 @@ def run(
 ) -> int:
     """The demo; ``keep``: leave its servers and processes up after the summary (until Ctrl-C),
     with what to type to look at them; ``fresh``: empty its own embedded database first."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill stops it as Ctrl-C does
+    # A closed terminal or a kill stops it as Ctrl-C does. Ctrl-C itself is handled here too: a
+    # shell starts a background job (`etl demo --keep &`, a CI script's) with SIGINT ignored, and
+    # Python then installs no handler of its own, so `kill -INT` stopped nothing.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)
     env, notes = demo_env(flower=bool(flower_port))
     env["FLOWER_PORT"] = str(flower_port)

@@ -1,5 +1,9 @@
 """`etl demo --keep`: the demo's servers stay up after the summary, with a DATABASE_URL that psql
-(here psycopg2) can open; Ctrl-C stops everything; `--fresh` starts from an empty table."""
+(here psycopg2) can open; Ctrl-C stops everything; `--fresh` starts from an empty table.
+
+The demo starts with SIGINT ignored, as a shell starts a background job (`etl demo --keep &`, or
+any command under a CI script run in the background): Python then installs no Ctrl-C handler of
+its own, and a SIGINT once stopped nothing (a fresh-clone CI run hung here for 120 s)."""
 
 import os
 import queue
@@ -15,8 +19,10 @@ import psycopg2
 def test_demo_keep_leaves_a_database_to_explore_and_fresh_starts_clean(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env["ETL_EMBEDDED"] = "always"
+    demo = [sys.executable, "-m", "etl.ops.cli", "demo", "--keep", "--fresh", "--flower-port", "0", "--timeout", "120"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "etl.ops.cli", "demo", "--keep", "--fresh", "--flower-port", "0", "--timeout", "120"],
+        # as a background job starts: SIGINT ignored (`trap '' INT`), then the demo in the same process
+        ["sh", "-c", 'trap "" INT; exec "$0" "$@"', *demo],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
