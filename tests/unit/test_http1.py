@@ -13,20 +13,17 @@ from etl.wire import http1
 BODY = b'{"Successful":[],"Failed":[]}' * 200
 
 
-def serve(first_after: float, rest_after: float) -> tuple[int, threading.Thread]:
-    """A server answering one request: the status line after ``first_after`` s, the rest of the
-    answer ``rest_after`` s later."""
+def server(*steps: tuple[float, bytes]) -> tuple[int, threading.Thread]:
+    """A server answering one request: each step's bytes after its delay (s), then closing."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def answer() -> None:
         conn, _ = listener.accept()
         try:
             conn.recv(65536)
-            time.sleep(first_after)
-            conn.sendall(b"HTTP/1.1 200 OK\r\n")
-            time.sleep(rest_after)
-            conn.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
-            time.sleep(0.5)
+            for delay, data in steps:
+                time.sleep(delay)
+                conn.sendall(data)
         except OSError:  # the client gave up and closed: expected in the timeout test
             pass
         finally:
@@ -35,7 +32,13 @@ def serve(first_after: float, rest_after: float) -> tuple[int, threading.Thread]
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    return listener.getsockname()[1], thread
+    return int(listener.getsockname()[1]), thread
+
+
+def serve(first_after: float, rest_after: float) -> tuple[int, threading.Thread]:
+    """The status line after ``first_after`` s, the rest of the answer ``rest_after`` s later."""
+    rest = b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    return server((first_after, b"HTTP/1.1 200 OK\r\n"), (rest_after, rest), (0.5, b""))
 
 
 def test_an_answer_that_started_in_time_is_read_whole_under_the_read_timeout() -> None:
@@ -64,21 +67,7 @@ def test_an_answer_that_does_not_start_within_the_bound_times_out() -> None:
 
 def answering(answer: bytes) -> int:
     """A server that answers one request with ``answer`` and closes."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        try:
-            conn.recv(65536)
-            conn.sendall(answer)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-            listener.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return int(listener.getsockname()[1])
+    return server((0, answer))[0]
 
 
 @pytest.mark.parametrize(
