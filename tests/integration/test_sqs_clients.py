@@ -223,7 +223,10 @@ def test_one_failed_receive_of_several_keeps_what_the_others_received(front: Fro
 
     assert hot_calls(front, "ReceiveMessage") == 3 and got
     in_flight = wait_until(lambda: queue.depth()["in_flight"] or None, 10, "SQS to count what it handed out")
-    assert len(got) == in_flight, "every message SQS handed out was returned"
+    # Distinct messages: concurrent receives on moto, which takes no lock between finding a visible
+    # message and marking it received, can hand one message to two calls under load (a CI run:
+    # 20 returned, 19 in flight); SQS itself delivers at least once, and the write stores one row.
+    assert len({m.message_id for m in got}) == in_flight, "every message SQS handed out was returned"
     front.fail = 3
     with pytest.raises(ConfigError, match="refused: AccessDenied"):  # all refused: the error itself
         queue.receive(30)
